@@ -79,6 +79,11 @@ func (l *Lab) Node(name string) *Netns {
 	n := l.Netns(name)
 	n.MustSysctl("net.ipv4.ip_forward", "1")
 	n.MustSysctl("net.ipv6.conf.all.forwarding", "1")
+	if _, err := os.Stat("/proc/sys/net/bridge"); err == nil {
+		// br_netfilter: bridged traffic passes the node's inet forward hook.
+		n.MustSysctl("net.bridge.bridge-nf-call-iptables", "1")
+		n.MustSysctl("net.bridge.bridge-nf-call-ip6tables", "1")
+	}
 	return n
 }
 

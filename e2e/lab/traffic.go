@@ -88,11 +88,25 @@ var ErrNoReply = errors.New("no reply")
 // token and waits up to timeout for the echo. nil means the exchange
 // completed both ways; a refused or silent peer gives an error.
 func (n *Netns) Probe(proto string, addr netip.AddrPort, timeout time.Duration) error {
+	return n.ProbeFrom(proto, netip.Addr{}, addr, timeout)
+}
+
+// ProbeFrom is Probe with the source address bound to from (an address n owns, e.g.
+// a secondary one a spoofing test added). An invalid from lets the kernel choose.
+func (n *Netns) ProbeFrom(proto string, from netip.Addr, addr netip.AddrPort, timeout time.Duration) error {
 	token := make([]byte, 16)
 	_, _ = rand.Read(token)
 	msg := []byte(hex.EncodeToString(token))
 	return n.Do(func() error {
-		c, err := net.DialTimeout(proto, addr.String(), timeout)
+		d := net.Dialer{Timeout: timeout}
+		if from.IsValid() {
+			if proto == "udp" {
+				d.LocalAddr = &net.UDPAddr{IP: from.AsSlice()}
+			} else {
+				d.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
+			}
+		}
+		c, err := d.Dial(proto, addr.String())
 		if err != nil {
 			if isTimeout(err) {
 				return fmt.Errorf("%s %s: %w", proto, addr, ErrNoReply)

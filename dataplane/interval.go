@@ -1,0 +1,59 @@
+package dataplane
+
+import (
+	"net/netip"
+	"sort"
+)
+
+// fillInterval puts prefixes into an interval set as merged, non-overlapping
+// [start, end) ranges: the kernel rejects overlapping intervals, and a pod
+// address is often also inside a zone's CIDR.
+func fillInterval(s *setSpec, prefixes []netip.Prefix) {
+	for _, iv := range mergePrefixes(prefixes) {
+		s.elems[iv.key.String()+"-"+iv.keyEnd.String()] = iv
+	}
+}
+
+func mergePrefixes(prefixes []netip.Prefix) []elemSpec {
+	type rng struct {
+		first, last netip.Addr
+	}
+	rs := make([]rng, 0, len(prefixes))
+	for _, p := range prefixes {
+		p = p.Masked()
+		rs = append(rs, rng{p.Addr(), lastAddr(p)})
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].first.Less(rs[j].first) })
+	var merged []rng
+	for _, r := range rs {
+		if n := len(merged); n > 0 {
+			m := &merged[n-1]
+			next := m.last.Next()
+			if next.IsValid() && next.Less(r.first) {
+				merged = append(merged, r)
+				continue
+			}
+			if m.last.Less(r.last) {
+				m.last = r.last
+			}
+			continue
+		}
+		merged = append(merged, r)
+	}
+	out := make([]elemSpec, 0, len(merged))
+	for _, m := range merged {
+		// Next of the all-ones address is invalid: the range runs to the
+		// end of the address space and needs no end element.
+		out = append(out, elemSpec{key: m.first, keyEnd: m.last.Next()})
+	}
+	return out
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}

@@ -1,0 +1,269 @@
+package dataplane_test
+
+import (
+	"errors"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/e2e/lab"
+)
+
+func TestMain(m *testing.M) { lab.Main(m) }
+
+// Test address conventions: containers get addresses from these subnets,
+// which exist only inside each test's own node namespace.
+const (
+	bridgeSubnet  = "10.88.0.0/24"
+	bridgeSubnet6 = "fd00:88::/64"
+	ptpSubnet     = "10.89.0.0/24"
+	probeTimeout  = 700 * time.Millisecond
+)
+
+// Origins the tests stamp; any small numbers do.
+const (
+	oAllowTCP     = 11
+	oAllowUDP     = 12
+	oAllowICMP    = 13
+	oDenyAll      = 14
+	oStagedDeny   = 15
+	oAllowDefault = 16
+)
+
+// node is a lab node with three containers a, b, c and a dataplane
+// programming the node's namespace.
+type node struct {
+	node    *lab.Netns
+	a, b, c *lab.Container
+	dp      *dataplane.Dataplane
+	ns      *dataplane.Namespace
+}
+
+func newNode(t *testing.T, plugin string) *node {
+	t.Helper()
+	l := lab.New(t)
+	n := &node{node: l.Node("node")}
+	cni := n.node.CNI()
+	net := lab.Net{Name: "dpnet", Type: plugin, Subnet: bridgeSubnet, Subnet6: bridgeSubnet6, DataDir: t.TempDir()}
+	if plugin == "ptp" {
+		net.Subnet, net.Subnet6 = ptpSubnet, ""
+	}
+	list := cni.ParseConfList(t, net.ConfList())
+	n.a = cni.MustAdd("a", list, lab.Attach{})
+	n.b = cni.MustAdd("b", list, lab.Attach{})
+	n.c = cni.MustAdd("c", list, lab.Attach{})
+	ns, err := dataplane.OpenNamespace(n.node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Close() })
+	n.ns = ns
+	n.dp = dataplane.New(dataplane.Config{}, ns.Dial, ns.LinkExists)
+	return n
+}
+
+// hostIface finds the node-side veth of a container by its peer ifindex.
+func (n *node) hostIface(t *testing.T, c *lab.Container) string {
+	t.Helper()
+	out := c.MustRun("ip", "-o", "link", "show", c.IfName)
+	m := regexp.MustCompile(`@if(\d+):`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no peer ifindex in %q", out)
+	}
+	idx, _ := strconv.Atoi(m[1])
+	link, err := n.ns.Netlink().LinkByIndex(idx)
+	if err != nil {
+		t.Fatalf("host veth of %s: %v", c.Label, err)
+	}
+	return link.Attrs().Name
+}
+
+func addrs(c *lab.Container) []netip.Addr {
+	var out []netip.Addr
+	for _, fam := range []int{4, 6} {
+		if a := c.IP(fam); a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func prefixes(as []netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range as {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}
+
+var allowAll = dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Allow, Origin: oAllowDefault}}}
+
+// policyRuleset: a may reach b on TCP 8080, UDP 5353 and ICMP; a -> b TCP
+// 9090 passes but a staged (Monitor) rule would deny it; a -> anything
+// else is denied. b and c accept everything else.
+func (n *node) policyRuleset(t *testing.T) *dataplane.Ruleset {
+	tcp := []dataplane.PortRange{{Proto: dataplane.TCP, First: 8080, Last: 8080}}
+	udp := []dataplane.PortRange{{Proto: dataplane.UDP, First: 5353, Last: 5353}}
+	icmp := []dataplane.PortRange{{Proto: dataplane.ICMP}, {Proto: dataplane.ICMPv6}}
+	monitored := []dataplane.PortRange{{Proto: dataplane.TCP, First: 9000, Last: 9100}}
+	common := []dataplane.Rule{
+		{Peer: "b", Ports: tcp, Action: dataplane.Allow, Origin: oAllowTCP},
+		{Peer: "b", Ports: udp, Action: dataplane.Allow, Origin: oAllowUDP},
+		{Peer: "b", Ports: icmp, Action: dataplane.Allow, Origin: oAllowICMP},
+	}
+	enforced := append(append([]dataplane.Rule{}, common...),
+		dataplane.Rule{Peer: "b", Ports: monitored, Action: dataplane.Allow, Origin: oAllowDefault},
+		dataplane.Rule{Action: dataplane.Deny, Origin: oDenyAll})
+	staged := append(append([]dataplane.Rule{}, common...),
+		dataplane.Rule{Peer: "b", Ports: monitored, Action: dataplane.Deny, Origin: oStagedDeny},
+		dataplane.Rule{Action: dataplane.Deny, Origin: oDenyAll})
+	return &dataplane.Ruleset{
+		Sets: []dataplane.Set{{Name: "b", Prefixes: prefixes(addrs(n.b))}, {Name: "c", Prefixes: prefixes(addrs(n.c))}},
+		Endpoints: []dataplane.Endpoint{
+			{ID: "a/eth0", HostIface: n.hostIface(t, n.a), IPs: addrs(n.a), Egress: dataplane.Policy{Enforced: enforced, Staged: staged}, Ingress: allowAll},
+			{ID: "b/eth0", HostIface: n.hostIface(t, n.b), IPs: addrs(n.b), Egress: allowAll, Ingress: allowAll},
+			{ID: "c/eth0", HostIface: n.hostIface(t, n.c), IPs: addrs(n.c), Egress: allowAll, Ingress: allowAll},
+		},
+	}
+}
+
+type probe struct {
+	name  string
+	run   func() error
+	allow bool
+}
+
+func (n *node) probes(fam int) []probe {
+	b, c := n.b.IP(fam), n.c.IP(fam)
+	bt := n.b.ListenTCP(netip.AddrPortFrom(b, 8080).String())
+	bu := n.b.ListenUDP(netip.AddrPortFrom(b, 5353).String())
+	bm := n.b.ListenTCP(netip.AddrPortFrom(b, 9090).String())
+	bo := n.b.ListenTCP(netip.AddrPortFrom(b, 7070).String())
+	ct := n.c.ListenTCP(netip.AddrPortFrom(c, 8080).String())
+	cu := n.c.ListenUDP(netip.AddrPortFrom(c, 5353).String())
+	return []probe{
+		{"a->b tcp/8080 allowed", func() error { return n.a.Probe("tcp", bt.Addr, probeTimeout) }, true},
+		{"a->b udp/5353 allowed", func() error { return n.a.Probe("udp", bu.Addr, probeTimeout) }, true},
+		{"a->b icmp allowed", func() error { return n.a.Ping(b, probeTimeout) }, true},
+		{"a->b tcp/9090 would-deny passes", func() error { return n.a.Probe("tcp", bm.Addr, probeTimeout) }, true},
+		{"a->b tcp/7070 denied", func() error { return n.a.Probe("tcp", bo.Addr, probeTimeout) }, false},
+		{"a->c tcp/8080 denied", func() error { return n.a.Probe("tcp", ct.Addr, probeTimeout) }, false},
+		{"a->c udp/5353 denied", func() error { return n.a.Probe("udp", cu.Addr, probeTimeout) }, false},
+		{"a->c icmp denied", func() error { return n.a.Ping(c, probeTimeout) }, false},
+		{"c->b tcp/8080 allowed", func() error { return n.c.Probe("tcp", bt.Addr, probeTimeout) }, true},
+	}
+}
+
+func checkProbes(t *testing.T, probes []probe) {
+	t.Helper()
+	for _, p := range probes {
+		err := p.run()
+		switch {
+		case p.allow && err != nil:
+			t.Errorf("%s: %v", p.name, err)
+		case !p.allow && err == nil:
+			t.Errorf("%s: connection succeeded", p.name)
+		case !p.allow && !errors.Is(err, lab.ErrNoReply):
+			t.Errorf("%s: want a silent drop, got %v", p.name, err)
+		}
+	}
+}
+
+func TestPolicyOverBridge(t *testing.T) {
+	n := newNode(t, "bridge")
+	if err := n.dp.Sync(n.policyRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []int{4, 6} {
+		t.Run("ipv"+strconv.Itoa(fam), func(t *testing.T) { checkProbes(t, n.probes(fam)) })
+	}
+}
+
+func TestPolicyOverPtp(t *testing.T) {
+	n := newNode(t, "ptp")
+	if err := n.dp.Sync(n.policyRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, n.probes(4))
+}
+
+func TestConntrackMarkNamesTheDecision(t *testing.T) {
+	n := newNode(t, "bridge")
+	if err := n.dp.Sync(n.policyRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		port    uint16
+		verdict dataplane.Verdict
+		origin  uint16
+	}{
+		{8080, dataplane.Allowed, oAllowTCP},
+		{9090, dataplane.WouldDeny, oStagedDeny},
+	} {
+		srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), tc.port).String())
+		conn, err := n.a.Dial("tcp", srv.Addr, probeTimeout)
+		if err != nil {
+			t.Fatalf("dial %d: %v", tc.port, err)
+		}
+		out := n.node.MustRun("conntrack", "-L", "-p", "tcp", "--dport", strconv.Itoa(int(tc.port)))
+		m := regexp.MustCompile(`mark=(\d+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no conntrack entry with a mark for port %d:\n%s", tc.port, out)
+		}
+		v, _ := strconv.ParseUint(m[1], 10, 32)
+		verdict, origin := dataplane.Mark(v).Decision()
+		if verdict != tc.verdict || origin != tc.origin {
+			t.Errorf("port %d: mark %#x decodes to %s/%d, want %s/%d", tc.port, v, verdict, origin, tc.verdict, tc.origin)
+		}
+		conn.Close()
+	}
+}
+
+func TestSpoofedSourceIsDropped(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	// c may talk to anyone, so only anti-spoofing can stop it.
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
+	if err := n.c.Probe("tcp", srv.Addr, probeTimeout); err != nil {
+		t.Fatalf("c -> b from its own address: %v", err)
+	}
+	spoofed := netip.MustParseAddr("10.88.0.200")
+	n.c.MustRun("ip", "addr", "add", spoofed.String()+"/32", "dev", n.c.IfName)
+	if err := n.c.ProbeFrom("tcp", spoofed, srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Fatalf("c -> b from a spoofed address: got %v, want a silent drop", err)
+	}
+	counters, err := n.dp.CounterValues()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters["spoofed"] == 0 {
+		t.Errorf("spoofed counter is 0: %v", counters)
+	}
+}
+
+func TestTableListsAsExpected(t *testing.T) {
+	n := newNode(t, "bridge")
+	if err := n.dp.Sync(n.policyRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	out := n.node.MustRun("nft", "list", "table", "inet", "netseg")
+	for _, want := range []string{
+		"chain forward {", "type filter hook forward priority filter; policy accept;",
+		"ct state established,related accept",
+		"ip saddr vmap @egress4", "ip6 daddr vmap @ingress6",
+		"log prefix \"netseg deny\" group 100 drop",
+		"type filter hook ingress device",
+		"goto allow", "goto deny",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft list table lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,424 @@
+package dataplane
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// Names of the fixed objects of the table.
+const (
+	chainForward = "forward"
+	chainOutput  = "output"
+	chainInput   = "input"
+	chainAllow   = "allow"
+	chainDeny    = "deny"
+
+	counterLogLimitAllow = "log_limited_allow" // accepted new connections not logged (rate limit)
+	counterLogLimitDeny  = "log_limited_deny"  // denied first packets not logged (rate limit)
+	counterSpoof         = "spoofed"           // packets dropped by anti-spoofing
+	counterQuarantine    = "quarantined"       // packets dropped for quarantined addresses
+	counterUnmanaged     = "unprogrammed"      // packets to/from managed addresses with no rules
+	counterNoMatch       = "no_rule_matched"   // fell off an endpoint chain (fail closed)
+)
+
+// Counters lists the named counters of the table.
+var Counters = []string{counterLogLimitAllow, counterLogLimitDeny, counterSpoof, counterQuarantine, counterUnmanaged, counterNoMatch}
+
+type setKind uint8
+
+const (
+	kindAddr     setKind = iota // hash set of addresses
+	kindInterval                // interval set of prefixes
+	kindVmap                    // address -> verdict (goto chain)
+)
+
+// setSpec is one kernel set as desired.
+type setSpec struct {
+	name  string
+	fam   int
+	kind  setKind
+	elems map[string]elemSpec // key: element identity (address/interval + value)
+}
+
+type elemSpec struct {
+	key, keyEnd netip.Addr // keyEnd: exclusive end for intervals (invalid = to the end of the space)
+	chain       string     // vmap target
+	comment     string
+}
+
+// chainSpec is one kernel chain as desired.
+type chainSpec struct {
+	name   string
+	hook   *nftables.ChainHook // nil: a regular chain
+	prio   int32
+	device string // ingress hook device
+	rules  []*rb
+	hash   string // over hook, device and rule texts
+}
+
+// state is the rendered, desired content of the table.
+type state struct {
+	sets   map[string]*setSpec
+	chains map[string]*chainSpec
+	// endpointChains: endpoint id -> chains it needs (for CHECK).
+	endpointChains map[string][]string
+}
+
+// Config tunes the rendered ruleset.
+type Config struct {
+	// Table is the inet table netseg owns. Default "netseg".
+	Table string
+	// NFLOGGroup receives denied and would-deny first packets and one
+	// packet per accepted connection. Default 100.
+	NFLOGGroup uint16
+	// LogRate and LogBurst cap NFLOG messages per second per verdict kind;
+	// packets over the cap are still decided, not logged, and counted.
+	// Defaults 20000 and 10000.
+	LogRate  uint64
+	LogBurst uint32
+	// DenyHostAccess, when true, makes connections from the node itself to
+	// its containers pass the containers' ingress rules like any outside
+	// source. By default the node may reach its containers (kubelet probes).
+	DenyHostAccess bool
+	// Priority of the base chains on the forward, input and output hooks.
+	// Default 0 (filter).
+	Priority int32
+}
+
+// Defaults fills unset fields.
+func (c Config) Defaults() Config {
+	if c.Table == "" {
+		c.Table = "netseg"
+	}
+	if c.NFLOGGroup == 0 {
+		c.NFLOGGroup = 100
+	}
+	if c.LogRate == 0 {
+		c.LogRate = 20000
+	}
+	if c.LogBurst == 0 {
+		c.LogBurst = 10000
+	}
+	return c
+}
+
+// hookInetIngress is the ingress hook as the inet family numbers it
+// (NF_INET_INGRESS, 5; since Linux 5.10). nftables.ChainHookIngress is the
+// netdev family's number (0), which in an inet table means prerouting.
+var hookInetIngress = nftables.ChainHookRef(5)
+
+var nonName = regexp.MustCompile(`[^a-zA-Z0-9_]+`)
+
+// readable turns a peer set or endpoint name into an nft identifier: the
+// readable part, cut to stay short, plus a hash when anything was lost.
+func readable(prefix, name string) string {
+	clean := strings.Trim(nonName.ReplaceAllString(name, "_"), "_")
+	if clean == name && len(clean) <= 40 {
+		return prefix + clean
+	}
+	if len(clean) > 32 {
+		clean = clean[:32]
+	}
+	sum := sha256.Sum256([]byte(name))
+	return prefix + clean + "_" + hex.EncodeToString(sum[:4])
+}
+
+func peerSetName(peer string, fam int) string { return fmt.Sprintf("%s_%d", readable("p_", peer), fam) }
+
+// render computes the desired table content. It is pure: the same ruleset
+// gives the same state.
+func render(cfg Config, rs *Ruleset) (*state, error) {
+	if err := rs.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid ruleset: %w", err)
+	}
+	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{}}
+	for _, fam := range []int{4, 6} {
+		st.addSet(fmt.Sprintf("quarantine%d", fam), fam, kindAddr)
+		st.addSet(fmt.Sprintf("managed%d", fam), fam, kindInterval)
+		st.addSet(fmt.Sprintf("egress%d", fam), fam, kindVmap)
+		st.addSet(fmt.Sprintf("ingress%d", fam), fam, kindVmap)
+	}
+	for _, a := range rs.Quarantine {
+		a = a.Unmap()
+		st.sets[fmt.Sprintf("quarantine%d", famOf(a))].elems[a.String()] = elemSpec{key: a}
+	}
+	for fam, prefixes := range byFamily(rs.Managed) {
+		fillInterval(st.addSetIfMissing(fmt.Sprintf("managed%d", fam), fam, kindInterval), prefixes)
+	}
+	for _, s := range rs.Sets {
+		byFam := byFamily(s.Prefixes)
+		for _, fam := range []int{4, 6} {
+			fillInterval(st.addSet(peerSetName(s.Name, fam), fam, kindInterval), byFam[fam])
+		}
+	}
+	st.baseChains(cfg)
+	eps := append([]Endpoint(nil), rs.Endpoints...)
+	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
+	for _, ep := range eps {
+		out := st.policyChain("out", ep.Egress, false)
+		in := st.policyChain("in", ep.Ingress, true)
+		st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], out, in)
+		for _, ip := range ep.IPs {
+			ip = ip.Unmap()
+			fam := famOf(ip)
+			st.sets[fmt.Sprintf("egress%d", fam)].elems[ip.String()] = elemSpec{key: ip, chain: out, comment: ep.ID}
+			st.sets[fmt.Sprintf("ingress%d", fam)].elems[ip.String()] = elemSpec{key: ip, chain: in, comment: ep.ID}
+		}
+		if ep.HostIface != "" {
+			name := st.antiSpoofChain(ep)
+			st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], name)
+		}
+	}
+	for _, c := range st.chains {
+		c.hash = chainHash(c)
+	}
+	return st, nil
+}
+
+func (st *state) addSet(name string, fam int, kind setKind) *setSpec {
+	s := &setSpec{name: name, fam: fam, kind: kind, elems: map[string]elemSpec{}}
+	st.sets[name] = s
+	return s
+}
+
+func (st *state) addSetIfMissing(name string, fam int, kind setKind) *setSpec {
+	if s, ok := st.sets[name]; ok {
+		return s
+	}
+	return st.addSet(name, fam, kind)
+}
+
+func (st *state) addChain(c *chainSpec) { st.chains[c.name] = c }
+
+// baseChains renders the hooks and the shared verdict tails.
+//
+//	chain forward { type filter hook forward priority 0; policy accept;
+//	  ct state established,related accept
+//	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
+//	  ct state invalid drop
+//	  ip saddr @quarantine4 counter name "quarantined" drop    (and daddr, and ip6)
+//	  ip saddr vmap @egress4          # a local endpoint opens it: its egress chain decides
+//	  ip daddr vmap @ingress4         # else a local endpoint receives it: its ingress chain decides
+//	  ip saddr @managed4 counter name "unprogrammed" drop      (and daddr: fail closed)
+//	}
+//	chain allow { limit rate over R/second burst B packets counter name "log_limited_allow" accept
+//	              log prefix "netseg allow" group G accept }
+//	chain deny  { limit rate over R/second burst B packets counter name "log_limited_deny" drop
+//	              log prefix "netseg deny" group G drop }
+func (st *state) baseChains(cfg Config) {
+	var fwd, in, out []*rb
+	for _, c := range []*[]*rb{&fwd, &in, &out} {
+		*c = append(*c, rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, ""))
+		// Neighbour discovery and MLD are not tracked by conntrack (their
+		// ct state reads invalid) and must pass for IPv6 to work at all.
+		*c = append(*c,
+			rule().family(6).l4(ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
+			rule().family(6).l4(ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""))
+	}
+	fwd = append(fwd, rule().ctState("invalid", 1).verdict(expr.VerdictDrop, ""))
+	for _, fam := range []int{4, 6} {
+		q := fmt.Sprintf("quarantine%d", fam)
+		for _, src := range []bool{true, false} {
+			fwd = append(fwd, rule().family(fam).addrIn(src, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
+		}
+		in = append(in, rule().family(fam).addrIn(true, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
+		out = append(out, rule().family(fam).addrIn(false, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
+	}
+	for _, fam := range []int{4, 6} {
+		fwd = append(fwd, rule().family(fam).addrVmap(true, fmt.Sprintf("egress%d", fam)))
+		in = append(in, rule().family(fam).addrVmap(true, fmt.Sprintf("egress%d", fam)))
+	}
+	for _, fam := range []int{4, 6} {
+		fwd = append(fwd, rule().family(fam).addrVmap(false, fmt.Sprintf("ingress%d", fam)))
+		if cfg.DenyHostAccess {
+			out = append(out, rule().family(fam).addrVmap(false, fmt.Sprintf("ingress%d", fam)))
+		}
+	}
+	for _, fam := range []int{4, 6} {
+		m := fmt.Sprintf("managed%d", fam)
+		for _, src := range []bool{true, false} {
+			fwd = append(fwd, rule().family(fam).addrIn(src, m, false).counter(counterUnmanaged).verdict(expr.VerdictDrop, ""))
+		}
+		out = append(out, rule().family(fam).addrIn(false, m, false).counter(counterUnmanaged).verdict(expr.VerdictDrop, ""))
+		in = append(in, rule().family(fam).addrIn(true, m, false).counter(counterUnmanaged).verdict(expr.VerdictDrop, ""))
+	}
+	p := cfg.Priority
+	st.addChain(&chainSpec{name: chainForward, hook: nftables.ChainHookForward, prio: p, rules: fwd})
+	st.addChain(&chainSpec{name: chainInput, hook: nftables.ChainHookInput, prio: p, rules: in})
+	st.addChain(&chainSpec{name: chainOutput, hook: nftables.ChainHookOutput, prio: p, rules: out})
+	st.addChain(&chainSpec{name: chainAllow, rules: []*rb{
+		rule().limitOver(cfg.LogRate, cfg.LogBurst).counter(counterLogLimitAllow).verdict(expr.VerdictAccept, ""),
+		rule().log("netseg allow", cfg.NFLOGGroup).verdict(expr.VerdictAccept, ""),
+	}})
+	st.addChain(&chainSpec{name: chainDeny, rules: []*rb{
+		rule().limitOver(cfg.LogRate, cfg.LogBurst).counter(counterLogLimitDeny).verdict(expr.VerdictDrop, ""),
+		rule().log("netseg deny", cfg.NFLOGGroup).verdict(expr.VerdictDrop, ""),
+	}})
+}
+
+// policyChain renders an endpoint's rule lists into a chain named after
+// their content, so endpoints with the same compiled policy share it and
+// endpoint churn changes only vmap elements. It returns the chain's name.
+//
+// Without a staged list each rule stamps both halves of the mark:
+//
+//	ip daddr @p_zone_web_4 meta l4proto tcp th dport 443 ct mark set 0x40054005 goto allow
+//
+// With one, the chain first jumps to "<name>_s", whose rules write the
+// staged half and return, then each enforced rule writes its half:
+//
+//	jump out_3f2a..._s
+//	ip daddr @p_zone_db_4 ct mark set ct mark and 0xffff0000 or 0x00004007 goto allow
+func (st *state) policyChain(dir string, p Policy, ingress bool) string {
+	var enforced, staged []*rb
+	if p.Staged != nil {
+		for _, r := range p.Staged {
+			for _, b := range expand(r, ingress) {
+				staged = append(staged, b.ctMarkSet(half(r.Action, r.Origin)<<16).verdict(expr.VerdictReturn, ""))
+			}
+		}
+		// Unreachable when the compiler ends the list with a catch-all;
+		// kept so a short list can never leave a stale half behind.
+		staged = append(staged, rule().ctMarkSet(half(Deny, 0)<<16).verdict(expr.VerdictReturn, ""))
+	}
+	for _, r := range p.Enforced {
+		tail := chainAllow
+		if r.Action == Deny {
+			tail = chainDeny
+		}
+		for _, b := range expand(r, ingress) {
+			if p.Staged != nil {
+				b.ctMarkSetLow(half(r.Action, r.Origin))
+			} else {
+				b.ctMarkSet(uint32(MakeMark(r.Action, r.Action, r.Origin, r.Origin)))
+			}
+			enforced = append(enforced, b.verdict(expr.VerdictGoto, tail))
+		}
+	}
+	enforced = append(enforced, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(Deny, Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
+
+	sum := sha256.New()
+	fmt.Fprintln(sum, dir)
+	for _, b := range staged {
+		fmt.Fprintln(sum, "s", b)
+	}
+	for _, b := range enforced {
+		fmt.Fprintln(sum, "e", b)
+	}
+	name := dir + "_" + hex.EncodeToString(sum.Sum(nil)[:6])
+	if _, ok := st.chains[name]; ok {
+		return name
+	}
+	if staged != nil {
+		st.addChain(&chainSpec{name: name + "_s", rules: staged})
+		enforced = append([]*rb{rule().verdict(expr.VerdictJump, name+"_s")}, enforced...)
+	}
+	st.addChain(&chainSpec{name: name, rules: enforced})
+	return name
+}
+
+// expand turns one rule into kernel rules: one per address family of its
+// peer and per port range. The peer is the destination for egress and the
+// source for ingress.
+func expand(r Rule, ingress bool) []*rb {
+	var fams []int
+	if r.Peer != "" {
+		fams = []int{4, 6}
+	} else {
+		fams = []int{0}
+	}
+	var out []*rb
+	for _, fam := range fams {
+		ports := r.Ports
+		if len(ports) == 0 {
+			ports = []PortRange{{}}
+		}
+		for _, pr := range ports {
+			if (fam == 4 && pr.Proto == ICMPv6) || (fam == 6 && pr.Proto == ICMP) {
+				continue // cannot match: ICMP lives in IPv4, ICMPv6 in IPv6
+			}
+			b := rule()
+			if fam != 0 {
+				b.family(fam).addrIn(ingress, peerSetName(r.Peer, fam), false)
+			}
+			if pr.Proto != 0 {
+				b.l4(pr.Proto)
+				if pr.First != 0 {
+					b.dport(pr.First, pr.Last)
+				}
+			}
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// antiSpoofChain binds a chain to the host-side veth's ingress hook: what
+// the container sends must come from its own addresses (IPv6 link-local
+// and the unspecified address are allowed for neighbour discovery).
+//
+//	chain spoof_<iface> { type filter hook ingress device "<iface>" priority -500; policy accept;
+//	  meta protocol ip ip saddr != 10.88.0.5 counter name "spoofed" drop
+//	  meta protocol ip6 ip6 saddr != fd00::5 ip6 saddr != fe80::/10 ip6 saddr != :: counter name "spoofed" drop
+//	}
+func (st *state) antiSpoofChain(ep Endpoint) string {
+	var rules []*rb
+	for _, fam := range []int{4, 6} {
+		b := rule().metaProtocol(fam)
+		for _, ip := range ep.IPs {
+			ip = ip.Unmap()
+			if famOf(ip) == fam {
+				b.addrNotPrefix(true, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+		if fam == 6 {
+			b.addrNotPrefix(true, netip.MustParsePrefix("fe80::/10")).addrNotPrefix(true, netip.MustParsePrefix("::/128"))
+		}
+		rules = append(rules, b.counter(counterSpoof).verdict(expr.VerdictDrop, ""))
+	}
+	name := readable("spoof_", ep.HostIface)
+	st.addChain(&chainSpec{name: name, hook: hookInetIngress, prio: -500, device: ep.HostIface, rules: rules})
+	return name
+}
+
+func chainHash(c *chainSpec) string {
+	sum := sha256.New()
+	if c.hook != nil {
+		fmt.Fprintln(sum, *c.hook, c.prio, c.device)
+	}
+	for _, r := range c.rules {
+		fmt.Fprintln(sum, r)
+	}
+	return hex.EncodeToString(sum.Sum(nil)[:8])
+}
+
+func famOf(a netip.Addr) int {
+	if a.Unmap().Is4() {
+		return 4
+	}
+	return 6
+}
+
+func byFamily(prefixes []netip.Prefix) map[int][]netip.Prefix {
+	out := map[int][]netip.Prefix{}
+	for _, p := range prefixes {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
+		out[famOf(p.Addr())] = append(out[famOf(p.Addr())], p)
+	}
+	return out
+}
+
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
+}

@@ -1,0 +1,459 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+)
+
+// Stats counts what the dataplane did since it started.
+type Stats struct {
+	Syncs        atomic.Uint64 // incremental syncs applied
+	FullResyncs  atomic.Uint64 // full rebuilds applied (including repairs)
+	DriftRepairs atomic.Uint64 // drift found in the kernel and repaired
+	Errors       atomic.Uint64 // batches the kernel refused
+	// LastSync is the duration of the last applied batch, in nanoseconds.
+	LastSync atomic.Int64
+}
+
+// LinkChecker says whether a host interface exists. The dataplane binds an
+// anti-spoofing chain only to interfaces that exist: the kernel refuses a
+// chain on a missing device, and that would fail the whole batch.
+type LinkChecker func(name string) bool
+
+// Dataplane owns the nftables table "inet <Config.Table>" in one network
+// namespace and makes it match a Ruleset, one atomic batch per change.
+type Dataplane struct {
+	cfg   Config
+	dial  Dialer
+	conn  *nftables.Conn // the batch being built (one connection per batch)
+	errs  []error        // problems met while building the batch
+	links LinkChecker
+	table *nftables.Table
+
+	mu      sync.Mutex
+	applied *state   // what the last successful batch made the kernel hold
+	last    *Ruleset // the ruleset behind applied, for drift repairs
+	sets    map[string]*nftables.Set
+
+	Stats Stats
+}
+
+// Dialer opens an nftables connection in the node's network namespace.
+type Dialer func() (*nftables.Conn, error)
+
+// New returns a dataplane that programs through connections from dial.
+// links may be nil: every device is then assumed to exist.
+func New(cfg Config, dial Dialer, links LinkChecker) *Dataplane {
+	cfg = cfg.Defaults()
+	if links == nil {
+		links = func(string) bool { return true }
+	}
+	return &Dataplane{
+		cfg: cfg, dial: dial, links: links,
+		table: &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
+	}
+}
+
+// Config returns the effective configuration.
+func (d *Dataplane) Config() Config { return d.cfg }
+
+// Sync makes the kernel match rs, sending only the difference from the last
+// applied state in one atomic batch. The first sync, and any sync after a
+// refused batch, is a full resync.
+func (d *Dataplane) Sync(rs *Ruleset) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sync(rs, false)
+}
+
+// Resync rebuilds the whole table from rs in one atomic batch: the old
+// table is deleted and the new one created in the same transaction, so no
+// packet ever sees a missing or half-built table.
+func (d *Dataplane) Resync(rs *Ruleset) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sync(rs, true)
+}
+
+func (d *Dataplane) sync(rs *Ruleset, full bool) error {
+	st, err := render(d.cfg, d.withLinks(rs))
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := d.begin(); err != nil {
+		return err
+	}
+	if full || d.applied == nil {
+		d.buildFull(st)
+	} else {
+		d.buildDiff(d.applied, st)
+	}
+	if err := d.commit(); err != nil {
+		d.Stats.Errors.Add(1)
+		d.applied, d.sets = nil, nil // unknown: the next sync rebuilds
+		return fmt.Errorf("apply nftables batch to table inet %s: %w", d.cfg.Table, err)
+	}
+	d.Stats.LastSync.Store(int64(time.Since(start)))
+	if full || d.applied == nil {
+		d.Stats.FullResyncs.Add(1)
+	} else {
+		d.Stats.Syncs.Add(1)
+	}
+	d.applied, d.last = st, rs
+	return nil
+}
+
+// begin opens the connection that collects one batch.
+func (d *Dataplane) begin() error {
+	c, err := d.dial()
+	if err != nil {
+		return fmt.Errorf("nftables connection: %w", err)
+	}
+	d.conn, d.errs = c, nil
+	return nil
+}
+
+// commit sends the batch as one transaction, unless building it failed:
+// then nothing is sent (the connection and its queued messages are dropped).
+func (d *Dataplane) commit() error {
+	c, errs := d.conn, d.errs
+	d.conn, d.errs = nil, nil
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return c.Flush()
+}
+
+// withLinks drops the host interface of endpoints whose device is gone.
+func (d *Dataplane) withLinks(rs *Ruleset) *Ruleset {
+	missing := false
+	for _, ep := range rs.Endpoints {
+		if ep.HostIface != "" && !d.links(ep.HostIface) {
+			missing = true
+			break
+		}
+	}
+	if !missing {
+		return rs
+	}
+	cp := *rs
+	cp.Endpoints = append([]Endpoint(nil), rs.Endpoints...)
+	for i, ep := range cp.Endpoints {
+		if ep.HostIface != "" && !d.links(ep.HostIface) {
+			cp.Endpoints[i].HostIface = ""
+		}
+	}
+	return &cp
+}
+
+// buildFull queues: add table (a no-op if present), delete it, add it again
+// with every object. Deleting first makes the rebuild exact; doing it in one
+// transaction makes it atomic.
+func (d *Dataplane) buildFull(st *state) {
+	d.conn.AddTable(d.table)
+	d.conn.DelTable(d.table)
+	d.conn.AddTable(d.table)
+	for _, name := range Counters {
+		d.conn.AddObj(&nftables.CounterObj{Table: d.table, Name: name})
+	}
+	d.sets = map[string]*nftables.Set{}
+	for _, name := range sortedKeys(st.sets) {
+		d.addSet(st.sets[name])
+	}
+	for _, name := range sortedKeys(st.chains) {
+		d.addChain(st.chains[name])
+	}
+	for _, name := range sortedKeys(st.chains) {
+		d.addRules(st.chains[name])
+	}
+	for _, name := range sortedKeys(st.sets) {
+		if s := st.sets[name]; s.kind == kindVmap {
+			d.addElems(s, sortedKeys(s.elems))
+		}
+	}
+}
+
+// buildDiff queues only what changed from old to st, in an order the kernel
+// accepts inside one transaction: new sets and chains first, then rules and
+// elements, then deletions of what nothing refers to any more.
+func (d *Dataplane) buildDiff(old, st *state) {
+	for _, name := range sortedKeys(st.sets) {
+		if _, ok := old.sets[name]; !ok {
+			d.addSet(st.sets[name])
+		}
+	}
+	for _, name := range sortedKeys(st.chains) {
+		c, prev := st.chains[name], old.chains[name]
+		switch {
+		case prev == nil:
+			d.addChain(c)
+			d.addRules(c)
+		case prev.hash != c.hash && (prev.device != c.device || prev.hook != c.hook):
+			d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
+			d.addChain(c)
+			d.addRules(c)
+		case prev.hash != c.hash:
+			d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
+			d.addRules(c)
+		}
+	}
+	for _, name := range sortedKeys(st.sets) {
+		s, prev := st.sets[name], old.sets[name]
+		if prev == nil {
+			if s.kind == kindVmap {
+				d.addElems(s, sortedKeys(s.elems))
+			}
+			continue
+		}
+		if s.kind == kindInterval {
+			if !sameElems(prev.elems, s.elems) {
+				d.conn.FlushSet(d.kset(s))
+				d.addElems(s, sortedKeys(s.elems))
+			}
+			continue
+		}
+		var del, add []string
+		for k, e := range prev.elems {
+			if n, ok := s.elems[k]; !ok || n != e {
+				del = append(del, k)
+			}
+		}
+		for k, e := range s.elems {
+			if p, ok := prev.elems[k]; !ok || p != e {
+				add = append(add, k)
+			}
+		}
+		sort.Strings(del)
+		sort.Strings(add)
+		d.delElems(prev, del)
+		d.addElems(s, add)
+	}
+	// Stale chains: empty them all first (they may jump to each other),
+	// then delete. Vmap elements pointing at them were removed above.
+	var stale []string
+	for _, name := range sortedKeys(old.chains) {
+		if _, ok := st.chains[name]; !ok {
+			stale = append(stale, name)
+			d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
+		}
+	}
+	for _, name := range stale {
+		d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
+	}
+	for _, name := range sortedKeys(old.sets) {
+		if _, ok := st.sets[name]; !ok {
+			d.conn.DelSet(d.kset(old.sets[name]))
+			delete(d.sets, name)
+		}
+	}
+}
+
+func (d *Dataplane) kset(s *setSpec) *nftables.Set {
+	if ks, ok := d.sets[s.name]; ok {
+		return ks
+	}
+	ks := &nftables.Set{Table: d.table, Name: s.name, KeyType: nftables.TypeIPAddr}
+	if s.fam == 6 {
+		ks.KeyType = nftables.TypeIP6Addr
+	}
+	switch s.kind {
+	case kindInterval:
+		ks.Interval = true
+	case kindVmap:
+		ks.IsMap, ks.DataType = true, nftables.TypeVerdict
+	}
+	d.sets[s.name] = ks
+	return ks
+}
+
+func (d *Dataplane) addSet(s *setSpec) {
+	ks := d.kset(s)
+	var elems []nftables.SetElement
+	if s.kind != kindVmap { // vmap elements need their chains: added later
+		elems = d.elements(s, sortedKeys(s.elems))
+	}
+	if err := d.conn.AddSet(ks, elems); err != nil {
+		d.errs = append(d.errs, fmt.Errorf("set %s: %w", s.name, err))
+	}
+}
+
+func (d *Dataplane) elements(s *setSpec, keys []string) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, k := range keys {
+		e := s.elems[k]
+		switch s.kind {
+		case kindInterval:
+			out = append(out, nftables.SetElement{Key: e.key.AsSlice()})
+			if e.keyEnd.IsValid() {
+				out = append(out, nftables.SetElement{Key: e.keyEnd.AsSlice(), IntervalEnd: true})
+			}
+		case kindVmap:
+			out = append(out, nftables.SetElement{Key: e.key.AsSlice(), Comment: e.comment,
+				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.chain}})
+		default:
+			out = append(out, nftables.SetElement{Key: e.key.AsSlice()})
+		}
+	}
+	return out
+}
+
+func (d *Dataplane) addElems(s *setSpec, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	if err := d.conn.SetAddElements(d.kset(s), d.elements(s, keys)); err != nil {
+		d.errs = append(d.errs, fmt.Errorf("add elements to %s: %w", s.name, err))
+	}
+}
+
+func (d *Dataplane) delElems(s *setSpec, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	if err := d.conn.SetDeleteElements(d.kset(s), d.elements(s, keys)); err != nil {
+		d.errs = append(d.errs, fmt.Errorf("delete elements from %s: %w", s.name, err))
+	}
+}
+
+func (d *Dataplane) addChain(c *chainSpec) {
+	kc := &nftables.Chain{Name: c.name, Table: d.table}
+	if c.hook != nil {
+		prio := nftables.ChainPriority(c.prio)
+		accept := nftables.ChainPolicyAccept
+		kc.Hooknum, kc.Priority, kc.Type, kc.Policy, kc.Device = c.hook, &prio, nftables.ChainTypeFilter, &accept, c.device
+	}
+	d.conn.AddChain(kc)
+}
+
+func (d *Dataplane) addRules(c *chainSpec) {
+	kc := &nftables.Chain{Name: c.name, Table: d.table}
+	for i, r := range c.rules {
+		d.conn.AddRule(&nftables.Rule{Table: d.table, Chain: kc, Exprs: r.exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, ruleTag(c, i))})
+	}
+}
+
+// ruleTag is each rule's comment: the chain's content hash and the rule's
+// place, so a drift check can tell an edited or reordered rule.
+func ruleTag(c *chainSpec, i int) string { return fmt.Sprintf("netseg %s/%d", c.hash, i) }
+
+// Cleanup deletes the table and everything in it. Deleting a table that
+// does not exist is not an error.
+func (d *Dataplane) Cleanup() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.begin(); err != nil {
+		return err
+	}
+	d.conn.AddTable(d.table)
+	d.conn.DelTable(d.table)
+	d.applied, d.sets, d.last = nil, nil, nil
+	if err := d.commit(); err != nil {
+		return fmt.Errorf("delete table inet %s: %w", d.cfg.Table, err)
+	}
+	return nil
+}
+
+// ErrNotProgrammed means an endpoint's rules are not in the kernel.
+var ErrNotProgrammed = errors.New("not programmed")
+
+// CheckEndpoint verifies in the kernel (not in memory) that the endpoint's
+// chains exist with their rules and that its addresses dispatch to them.
+func (d *Dataplane) CheckEndpoint(id string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.applied
+	if st == nil {
+		return fmt.Errorf("endpoint %s: %w: no ruleset applied", id, ErrNotProgrammed)
+	}
+	conn, err := d.dial()
+	if err != nil {
+		return fmt.Errorf("nftables connection: %w", err)
+	}
+	chains, ok := st.endpointChains[id]
+	if !ok {
+		return fmt.Errorf("endpoint %s: %w: unknown endpoint", id, ErrNotProgrammed)
+	}
+	for _, name := range chains {
+		c := st.chains[name]
+		rules, err := conn.GetRules(d.table, &nftables.Chain{Name: name, Table: d.table})
+		if err != nil {
+			return fmt.Errorf("endpoint %s: %w: chain %s: %v", id, ErrNotProgrammed, name, err)
+		}
+		if err := sameRules(c, rules); err != nil {
+			return fmt.Errorf("endpoint %s: %w: %v", id, ErrNotProgrammed, err)
+		}
+	}
+	for _, fam := range []int{4, 6} {
+		for _, dir := range []string{"egress", "ingress"} {
+			s := st.sets[fmt.Sprintf("%s%d", dir, fam)]
+			want := map[netip.Addr]string{}
+			for _, e := range s.elems {
+				if e.comment == id {
+					want[e.key] = e.chain
+				}
+			}
+			if len(want) == 0 {
+				continue
+			}
+			got, err := conn.GetSetElements(d.kset(s))
+			if err != nil {
+				return fmt.Errorf("endpoint %s: %w: map %s: %v", id, ErrNotProgrammed, s.name, err)
+			}
+			for _, e := range got {
+				a, _ := netip.AddrFromSlice(e.Key)
+				if e.VerdictData != nil && want[a] == e.VerdictData.Chain {
+					delete(want, a)
+				}
+			}
+			for a := range want {
+				return fmt.Errorf("endpoint %s: %w: %s has no entry for %s", id, ErrNotProgrammed, s.name, a)
+			}
+		}
+	}
+	return nil
+}
+
+func sameRules(c *chainSpec, rules []*nftables.Rule) error {
+	if len(rules) != len(c.rules) {
+		return fmt.Errorf("chain %s has %d rules, want %d", c.name, len(rules), len(c.rules))
+	}
+	for i, r := range rules {
+		tag, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		if tag != ruleTag(c, i) {
+			return fmt.Errorf("chain %s rule %d is %q, want %q", c.name, i, tag, ruleTag(c, i))
+		}
+	}
+	return nil
+}
+
+func sameElems(a, b map[string]elemSpec) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, e := range a {
+		if b[k] != e {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
