@@ -3,6 +3,10 @@ package dataplane
 import (
 	"fmt"
 	"net/netip"
+	"strings"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -98,7 +102,7 @@ func diffElems(s *setSpec, got []nftables.SetElement) string {
 		if !ok {
 			return fmt.Sprintf("set %s holds unexpected element %s", s.name, a)
 		}
-		if s.kind == kindVmap && (e.VerdictData == nil || e.VerdictData.Chain != chain) {
+		if s.kind == kindVmap && vmapTarget(e) != chain {
 			return fmt.Sprintf("map %s sends %s to the wrong chain", s.name, a)
 		}
 	}
@@ -127,4 +131,23 @@ func (d *Dataplane) CounterValues() (map[string]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// vmapTarget returns the chain a vmap element jumps or goes to. The
+// library hands a read element's verdict back as the raw nested
+// NFTA_DATA_VERDICT attributes (code, chain) in Val.
+func vmapTarget(e nftables.SetElement) string {
+	if e.VerdictData != nil {
+		return e.VerdictData.Chain
+	}
+	ad, err := netlink.NewAttributeDecoder(e.Val)
+	if err != nil {
+		return ""
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
+			return strings.TrimRight(string(ad.Bytes()), "\x00")
+		}
+	}
+	return ""
 }

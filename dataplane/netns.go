@@ -4,7 +4,9 @@ import (
 	"fmt"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
+	"github.com/mdlayher/netlink"
+	vnl "github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"github.com/vishvananda/netns"
 )
 
@@ -12,7 +14,7 @@ import (
 // Tests pass a lab namespace; the agent passes "" (its own).
 type Namespace struct {
 	fd netns.NsHandle
-	nl *netlink.Handle
+	nl *vnl.Handle
 }
 
 // OpenNamespace opens the namespace bind-mounted at path, or the calling
@@ -28,7 +30,7 @@ func OpenNamespace(path string) (*Namespace, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %q: %w", path, err)
 	}
-	nl, err := netlink.NewHandleAt(fd)
+	nl, err := vnl.NewHandleAt(fd)
 	if err != nil {
 		fd.Close()
 		return nil, fmt.Errorf("netlink handle in %q: %w", path, err)
@@ -38,7 +40,36 @@ func OpenNamespace(path string) (*Namespace, error) {
 
 // Dial opens an nftables connection inside the namespace (a Dialer).
 func (n *Namespace) Dial() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithNetNSFd(int(n.fd)))
+	return nftables.New(nftables.WithNetNSFd(int(n.fd)), nftables.WithSockOptions(bigBuffers))
+}
+
+// batchBuffer sizes the netlink socket for a whole batch: the library sends
+// a batch in one sendmsg, which the kernel refuses (EMSGSIZE) when it is
+// larger than the send buffer, and the kernel answers every message with
+// an ack, which overflows a small receive buffer (ENOBUFS). A full resync
+// of 1,000 endpoints is a few MB. The FORCE variants (root) pass the
+// net.core.[rw]mem_max caps; memory is only used while a batch is in flight.
+const batchBuffer = 256 << 20
+
+func bigBuffers(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink raw conn: %w", err)
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, batchBuffer); serr != nil {
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchBuffer)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("size netlink buffers: %w", err)
+	}
+	return nil
 }
 
 // LinkExists reports whether the interface exists in the namespace (a
@@ -49,7 +80,7 @@ func (n *Namespace) LinkExists(name string) bool {
 }
 
 // Netlink returns the namespace's netlink handle.
-func (n *Namespace) Netlink() *netlink.Handle { return n.nl }
+func (n *Namespace) Netlink() *vnl.Handle { return n.nl }
 
 // Close releases the namespace handle.
 func (n *Namespace) Close() error {

@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -68,6 +70,11 @@ type chainSpec struct {
 type state struct {
 	sets   map[string]*setSpec
 	chains map[string]*chainSpec
+	// byKey: policy key -> chain name; made: policy key -> the chains
+	// rendered for it (kept for the next sync); cache: the previous
+	// sync's made, reused instead of rendering again.
+	byKey       map[string]string
+	made, cache map[string][]*chainSpec
 	// endpointChains: endpoint id -> chains it needs (for CHECK).
 	endpointChains map[string][]string
 }
@@ -131,20 +138,36 @@ func readable(prefix, name string) string {
 	return prefix + clean + "_" + hex.EncodeToString(sum[:4])
 }
 
-func peerSetName(peer string, fam int) string { return fmt.Sprintf("%s_%d", readable("p_", peer), fam) }
+var peerNames sync.Map // peer -> readable base name; names are pure functions of the peer
+
+func peerSetName(peer string, fam int) string {
+	base, ok := peerNames.Load(peer)
+	if !ok {
+		base, _ = peerNames.LoadOrStore(peer, readable("p_", peer))
+	}
+	if fam == 4 {
+		return base.(string) + "_4"
+	}
+	return base.(string) + "_6"
+}
 
 // render computes the desired table content. It is pure: the same ruleset
 // gives the same state.
-func render(cfg Config, rs *Ruleset) (*state, error) {
+func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	if err := rs.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
 	}
-	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{}}
+	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{},
+		byKey: map[string]string{}, made: map[string][]*chainSpec{}}
+	if prev != nil {
+		st.cache = prev.made
+	}
 	for _, fam := range []int{4, 6} {
 		st.addSet(fmt.Sprintf("quarantine%d", fam), fam, kindAddr)
 		st.addSet(fmt.Sprintf("managed%d", fam), fam, kindInterval)
 		st.addSet(fmt.Sprintf("egress%d", fam), fam, kindVmap)
 		st.addSet(fmt.Sprintf("ingress%d", fam), fam, kindVmap)
+		st.addSet(fmt.Sprintf("local%d", fam), fam, kindAddr)
 	}
 	for _, a := range rs.Quarantine {
 		a = a.Unmap()
@@ -171,6 +194,7 @@ func render(cfg Config, rs *Ruleset) (*state, error) {
 			fam := famOf(ip)
 			st.sets[fmt.Sprintf("egress%d", fam)].elems[ip.String()] = elemSpec{key: ip, chain: out, comment: ep.ID}
 			st.sets[fmt.Sprintf("ingress%d", fam)].elems[ip.String()] = elemSpec{key: ip, chain: in, comment: ep.ID}
+			st.sets[fmt.Sprintf("local%d", fam)].elems[ip.String()] = elemSpec{key: ip}
 		}
 		if ep.HostIface != "" {
 			name := st.antiSpoofChain(ep)
@@ -178,7 +202,9 @@ func render(cfg Config, rs *Ruleset) (*state, error) {
 		}
 	}
 	for _, c := range st.chains {
-		c.hash = chainHash(c)
+		if c.hash == "" {
+			c.hash = chainHash(c)
+		}
 	}
 	return st, nil
 }
@@ -205,9 +231,9 @@ func (st *state) addChain(c *chainSpec) { st.chains[c.name] = c }
 //	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
 //	  ct state invalid drop
 //	  ip saddr @quarantine4 counter name "quarantined" drop    (and daddr, and ip6)
+//	  ip saddr @managed4 ip saddr != @local4 counter name "unprogrammed" drop   (and daddr: fail closed)
 //	  ip saddr vmap @egress4          # a local endpoint opens it: its egress chain decides
 //	  ip daddr vmap @ingress4         # else a local endpoint receives it: its ingress chain decides
-//	  ip saddr @managed4 counter name "unprogrammed" drop      (and daddr: fail closed)
 //	}
 //	chain allow { limit rate over R/second burst B packets counter name "log_limited_allow" accept
 //	              log prefix "netseg allow" group G accept }
@@ -233,6 +259,15 @@ func (st *state) baseChains(cfg Config) {
 		out = append(out, rule().family(fam).addrIn(false, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
 	}
 	for _, fam := range []int{4, 6} {
+		m, local := fmt.Sprintf("managed%d", fam), fmt.Sprintf("local%d", fam)
+		unprogrammed := func(src bool) *rb {
+			return rule().family(fam).addrIn(src, m, false).addrIn(src, local, true).counter(counterUnmanaged).verdict(expr.VerdictDrop, "")
+		}
+		fwd = append(fwd, unprogrammed(true), unprogrammed(false))
+		in = append(in, unprogrammed(true))
+		out = append(out, unprogrammed(false))
+	}
+	for _, fam := range []int{4, 6} {
 		fwd = append(fwd, rule().family(fam).addrVmap(true, fmt.Sprintf("egress%d", fam)))
 		in = append(in, rule().family(fam).addrVmap(true, fmt.Sprintf("egress%d", fam)))
 	}
@@ -241,14 +276,6 @@ func (st *state) baseChains(cfg Config) {
 		if cfg.DenyHostAccess {
 			out = append(out, rule().family(fam).addrVmap(false, fmt.Sprintf("ingress%d", fam)))
 		}
-	}
-	for _, fam := range []int{4, 6} {
-		m := fmt.Sprintf("managed%d", fam)
-		for _, src := range []bool{true, false} {
-			fwd = append(fwd, rule().family(fam).addrIn(src, m, false).counter(counterUnmanaged).verdict(expr.VerdictDrop, ""))
-		}
-		out = append(out, rule().family(fam).addrIn(false, m, false).counter(counterUnmanaged).verdict(expr.VerdictDrop, ""))
-		in = append(in, rule().family(fam).addrIn(true, m, false).counter(counterUnmanaged).verdict(expr.VerdictDrop, ""))
 	}
 	p := cfg.Priority
 	st.addChain(&chainSpec{name: chainForward, hook: nftables.ChainHookForward, prio: p, rules: fwd})
@@ -278,6 +305,20 @@ func (st *state) baseChains(cfg Config) {
 //	jump out_3f2a..._s
 //	ip daddr @p_zone_db_4 ct mark set ct mark and 0xffff0000 or 0x00004007 goto allow
 func (st *state) policyChain(dir string, p Policy, ingress bool) string {
+	key := policyKey(dir, p)
+	if name, ok := st.byKey[key]; ok {
+		return name
+	}
+	sum := sha256.Sum256([]byte(key))
+	name := dir + "_" + hex.EncodeToString(sum[:6])
+	st.byKey[key] = name
+	if cached, ok := st.cache[key]; ok { // rendered by an earlier sync
+		for _, c := range cached {
+			st.addChain(c)
+		}
+		st.made[key] = cached
+		return name
+	}
 	var enforced, staged []*rb
 	if p.Staged != nil {
 		for _, r := range p.Staged {
@@ -304,25 +345,49 @@ func (st *state) policyChain(dir string, p Policy, ingress bool) string {
 		}
 	}
 	enforced = append(enforced, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(Deny, Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
-
-	sum := sha256.New()
-	fmt.Fprintln(sum, dir)
-	for _, b := range staged {
-		fmt.Fprintln(sum, "s", b)
-	}
-	for _, b := range enforced {
-		fmt.Fprintln(sum, "e", b)
-	}
-	name := dir + "_" + hex.EncodeToString(sum.Sum(nil)[:6])
-	if _, ok := st.chains[name]; ok {
-		return name
-	}
+	var made []*chainSpec
 	if staged != nil {
-		st.addChain(&chainSpec{name: name + "_s", rules: staged})
+		made = append(made, &chainSpec{name: name + "_s", rules: staged})
 		enforced = append([]*rb{rule().verdict(expr.VerdictJump, name+"_s")}, enforced...)
 	}
-	st.addChain(&chainSpec{name: name, rules: enforced})
+	made = append(made, &chainSpec{name: name, rules: enforced})
+	for _, c := range made {
+		c.hash = chainHash(c)
+		st.addChain(c)
+	}
+	st.made[key] = made
 	return name
+}
+
+// policyKey identifies a policy's rendering: equal keys give equal chains,
+// so it names the chain without rendering it.
+func policyKey(dir string, p Policy) string {
+	var b strings.Builder
+	b.WriteString(dir)
+	write := func(tag byte, rules []Rule) {
+		for _, r := range rules {
+			b.WriteByte(tag)
+			b.WriteString(r.Peer)
+			b.WriteByte(0)
+			b.WriteString(strconv.Itoa(int(r.Action)))
+			b.WriteByte(',')
+			b.WriteString(strconv.Itoa(int(r.Origin)))
+			for _, pr := range r.Ports {
+				b.WriteByte(',')
+				b.WriteString(strconv.Itoa(int(pr.Proto)))
+				b.WriteByte(':')
+				b.WriteString(strconv.Itoa(int(pr.First)))
+				b.WriteByte('-')
+				b.WriteString(strconv.Itoa(int(pr.Last)))
+			}
+		}
+	}
+	if p.Staged != nil {
+		b.WriteString("|staged")
+		write('s', p.Staged)
+	}
+	write('e', p.Enforced)
+	return b.String()
 }
 
 // expand turns one rule into kernel rules: one per address family of its

@@ -85,11 +85,11 @@ func (d *Dataplane) Resync(rs *Ruleset) error {
 }
 
 func (d *Dataplane) sync(rs *Ruleset, full bool) error {
-	st, err := render(d.cfg, d.withLinks(rs))
+	start := time.Now()
+	st, err := render(d.cfg, d.withLinks(rs), d.applied)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
 	if err := d.begin(); err != nil {
 		return err
 	}
@@ -277,15 +277,17 @@ func (d *Dataplane) kset(s *setSpec) *nftables.Set {
 }
 
 func (d *Dataplane) addSet(s *setSpec) {
-	ks := d.kset(s)
-	var elems []nftables.SetElement
-	if s.kind != kindVmap { // vmap elements need their chains: added later
-		elems = d.elements(s, sortedKeys(s.elems))
-	}
-	if err := d.conn.AddSet(ks, elems); err != nil {
+	if err := d.conn.AddSet(d.kset(s), nil); err != nil {
 		d.errs = append(d.errs, fmt.Errorf("set %s: %w", s.name, err))
 	}
+	if s.kind != kindVmap { // vmap elements need their chains: added later
+		d.addElems(s, sortedKeys(s.elems))
+	}
 }
+
+// elemChunk bounds the elements per netlink message: the element list is
+// one attribute, and a netlink attribute's length is 16 bits (64 KiB).
+const elemChunk = 256
 
 func (d *Dataplane) elements(s *setSpec, keys []string) []nftables.SetElement {
 	var out []nftables.SetElement
@@ -311,8 +313,12 @@ func (d *Dataplane) addElems(s *setSpec, keys []string) {
 	if len(keys) == 0 {
 		return
 	}
-	if err := d.conn.SetAddElements(d.kset(s), d.elements(s, keys)); err != nil {
-		d.errs = append(d.errs, fmt.Errorf("add elements to %s: %w", s.name, err))
+	for len(keys) > 0 {
+		n := min(len(keys), elemChunk)
+		if err := d.conn.SetAddElements(d.kset(s), d.elements(s, keys[:n])); err != nil {
+			d.errs = append(d.errs, fmt.Errorf("add elements to %s: %w", s.name, err))
+		}
+		keys = keys[n:]
 	}
 }
 
@@ -320,8 +326,12 @@ func (d *Dataplane) delElems(s *setSpec, keys []string) {
 	if len(keys) == 0 {
 		return
 	}
-	if err := d.conn.SetDeleteElements(d.kset(s), d.elements(s, keys)); err != nil {
-		d.errs = append(d.errs, fmt.Errorf("delete elements from %s: %w", s.name, err))
+	for len(keys) > 0 {
+		n := min(len(keys), elemChunk)
+		if err := d.conn.SetDeleteElements(d.kset(s), d.elements(s, keys[:n])); err != nil {
+			d.errs = append(d.errs, fmt.Errorf("delete elements from %s: %w", s.name, err))
+		}
+		keys = keys[n:]
 	}
 }
 
@@ -412,7 +422,7 @@ func (d *Dataplane) CheckEndpoint(id string) error {
 			}
 			for _, e := range got {
 				a, _ := netip.AddrFromSlice(e.Key)
-				if e.VerdictData != nil && want[a] == e.VerdictData.Chain {
+				if want[a] != "" && want[a] == vmapTarget(e) {
 					delete(want, a)
 				}
 			}

@@ -1,0 +1,263 @@
+package dataplane_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/e2e/lab"
+)
+
+// withExtraSet returns rs plus a peer set "churn-i" holding i synthetic
+// addresses, and a rule in b's egress that refers to it: each i changes
+// set elements and one chain, as a dependency change does.
+func withExtraSet(rs *dataplane.Ruleset, i int) *dataplane.Ruleset {
+	cp := *rs
+	var ps []netip.Prefix
+	for k := 0; k <= i%7; k++ {
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(i), byte(k)}), 32))
+	}
+	cp.Sets = append(append([]dataplane.Set{}, rs.Sets...), dataplane.Set{Name: "churn", Prefixes: ps})
+	cp.Endpoints = append([]dataplane.Endpoint{}, rs.Endpoints...)
+	for j, ep := range cp.Endpoints {
+		if ep.ID == "b/eth0" {
+			ep.Egress = dataplane.Policy{Enforced: append([]dataplane.Rule{{Peer: "churn",
+				Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: uint16(1000 + i), Last: uint16(1000 + i)}},
+				Action: dataplane.Deny, Origin: 20}}, allowAll.Enforced...)}
+			cp.Endpoints[j] = ep
+		}
+	}
+	return &cp
+}
+
+func TestLongConnectionSurvivesSyncs(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
+	denied := n.c.ListenTCP(netip.AddrPortFrom(n.c.IP(4), 8080).String())
+	conn, err := n.a.Dial("tcp", srv.Addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A writer pushes numbered messages through the long connection and
+	// checks each echo; a prober keeps trying the denied path.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var echoed, admitted, probes atomic.Int64
+	var connErr atomic.Value
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 16)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			msg := []byte(fmt.Sprintf("%016d", i))
+			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := conn.Write(msg); err != nil {
+				connErr.Store(err)
+				return
+			}
+			if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != string(msg) {
+				connErr.Store(fmt.Errorf("message %d: echo %q, %v", i, buf, err))
+				return
+			}
+			echoed.Add(1)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			probes.Add(1)
+			if err := n.a.Probe("tcp", denied.Addr, 200*time.Millisecond); err == nil {
+				admitted.Add(1)
+			}
+		}
+	}()
+
+	start := time.Now()
+	for i := 0; i < 100; i++ {
+		if err := n.dp.Sync(withExtraSet(rs, i)); err != nil {
+			t.Fatalf("incremental sync %d: %v", i, err)
+		}
+	}
+	incr := time.Since(start)
+	start = time.Now()
+	for i := 0; i < 10; i++ {
+		if err := n.dp.Resync(withExtraSet(rs, i)); err != nil {
+			t.Fatalf("full resync %d: %v", i, err)
+		}
+	}
+	full := time.Since(start)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if err := connErr.Load(); err != nil {
+		t.Fatalf("long connection broke: %v", err)
+	}
+	if admitted.Load() > 0 {
+		t.Fatalf("denied connection admitted %d times out of %d probes", admitted.Load(), probes.Load())
+	}
+	if echoed.Load() == 0 || probes.Load() == 0 {
+		t.Fatalf("no traffic measured: %d echoes, %d probes", echoed.Load(), probes.Load())
+	}
+	if got := n.dp.Stats.Syncs.Load(); got != 100 {
+		t.Errorf("incremental syncs counted %d, want 100", got)
+	}
+	t.Logf("100 incremental syncs in %v, 10 full resyncs in %v; %d echoes on the long connection, %d denied probes, 0 admitted",
+		incr, full, echoed.Load(), probes.Load())
+}
+
+func TestDriftIsRepaired(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 7070).String())
+	for i, edit := range [][]string{
+		{"flush", "table", "inet", "netseg"},
+		{"delete", "table", "inet", "netseg"},
+		{"flush", "chain", "inet", "netseg", "forward"},
+		{"delete", "rule", "inet", "netseg", "deny", "handle", "RULE"},
+		{"add", "rule", "inet", "netseg", "forward", "accept"},
+		{"delete", "element", "inet", "netseg", "egress4", "{", n.a.IP(4).String(), "}"},
+	} {
+		if edit[len(edit)-1] == "RULE" {
+			edit[len(edit)-1] = firstHandle(t, n.node, "deny")
+		}
+		n.node.MustRun("nft", edit...)
+		diff, err := n.dp.CheckDrift()
+		if err != nil {
+			t.Fatalf("%v: %v", edit, err)
+		}
+		if diff == "" {
+			t.Fatalf("%v: drift not detected", edit)
+		}
+		if got := n.dp.Stats.DriftRepairs.Load(); got != uint64(i+1) {
+			t.Errorf("%v: drift repairs = %d, want %d", edit, got, i+1)
+		}
+		if diff, _ := n.dp.CheckDrift(); diff != "" {
+			t.Fatalf("%v: still drifting after repair: %s", edit, diff)
+		}
+		// Enforcement is back: a -> b tcp/7070 is denied again.
+		if err := n.a.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+			t.Fatalf("%v: after repair a -> b 7070 = %v, want denied", edit, err)
+		}
+		t.Logf("%v: found %q, repaired", edit, diff)
+	}
+}
+
+func firstHandle(t *testing.T, node *lab.Netns, chain string) string {
+	out := node.MustRun("nft", "-a", "list", "chain", "inet", "netseg", chain)
+	// Rule lines end in: comment "netseg <hash>/<i>" # handle N
+	m := regexp.MustCompile(`comment "netseg [^"]*" # handle (\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no rule handle in %s", out)
+	}
+	return m[1]
+}
+
+func TestFailClosed(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	srv := n.c.ListenTCP(netip.AddrPortFrom(n.c.IP(4), 8080).String())
+	// b -> c is allowed by the ruleset.
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.b.Probe("tcp", srv.Addr, probeTimeout); err != nil {
+		t.Fatalf("b -> c before quarantine: %v", err)
+	}
+	// Quarantined: known but not programmed.
+	q := *rs
+	q.Quarantine = []netip.Addr{n.c.IP(4)}
+	if err := n.dp.Sync(&q); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.b.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Fatalf("b -> quarantined c = %v, want dropped", err)
+	}
+	// Unknown: c is not an endpoint at all, but inside the managed network.
+	u := *rs
+	u.Endpoints = rs.Endpoints[:2]
+	u.Managed = []netip.Prefix{netip.MustParsePrefix(bridgeSubnet)}
+	if err := n.dp.Sync(&u); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.b.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Fatalf("b -> unprogrammed c = %v, want dropped", err)
+	}
+	counters, err := n.dp.CounterValues()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters["unprogrammed"] == 0 {
+		t.Errorf("unprogrammed counter is 0: %v", counters)
+	}
+}
+
+func TestHostAccessSwitch(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	// b accepts nothing from outside sources.
+	for i, ep := range rs.Endpoints {
+		if ep.ID == "b/eth0" {
+			rs.Endpoints[i].Ingress = dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Deny, Origin: oDenyAll}}}
+		}
+	}
+	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.node.Probe("tcp", srv.Addr, probeTimeout); err != nil {
+		t.Fatalf("node -> b with host access allowed: %v", err)
+	}
+	ns, err := dataplane.OpenNamespace(n.node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	strict := dataplane.New(dataplane.Config{DenyHostAccess: true}, ns.Dial, ns.LinkExists)
+	if err := strict.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.node.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Fatalf("node -> b with host access denied = %v, want dropped", err)
+	}
+}
+
+func TestCleanupRemovesTable(t *testing.T) {
+	n := newNode(t, "bridge")
+	if err := n.dp.Sync(n.policyRuleset(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.dp.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.dp.Cleanup(); err != nil {
+		t.Fatalf("second cleanup: %v", err)
+	}
+	if out := n.node.MustRun("nft", "list", "tables"); out != "" {
+		t.Fatalf("tables left: %s", out)
+	}
+}
