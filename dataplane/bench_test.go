@@ -43,7 +43,9 @@ func synthetic(n, workloads, rules int, unique bool) *dataplane.Ruleset {
 }
 
 // synthIP: 10.100.0.0/16 and up, addresses no test container uses.
-func synthIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)}) }
+func synthIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)})
+}
 
 func benchDataplane(b testing.TB) *dataplane.Dataplane {
 	l := lab.New(b)

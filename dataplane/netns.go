@@ -6,8 +6,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	vnl "github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Namespace is the network namespace the dataplane programs: the node's.
@@ -87,4 +87,3 @@ func (n *Namespace) Close() error {
 	n.nl.Close()
 	return n.fd.Close()
 }
-

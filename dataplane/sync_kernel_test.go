@@ -29,7 +29,7 @@ func withExtraSet(rs *dataplane.Ruleset, i int) *dataplane.Ruleset {
 	for j, ep := range cp.Endpoints {
 		if ep.ID == "b/eth0" {
 			ep.Egress = dataplane.Policy{Enforced: append([]dataplane.Rule{{Peer: "churn",
-				Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: uint16(1000 + i), Last: uint16(1000 + i)}},
+				Ports:  []dataplane.PortRange{{Proto: dataplane.TCP, First: uint16(1000 + i), Last: uint16(1000 + i)}},
 				Action: dataplane.Deny, Origin: 20}}, allowAll.Enforced...)}
 			cp.Endpoints[j] = ep
 		}
