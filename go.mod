@@ -2,7 +2,11 @@ module github.com/netseg/netseg
 
 go 1.26.0
 
-require k8s.io/apimachinery v0.37.2
+require (
+	github.com/google/go-cmp v0.7.0
+	go4.org/netipx v0.0.0-20260823151212-3075585bcbeb
+	k8s.io/apimachinery v0.37.2
+)
 
 require (
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
