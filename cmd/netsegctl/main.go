@@ -1,14 +1,55 @@
-// Command netsegctl is netseg's command-line tool.
+// Command netsegctl is netseg's command-line tool: it validates policy
+// directories and explains decisions.
 package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func run(args []string) int {
-	fmt.Fprintln(os.Stderr, "netsegctl: no commands are available in this version yet")
+const usage = `netsegctl: inspect netseg policy.
+
+Usage:
+  netsegctl validate -f DIR
+  netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]
+
+Run "netsegctl COMMAND --help" for a command's flags.
+`
+
+// run executes one command and returns the process exit code: 0 on
+// success, 1 when the command found problems or failed, 2 on bad usage.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "validate":
+		return runValidate(args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "netsegctl: unknown command %q\n\n%s", args[0], usage)
 	return 2
+}
+
+// flatten lists the leaves of joined errors.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }

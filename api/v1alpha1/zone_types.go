@@ -1,0 +1,91 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ZoneSpec says which endpoints and addresses belong to a zone and what
+// happens to traffic into and out of it that nothing else decides.
+type ZoneSpec struct {
+	// Description is free text for humans.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Description string `json:"description,omitempty"`
+	// NamespaceSelector selects endpoints by their namespace's labels. With
+	// PodSelector, both must match.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// PodSelector selects endpoints by their own labels, in any namespace
+	// unless NamespaceSelector is set too.
+	// +optional
+	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
+	// CIDRs are networks outside the cluster that belong to the zone. They
+	// apply to addresses that are not endpoints.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=43
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR such as 10.0.0.0/8"
+	CIDRs []string `json:"cidrs,omitempty"`
+	// Priority decides between zones that select the same endpoint or
+	// address: the lowest number wins; a tie is an error.
+	// +optional
+	// +kubebuilder:default=100
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	Priority int32 `json:"priority"`
+	// DefaultAction applies to traffic into or out of the zone that no
+	// ZonePolicy rule and no ServiceDependency decides.
+	// +required
+	// +kubebuilder:validation:Enum=Deny;Allow
+	DefaultAction Action `json:"defaultAction"`
+	// Mode Monitor logs the zone's default denies as would-deny instead of
+	// enforcing them.
+	// +optional
+	// +kubebuilder:default=Enforce
+	Mode Mode `json:"mode,omitempty"`
+}
+
+// ZoneStatus is the observed state of a Zone.
+type ZoneStatus struct {
+	// Conditions: Ready.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// Endpoints is the number of endpoints in the zone.
+	// +optional
+	Endpoints int32 `json:"endpoints,omitempty"`
+	// ObservedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// Zone groups endpoints and external networks that share a security level.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=nz
+// +kubebuilder:validation:XValidation:rule="self.metadata.name != 'unzoned'",message="the name unzoned is reserved for endpoints in no zone"
+// +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
+// +kubebuilder:printcolumn:name="Default",type=string,JSONPath=`.spec.defaultAction`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
+// +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Zone struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ZoneSpec   `json:"spec"`
+	Status ZoneStatus `json:"status,omitempty"`
+}
+
+// ZoneList is a list of Zones.
+//
+// +kubebuilder:object:root=true
+type ZoneList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Zone `json:"items"`
+}

@@ -1,0 +1,62 @@
+package explain
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/netseg/netseg/controller/policy"
+)
+
+func TestParsePort(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		port  uint16
+		proto policy.Protocol
+		err   bool
+	}{
+		{"443/TCP", 443, policy.TCP, false},
+		{"53/udp", 53, policy.UDP, false},
+		{"3868/SCTP", 3868, policy.SCTP, false},
+		{"8080", 8080, policy.TCP, false},
+		{"ICMP", 0, policy.ICMP, false},
+		{"0/TCP", 0, "", true},
+		{"70000/TCP", 0, "", true},
+		{"80/GRE", 0, "", true},
+	} {
+		port, proto, err := ParsePort(tc.in)
+		if port != tc.port || proto != tc.proto || (err != nil) != tc.err {
+			t.Errorf("ParsePort(%q) = %d, %q, %v", tc.in, port, proto, err)
+		}
+	}
+}
+
+func TestParsePeer(t *testing.T) {
+	for _, tc := range []struct {
+		ref, labels string
+		want        policy.Peer
+		err         bool
+	}{
+		{"shop/checkout", "app=checkout,tier=web", policy.Peer{Namespace: "shop", Name: "checkout",
+			Labels: map[string]string{"app": "checkout", "tier": "web"}}, false},
+		{"203.0.113.7", "", policy.AddrPeer(netip.MustParseAddr("203.0.113.7")), false},
+		{"203.0.113.7/24", "", policy.AddrPeer(netip.MustParseAddr("203.0.113.0")), false},
+		{"2001:db8::1", "", policy.AddrPeer(netip.MustParseAddr("2001:db8::1")), false},
+		{"203.0.113.7", "app=x", policy.Peer{}, true},
+		{"checkout", "", policy.Peer{}, true},
+		{"a/b/c", "", policy.Peer{}, true},
+		{"a/b", "novalue", policy.Peer{}, true},
+		{"", "", policy.Peer{}, true},
+	} {
+		got, err := ParsePeer(tc.ref, tc.labels)
+		if (err != nil) != tc.err {
+			t.Errorf("ParsePeer(%q, %q) error %v", tc.ref, tc.labels, err)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+			t.Errorf("ParsePeer(%q, %q) (-want +got):\n%s", tc.ref, tc.labels, diff)
+		}
+	}
+}

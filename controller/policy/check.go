@@ -1,0 +1,68 @@
+package policy
+
+import "fmt"
+
+// checkShadowed warns about ZonePolicy rules that an earlier rule always
+// decides first, so they can never match.
+func (m *model) checkShadowed() {
+	for i, r := range m.rules {
+		if r.broken {
+			continue
+		}
+		for _, e := range m.rules[:i] {
+			if e.broken || !coversZones(e.from, r.from) || !coversZones(e.to, r.to) || !coversPorts(e.ports, r.ports) {
+				continue
+			}
+			where := ""
+			if e.monitor && !r.monitor {
+				where = " in the staged pass"
+			}
+			m.warnf("ZonePolicy", "", r.policy, fmt.Sprintf("spec.rules[%d]", r.index),
+				"rule %s is shadowed%s by rule %s of ZonePolicy %s, which matches everything it matches first", r.name, where, e.name, e.policy)
+			break
+		}
+	}
+}
+
+// coversZones reports whether every zone of b is in a.
+func coversZones(a, b zoneRef) bool {
+	if a.any {
+		return true
+	}
+	if b.any {
+		return false
+	}
+	for _, n := range b.names {
+		if !a.has(n) {
+			return false
+		}
+	}
+	return true
+}
+
+// coversPorts reports whether every port of b is in a.
+func coversPorts(a, b []PortRange) bool {
+	if len(a) == 0 {
+		return true
+	}
+	if len(b) == 0 {
+		return false
+	}
+	for _, rb := range b {
+		// Walk rb's ports through a's ranges of the same protocol.
+		next := int(rb.First)
+		for progress := true; progress && next <= int(rb.Last); {
+			progress = false
+			for _, ra := range a {
+				if ra.Protocol == rb.Protocol && int(ra.First) <= next && next <= int(ra.Last) {
+					next = int(ra.Last) + 1
+					progress = true
+				}
+			}
+		}
+		if next <= int(rb.Last) {
+			return false
+		}
+	}
+	return true
+}

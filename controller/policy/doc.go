@@ -1,0 +1,13 @@
+// Package policy is netseg's policy model and compiler. It is pure Go: no
+// kernel, no Kubernetes client. Compile turns zones, zone policies, service
+// dependencies, namespaces and endpoints into a Compiled ruleset: numbered
+// origins, named peer sets, and for every endpoint ordered first-match rule
+// lists (egress and ingress, enforced and staged) that a dataplane turns
+// into one nftables rule each. Compiled.Decide is the reference decision for
+// one connection; the Trace functions evaluate the rule lists the way the
+// kernel would, and tests hold the two to the same answers.
+//
+// The compiler is deterministic and order-independent: the same objects,
+// given in any order, duplicated, or applied as Model updates, compile to
+// the same Compiled value.
+package policy

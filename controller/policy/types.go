@@ -1,0 +1,152 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Action is what a rule does with a connection it matches.
+type Action string
+
+// Actions. Delegate appears only in RuleList.Policy: evaluation stops
+// there and continues with RuleList.Tail.
+const (
+	Allow    Action = "Allow"
+	Deny     Action = "Deny"
+	Delegate Action = "Delegate"
+)
+
+// Protocol is the protocol of a connection. ICMP (and ICMPv6) carry no
+// port: a rule with ports never matches them.
+type Protocol string
+
+// Protocols.
+const (
+	TCP  Protocol = "TCP"
+	UDP  Protocol = "UDP"
+	SCTP Protocol = "SCTP"
+	ICMP Protocol = "ICMP"
+)
+
+// ParseProtocol parses a protocol name, case-insensitively.
+func ParseProtocol(s string) (Protocol, error) {
+	switch p := Protocol(strings.ToUpper(s)); p {
+	case TCP, UDP, SCTP, ICMP:
+		return p, nil
+	}
+	return "", fmt.Errorf("unknown protocol %q (want TCP, UDP, SCTP or ICMP)", s)
+}
+
+// PortRange is the ports First..Last (inclusive) of one protocol.
+type PortRange struct {
+	Protocol    Protocol
+	First, Last uint16
+}
+
+func (r PortRange) String() string {
+	if r.First == r.Last {
+		return fmt.Sprintf("%d/%s", r.First, r.Protocol)
+	}
+	return fmt.Sprintf("%d-%d/%s", r.First, r.Last, r.Protocol)
+}
+
+// matchPorts reports whether port/proto is in ports; no ports means every
+// protocol and port, ICMP included.
+func matchPorts(ports []PortRange, port uint16, proto Protocol) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	for _, r := range ports {
+		if r.Protocol == proto && proto != ICMP && r.First <= port && port <= r.Last {
+			return true
+		}
+	}
+	return false
+}
+
+// Namespace is a namespace's name and labels. Every namespace also carries
+// the label kubernetes.io/metadata.name: <name>.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// NamespaceNameLabel is the label every namespace carries with its name.
+const NamespaceNameLabel = "kubernetes.io/metadata.name"
+
+// Endpoint is a container (a pod) with its addresses.
+type Endpoint struct {
+	Namespace, Name string
+	Labels          map[string]string
+	IPs             []netip.Addr
+}
+
+// Service is what the compiler needs of a Kubernetes Service: the endpoints
+// it selects and its ports. Standalone mode has none.
+type Service struct {
+	Namespace, Name string
+	// Selector selects endpoints in Namespace; an empty one selects none,
+	// as for a Kubernetes Service.
+	Selector map[string]string
+	// Ports are used for dependencies that name no ports; none means all.
+	Ports []PortRange
+}
+
+// Config holds the compiler's settings.
+type Config struct {
+	// UnzonedDefault is the default action of the implicit zone "unzoned";
+	// empty means Allow, so that installing netseg breaks nothing.
+	UnzonedDefault Action
+}
+
+// Unzoned is the implicit zone of endpoints and addresses in no zone.
+const Unzoned = "unzoned"
+
+// Peer is one side of a connection for Decide: an endpoint (Name set) or a
+// bare address (Name empty, IPs holding the address).
+type Peer struct {
+	Namespace, Name string
+	Labels          map[string]string
+	IPs             []netip.Addr
+}
+
+// AddrPeer is a bare address.
+func AddrPeer(a netip.Addr) Peer { return Peer{IPs: []netip.Addr{a}} }
+
+// IsEndpoint reports whether p names an endpoint.
+func (p Peer) IsEndpoint() bool { return p.Name != "" }
+
+func (p Peer) String() string {
+	if p.IsEndpoint() {
+		return p.Namespace + "/" + p.Name
+	}
+	if len(p.IPs) > 0 {
+		return p.IPs[0].String()
+	}
+	return "<no address>"
+}
+
+// Problem is an error or a warning about one object.
+type Problem struct {
+	Kind      string // Zone, ZonePolicy, ServiceDependency, Endpoint, Config
+	Namespace string
+	Name      string
+	Field     string // field path, e.g. spec.rules[1].to[0].zone; may be empty
+	Message   string
+}
+
+// Object is the kind and name of the object, e.g. "ZonePolicy perimeter".
+func (p Problem) Object() string {
+	if p.Namespace != "" {
+		return p.Kind + " " + p.Namespace + "/" + p.Name
+	}
+	return p.Kind + " " + p.Name
+}
+
+func (p Problem) String() string {
+	if p.Field != "" {
+		return p.Object() + ": " + p.Field + ": " + p.Message
+	}
+	return p.Object() + ": " + p.Message
+}
