@@ -1,0 +1,116 @@
+// Package agent is the versioned protocol between the netseg CNI plugin and
+// the node agent: one JSON request and one JSON response per connection on
+// the agent's unix socket (default /run/netseg/agent.sock, mode 0600, owned
+// by root). It imports nothing but the standard library, so the plugin,
+// exec'd once per container, stays small. docs/cni-protocol.md documents it.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Version is the protocol version this package speaks. An agent answers a
+// request of another version with an error naming both.
+const Version = 1
+
+// DefaultSocket is where the agent listens unless configured otherwise.
+const DefaultSocket = "/run/netseg/agent.sock"
+
+// Op is what a request asks.
+type Op string
+
+const (
+	// OpAdd registers an endpoint; the answer comes once its rules are in
+	// the kernel (or with an error, and the interface stays quarantined).
+	OpAdd Op = "add"
+	// OpDel forgets an endpoint and removes its rules; unknown is fine.
+	OpDel Op = "del"
+	// OpCheck verifies the endpoint is registered and its rules are in the
+	// kernel.
+	OpCheck Op = "check"
+	// OpList returns every registered endpoint.
+	OpList Op = "list"
+	// OpGC removes every endpoint not in Request.Keep.
+	OpGC Op = "gc"
+	// OpStatus reports whether the agent is ready to program endpoints.
+	OpStatus Op = "status"
+	// OpQuarantine records an interface whose ADD failed: its addresses
+	// carry no traffic until a later ADD succeeds or DEL removes it.
+	OpQuarantine Op = "quarantine"
+)
+
+// Attachment identifies one container interface, as CNI does.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// Endpoint is one container interface and its identity.
+type Endpoint struct {
+	Attachment
+	Netns     string            `json:"netns,omitempty"`
+	Namespace string            `json:"namespace"`        // K8S_POD_NAMESPACE
+	Name      string            `json:"name"`             // K8S_POD_NAME
+	UID       string            `json:"uid,omitempty"`    // K8S_POD_UID
+	Labels    map[string]string `json:"labels,omitempty"` // runtimeConfig "labels"
+	HostIface string            `json:"hostIface"`        // the host side of the veth
+	// IPs are the interface's addresses with their prefix length
+	// ("10.88.0.5/24"): the prefix tells the agent the pod network.
+	IPs []string `json:"ips"`
+	// Zone is filled in by the agent in answers.
+	Zone string `json:"zone,omitempty"`
+}
+
+// Request is what the plugin (or netsegctl) sends.
+type Request struct {
+	Version  int          `json:"version"`
+	Op       Op           `json:"op"`
+	Endpoint *Endpoint    `json:"endpoint,omitempty"`
+	Keep     []Attachment `json:"keep,omitempty"` // OpGC: cni.dev/valid-attachments
+}
+
+// Response is the agent's answer.
+type Response struct {
+	Version   int        `json:"version"`
+	Error     string     `json:"error,omitempty"`
+	Ready     bool       `json:"ready,omitempty"`     // OpStatus
+	Endpoints []Endpoint `json:"endpoints,omitempty"` // OpList, OpAdd, OpCheck
+	Removed   int        `json:"removed,omitempty"`   // OpGC
+}
+
+// ErrUnavailable wraps failures to reach the agent at all (no socket,
+// refused, timed out), as opposed to errors the agent answered.
+var ErrUnavailable = errors.New("agent unavailable")
+
+// Call sends req to the agent at socket and returns its answer. An error
+// the agent answered is returned as an error too.
+func Call(ctx context.Context, socket string, req Request) (*Response, error) {
+	req.Version = Version
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connect to %s: %v", ErrUnavailable, socket, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	} else {
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	}
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, fmt.Errorf("%w: send %s request to %s: %v", ErrUnavailable, req.Op, socket, err)
+	}
+	var resp Response
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		return nil, fmt.Errorf("%w: read %s answer from %s: %v", ErrUnavailable, req.Op, socket, err)
+	}
+	if resp.Error != "" {
+		return &resp, errors.New(resp.Error)
+	}
+	return &resp, nil
+}
