@@ -3,6 +3,7 @@ package dataplane
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
 // Ruleset is the desired state of the kernel for one node: everything the
@@ -35,11 +36,14 @@ type Endpoint struct {
 	Egress, Ingress Policy
 }
 
-// Policy is a first-match rule list per pass. Staged nil means the staged
-// pass decides exactly as the enforced one (no Monitor mode involved).
+// Policy is a first-match rule list per pass. A pass evaluates its rules,
+// then its tail: a Delegate rule (or no match) continues with the tail.
+// Staged nil means the staged pass decides exactly as the enforced one
+// (no Monitor mode involved). A list that ends without a match denies
+// (fail closed), counted as no_rule_matched.
 type Policy struct {
-	Enforced []Rule
-	Staged   []Rule
+	Enforced, EnforcedTail []Rule
+	Staged, StagedTail     []Rule
 }
 
 // Action is what a rule does with a new connection.
@@ -48,6 +52,8 @@ type Action uint8
 const (
 	Allow Action = 1
 	Deny  Action = 2
+	// Delegate stops the rules and continues with the tail.
+	Delegate Action = 3
 )
 
 func (a Action) String() string {
@@ -56,6 +62,8 @@ func (a Action) String() string {
 		return "allow"
 	case Deny:
 		return "deny"
+	case Delegate:
+		return "delegate"
 	}
 	return fmt.Sprintf("action(%d)", uint8(a))
 }
@@ -82,6 +90,8 @@ type PortRange struct {
 type Rule struct {
 	// Peer is a set name from Ruleset.Sets; "" matches any address.
 	Peer string
+	// PeerNot inverts the set match: the peer is not in Peer.
+	PeerNot bool
 	// Ports: empty matches every protocol and port (ICMP included); a rule
 	// with ports never matches ICMP.
 	Ports  []PortRange
@@ -184,12 +194,18 @@ func (rs *Ruleset) Validate() error {
 		for _, p := range []struct {
 			name  string
 			rules []Rule
-		}{{"egress", ep.Egress.Enforced}, {"egress staged", ep.Egress.Staged}, {"ingress", ep.Ingress.Enforced}, {"ingress staged", ep.Ingress.Staged}} {
+		}{{"egress", ep.Egress.Enforced}, {"egress tail", ep.Egress.EnforcedTail},
+			{"egress staged", ep.Egress.Staged}, {"egress staged tail", ep.Egress.StagedTail},
+			{"ingress", ep.Ingress.Enforced}, {"ingress tail", ep.Ingress.EnforcedTail},
+			{"ingress staged", ep.Ingress.Staged}, {"ingress staged tail", ep.Ingress.StagedTail}} {
 			for i, r := range p.rules {
+				if r.Action == Delegate && strings.HasSuffix(p.name, "tail") {
+					return fmt.Errorf("endpoint %s: %s rule %d: delegate in a tail", ep.ID, p.name, i)
+				}
 				if r.Peer != "" && !sets[r.Peer] {
 					return fmt.Errorf("endpoint %s: %s rule %d: unknown peer set %q", ep.ID, p.name, i, r.Peer)
 				}
-				if r.Action != Allow && r.Action != Deny {
+				if r.Action != Allow && r.Action != Deny && r.Action != Delegate {
 					return fmt.Errorf("endpoint %s: %s rule %d: bad action %d", ep.ID, p.name, i, r.Action)
 				}
 				if r.Origin > MaxOrigin {

@@ -291,26 +291,28 @@ func (st *state) baseChains(cfg Config) {
 	}})
 }
 
-// policyChain renders an endpoint's rule lists into a chain named after
-// their content, so endpoints with the same compiled policy share it and
-// endpoint churn changes only vmap elements. It returns the chain's name.
+// policyChain renders an endpoint's rule lists into chains named after
+// their content, so endpoints with the same compiled policy share them and
+// endpoint churn changes only vmap elements. It returns the entry chain.
 //
-// Without a staged list each rule stamps both halves of the mark:
+// Without a staged pass each rule stamps both halves of the mark:
 //
 //	ip daddr @p_zone_web_4 meta l4proto tcp th dport 443 ct mark set 0x40054005 goto allow
 //
-// With one, the chain first jumps to "<name>_s", whose rules write the
-// staged half and return, then each enforced rule writes its half:
+// With one, the entry chain first jumps to the staged chain, whose rules
+// write the staged half and return, then each enforced rule writes its half:
 //
 //	jump out_3f2a..._s
 //	ip daddr @p_zone_db_4 ct mark set ct mark and 0xffff0000 or 0x00004007 goto allow
+//
+// A Delegate rule is "goto <tail chain>"; a list that runs out continues
+// with its tail, and a tail that runs out denies (fail closed).
 func (st *state) policyChain(dir string, p Policy, ingress bool) string {
 	key := policyKey(dir, p)
 	if name, ok := st.byKey[key]; ok {
 		return name
 	}
-	sum := sha256.Sum256([]byte(key))
-	name := dir + "_" + hex.EncodeToString(sum[:6])
+	name := dir + "_" + shortHash(key)
 	st.byKey[key] = name
 	if cached, ok := st.cache[key]; ok { // rendered by an earlier sync
 		for _, c := range cached {
@@ -319,44 +321,75 @@ func (st *state) policyChain(dir string, p Policy, ingress bool) string {
 		st.made[key] = cached
 		return name
 	}
-	var enforced, staged []*rb
-	if p.Staged != nil {
-		for _, r := range p.Staged {
-			for _, b := range expand(r, ingress) {
-				staged = append(staged, b.ctMarkSet(half(r.Action, r.Origin)<<16).verdict(expr.VerdictReturn, ""))
-			}
-		}
-		// Unreachable when the compiler ends the list with a catch-all;
-		// kept so a short list can never leave a stale half behind.
-		staged = append(staged, rule().ctMarkSet(half(Deny, 0)<<16).verdict(expr.VerdictReturn, ""))
-	}
-	for _, r := range p.Enforced {
-		tail := chainAllow
-		if r.Action == Deny {
-			tail = chainDeny
-		}
-		for _, b := range expand(r, ingress) {
-			if p.Staged != nil {
-				b.ctMarkSetLow(half(r.Action, r.Origin))
-			} else {
-				b.ctMarkSet(uint32(MakeMark(r.Action, r.Action, r.Origin, r.Origin)))
-			}
-			enforced = append(enforced, b.verdict(expr.VerdictGoto, tail))
-		}
-	}
-	enforced = append(enforced, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(Deny, Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
 	var made []*chainSpec
-	if staged != nil {
-		made = append(made, &chainSpec{name: name + "_s", rules: staged})
-		enforced = append([]*rb{rule().verdict(expr.VerdictJump, name+"_s")}, enforced...)
+	staged := p.Staged != nil
+	var pre []*rb
+	if staged {
+		sName := name + "_s"
+		sTail := ""
+		if len(p.StagedTail) > 0 {
+			sTail = sName + "_t"
+			made = append(made, &chainSpec{name: sTail, rules: passRules(p.StagedTail, "", true, false, ingress)})
+		}
+		made = append(made, &chainSpec{name: sName, rules: passRules(p.Staged, sTail, true, false, ingress)})
+		pre = []*rb{rule().verdict(expr.VerdictJump, sName)}
 	}
-	made = append(made, &chainSpec{name: name, rules: enforced})
+	tail := ""
+	if len(p.EnforcedTail) > 0 {
+		tail = name + "_t"
+		made = append(made, &chainSpec{name: tail, rules: passRules(p.EnforcedTail, "", false, staged, ingress)})
+	}
+	made = append(made, &chainSpec{name: name, rules: append(pre, passRules(p.Enforced, tail, false, staged, ingress)...)})
 	for _, c := range made {
 		c.hash = chainHash(c)
 		st.addChain(c)
 	}
 	st.made[key] = made
 	return name
+}
+
+// passRules renders one pass's first-match list. stagedPass: the rules
+// write the staged half of the mark and return. halfOnly (enforced pass
+// with a staged pass): the rules write only the enforced half. tail: the
+// chain a Delegate rule or the end of the list goes to ("" = deny).
+func passRules(rules []Rule, tail string, stagedPass, halfOnly, ingress bool) []*rb {
+	var out []*rb
+	for _, r := range rules {
+		for _, b := range expand(r, ingress) {
+			switch {
+			case r.Action == Delegate:
+				out = append(out, b.verdict(expr.VerdictGoto, tail))
+			case stagedPass:
+				out = append(out, b.ctMarkSet(half(r.Action, r.Origin)<<16).verdict(expr.VerdictReturn, ""))
+			default:
+				if halfOnly {
+					b.ctMarkSetLow(half(r.Action, r.Origin))
+				} else {
+					b.ctMarkSet(uint32(MakeMark(r.Action, r.Action, r.Origin, r.Origin)))
+				}
+				verdictTail := chainAllow
+				if r.Action == Deny {
+					verdictTail = chainDeny
+				}
+				out = append(out, b.verdict(expr.VerdictGoto, verdictTail))
+			}
+		}
+	}
+	switch {
+	case tail != "":
+		out = append(out, rule().verdict(expr.VerdictGoto, tail))
+	case stagedPass:
+		// The staged list ran out: staged deny, no origin.
+		out = append(out, rule().ctMarkSet(half(Deny, 0)<<16).verdict(expr.VerdictReturn, ""))
+	default:
+		out = append(out, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(Deny, Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
+	}
+	return out
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:6])
 }
 
 // policyKey identifies a policy's rendering: equal keys give equal chains,
@@ -367,6 +400,9 @@ func policyKey(dir string, p Policy) string {
 	write := func(tag byte, rules []Rule) {
 		for _, r := range rules {
 			b.WriteByte(tag)
+			if r.PeerNot {
+				b.WriteByte('!')
+			}
 			b.WriteString(r.Peer)
 			b.WriteByte(0)
 			b.WriteString(strconv.Itoa(int(r.Action)))
@@ -385,8 +421,10 @@ func policyKey(dir string, p Policy) string {
 	if p.Staged != nil {
 		b.WriteString("|staged")
 		write('s', p.Staged)
+		write('S', p.StagedTail)
 	}
 	write('e', p.Enforced)
+	write('E', p.EnforcedTail)
 	return b.String()
 }
 
@@ -412,7 +450,7 @@ func expand(r Rule, ingress bool) []*rb {
 			}
 			b := rule()
 			if fam != 0 {
-				b.family(fam).addrIn(ingress, peerSetName(r.Peer, fam), false)
+				b.family(fam).addrIn(ingress, peerSetName(r.Peer, fam), r.PeerNot)
 			}
 			if pr.Proto != 0 {
 				b.l4(pr.Proto)

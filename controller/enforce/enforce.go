@@ -1,0 +1,158 @@
+// Package enforce turns compiled policy into the dataplane's ruleset for
+// the endpoints that live on this node: it maps the compiler's rule lists,
+// peer sets and origin ids onto dataplane types, and fails closed (the
+// endpoint is quarantined) for anything it cannot express.
+package enforce
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"sort"
+
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/dataplane"
+)
+
+// Local is an endpoint registered on this node by the CNI plugin.
+type Local struct {
+	ID              string // "<containerID>/<ifName>"
+	Namespace, Name string
+	HostIface       string
+	// IPs carry the pod network's prefix length ("10.88.0.5/24").
+	IPs []netip.Prefix
+}
+
+// Addrs returns the local endpoint's addresses.
+func (l Local) Addrs() []netip.Addr {
+	out := make([]netip.Addr, 0, len(l.IPs))
+	for _, p := range l.IPs {
+		out = append(out, p.Addr())
+	}
+	return out
+}
+
+// Ruleset builds the dataplane ruleset for the local endpoints from c. An
+// endpoint that c does not know, or whose rules cannot be expressed, is
+// quarantined and reported; the others are unaffected.
+func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
+	rs := &dataplane.Ruleset{}
+	var errs []error
+	used := map[string]bool{}
+	managed := map[netip.Prefix]bool{}
+	for _, l := range locals {
+		for _, p := range l.IPs {
+			managed[p.Masked()] = true
+		}
+		er, ok := c.Endpoint(l.Namespace, l.Name)
+		if !ok {
+			errs = append(errs, fmt.Errorf("endpoint %s (%s/%s): not in the compiled policy: quarantined", l.ID, l.Namespace, l.Name))
+			rs.Quarantine = append(rs.Quarantine, l.Addrs()...)
+			continue
+		}
+		eg, err1 := direction(er.Egress, used)
+		in, err2 := direction(er.Ingress, used)
+		if err := firstErr(err1, err2); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %s (%s/%s): %w: quarantined", l.ID, l.Namespace, l.Name, err))
+			rs.Quarantine = append(rs.Quarantine, l.Addrs()...)
+			continue
+		}
+		rs.Endpoints = append(rs.Endpoints, dataplane.Endpoint{ID: l.ID, HostIface: l.HostIface, IPs: l.Addrs(), Egress: eg, Ingress: in})
+	}
+	for _, s := range c.Sets {
+		if used[s.Name] {
+			rs.Sets = append(rs.Sets, dataplane.Set{Name: s.Name, Prefixes: s.Prefixes})
+		}
+	}
+	for name := range used {
+		if _, ok := c.Set(name); !ok {
+			rs.Sets = append(rs.Sets, dataplane.Set{Name: name}) // referenced but empty
+		}
+	}
+	sort.Slice(rs.Sets, func(i, j int) bool { return rs.Sets[i].Name < rs.Sets[j].Name })
+	for p := range managed {
+		rs.Managed = append(rs.Managed, p)
+	}
+	sort.Slice(rs.Managed, func(i, j int) bool { return rs.Managed[i].String() < rs.Managed[j].String() })
+	return rs, errs
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// direction maps one direction's two passes. When the staged pass is the
+// enforced one (no Monitor mode involved), it is left out: the dataplane
+// then stamps both halves of the mark from the enforced rules.
+func direction(d policy.Direction, used map[string]bool) (dataplane.Policy, error) {
+	var p dataplane.Policy
+	var err error
+	if p.Enforced, err = rules(d.Enforced.Policy, used); err != nil {
+		return p, err
+	}
+	if p.EnforcedTail, err = rules(d.Enforced.Tail, used); err != nil {
+		return p, err
+	}
+	if reflect.DeepEqual(d.Enforced, d.Staged) {
+		return p, nil
+	}
+	if p.Staged, err = rules(d.Staged.Policy, used); err != nil {
+		return p, err
+	}
+	if p.Staged == nil {
+		p.Staged = []dataplane.Rule{} // non-nil: a staged pass exists
+	}
+	p.StagedTail, err = rules(d.Staged.Tail, used)
+	return p, err
+}
+
+func rules(in []policy.Rule, used map[string]bool) ([]dataplane.Rule, error) {
+	var out []dataplane.Rule
+	for _, r := range in {
+		if r.Origin > dataplane.MaxOrigin {
+			return nil, fmt.Errorf("origin id %d above the %d a conntrack mark carries", r.Origin, dataplane.MaxOrigin)
+		}
+		dr := dataplane.Rule{Peer: r.Peer.Set, PeerNot: r.Peer.Not, Origin: r.Origin}
+		switch r.Action {
+		case policy.Allow:
+			dr.Action = dataplane.Allow
+		case policy.Deny:
+			dr.Action = dataplane.Deny
+		case policy.Delegate:
+			dr.Action = dataplane.Delegate
+		default:
+			return nil, fmt.Errorf("unknown action %q", r.Action)
+		}
+		if dr.Peer != "" {
+			used[dr.Peer] = true
+		}
+		for _, pr := range r.Ports {
+			ports, err := portRanges(pr)
+			if err != nil {
+				return nil, err
+			}
+			dr.Ports = append(dr.Ports, ports...)
+		}
+		out = append(out, dr)
+	}
+	return out, nil
+}
+
+func portRanges(pr policy.PortRange) ([]dataplane.PortRange, error) {
+	switch pr.Protocol {
+	case policy.TCP:
+		return []dataplane.PortRange{{Proto: dataplane.TCP, First: pr.First, Last: pr.Last}}, nil
+	case policy.UDP:
+		return []dataplane.PortRange{{Proto: dataplane.UDP, First: pr.First, Last: pr.Last}}, nil
+	case policy.SCTP:
+		return []dataplane.PortRange{{Proto: dataplane.SCTP, First: pr.First, Last: pr.Last}}, nil
+	case policy.ICMP:
+		return []dataplane.PortRange{{Proto: dataplane.ICMP}, {Proto: dataplane.ICMPv6}}, nil
+	}
+	return nil, fmt.Errorf("unknown protocol %q", pr.Protocol)
+}
