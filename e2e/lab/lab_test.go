@@ -143,6 +143,3 @@ func TestFailsOnPurpose(t *testing.T) {
 	}
 	t.Fatal("on purpose")
 }
-
-
-
