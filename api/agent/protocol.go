@@ -42,6 +42,9 @@ const (
 	// OpQuarantine records an interface whose ADD failed: its addresses
 	// carry no traffic until a later ADD succeeds or DEL removes it.
 	OpQuarantine Op = "quarantine"
+	// OpExplain decides one connection with the agent's live policy and
+	// endpoints (netsegctl explain without --policy-dir).
+	OpExplain Op = "explain"
 )
 
 // Attachment identifies one container interface, as CNI does.
@@ -72,6 +75,28 @@ type Request struct {
 	Op       Op           `json:"op"`
 	Endpoint *Endpoint    `json:"endpoint,omitempty"`
 	Keep     []Attachment `json:"keep,omitempty"` // OpGC: cni.dev/valid-attachments
+	Explain  *Explain     `json:"explain,omitempty"`
+}
+
+// Explain names one connection: From and To are "namespace/name" of a
+// registered endpoint, or an IP address; Port is "443/TCP" or "ICMP".
+type Explain struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	Port string `json:"port"`
+}
+
+// Status is the agent's state (OpStatus).
+type Status struct {
+	Mode             string    `json:"mode"` // standalone | kubernetes
+	Ready            bool      `json:"ready"`
+	PolicyGeneration int64     `json:"policyGeneration"` // bumps on every applied policy change
+	PolicySource     string    `json:"policySource"`
+	LastError        string    `json:"lastError,omitempty"` // the policy error in effect, if any
+	Endpoints        int       `json:"endpoints"`
+	LastSync         time.Time `json:"lastSync"`
+	LastSyncError    string    `json:"lastSyncError,omitempty"`
+	Warnings         []string  `json:"warnings,omitempty"`
 }
 
 // Response is the agent's answer.
@@ -81,6 +106,9 @@ type Response struct {
 	Ready     bool       `json:"ready,omitempty"`     // OpStatus
 	Endpoints []Endpoint `json:"endpoints,omitempty"` // OpList, OpAdd, OpCheck
 	Removed   int        `json:"removed,omitempty"`   // OpGC
+	Status    *Status    `json:"status,omitempty"`    // OpStatus
+	// Explanation is the decision as netsegctl explain -o json prints it.
+	Explanation json.RawMessage `json:"explanation,omitempty"`
 }
 
 // ErrUnavailable wraps failures to reach the agent at all (no socket,
