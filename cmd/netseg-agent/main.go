@@ -1,15 +1,146 @@
-// Command netseg-agent is netseg's node agent. It joins the policy compiler,
-// the nftables dataplane and the CNI plugin's socket into one daemon.
+// Command netseg-agent is netseg's node agent: it loads policy (standalone:
+// a directory of YAML files), takes endpoint registrations from the netseg
+// CNI plugin on a unix socket, and keeps the node's nftables table in step.
+// Stopping it (SIGTERM, SIGINT) leaves the rules in the kernel.
 package main
 
 import (
+	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/controller/node"
+	"github.com/netseg/netseg/controller/policy"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
 
-func run(args []string) int {
-	fmt.Fprintln(os.Stderr, "netseg-agent: the node agent is not available in this version yet")
-	return 2
+const usage = `netseg-agent: netseg's node agent.
+
+Standalone mode (policy from a directory of Zone, ZonePolicy,
+ServiceDependency and Namespace YAML documents, watched for changes):
+
+  netseg-agent --policy-dir DIR [flags]
+
+Remove everything netseg made on this node (nftables table, registry,
+socket):
+
+  netseg-agent --cleanup [--state-dir DIR] [--socket PATH]
+
+Flags:
+`
+
+type flags struct {
+	cfg         node.Config
+	cleanup     bool
+	logLevel    string
+	logFormat   string
+	healthAddr  string
+	metricsAddr string
+	unzoned     string
+}
+
+func parse(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("netseg-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.StringVar(&f.cfg.PolicyDir, "policy-dir", "", "standalone mode: the policy directory")
+	fs.StringVar(&f.cfg.StateDir, "state-dir", "/var/lib/netseg", "where the endpoint registry survives restarts")
+	fs.StringVar(&f.cfg.Socket, "socket", agent.DefaultSocket, "unix socket for the CNI plugin and netsegctl (created 0600)")
+	fs.StringVar(&f.cfg.NetNS, "netns", "", "program this network namespace (a path under /var/run/netns) instead of the agent's own")
+	fs.StringVar(&f.unzoned, "unzoned-default", "Allow", "default action of the implicit zone \"unzoned\": Allow or Deny")
+	var group uint
+	fs.UintVar(&group, "nflog-group", 100, "NFLOG group for denied, would-deny and new accepted connections")
+	fs.BoolVar(&f.cfg.Dataplane.DenyHostAccess, "deny-host-access", false, "make the node's own connections to its containers pass their ingress rules (default: allowed, for kubelet probes)")
+	fs.DurationVar(&f.cfg.PollInterval, "poll-interval", 0, "how often the policy directory is checked (default 200ms)")
+	fs.DurationVar(&f.cfg.DriftInterval, "drift-interval", 0, "how often the kernel ruleset is compared with the desired one (default 10s)")
+	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9965", "address for /healthz and /readyz (\"\" disables)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9964", "address for Prometheus /metrics (\"\" disables)")
+	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if group > 65535 {
+		return nil, fmt.Errorf("--nflog-group %d: want 0-65535", group)
+	}
+	f.cfg.Dataplane.NFLOGGroup = uint16(group)
+	f.cfg.UnzonedDefault = policy.Action(f.unzoned)
+	return f, nil
+}
+
+func logger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+func run(args []string, stderr io.Writer) int {
+	f, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
+		return 2
+	}
+	log, err := logger(f.logLevel, f.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
+		return 2
+	}
+	if !f.cleanup && f.cfg.PolicyDir == "" {
+		fmt.Fprintln(stderr, "netseg-agent: --policy-dir is required (standalone mode); see --help")
+		return 2
+	}
+	metrics := node.NewMetrics()
+	a, err := node.New(f.cfg, log, metrics)
+	if err != nil {
+		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
+		return 2
+	}
+	defer a.Close()
+	if f.cleanup {
+		if err := a.Cleanup(); err != nil {
+			log.Error("cleanup", "err", err)
+			return 1
+		}
+		log.Info("removed netseg's nftables table, registry and socket")
+		return 0
+	}
+	metrics.RegisterKernel(a)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := a.ServeHTTP(ctx, f.healthAddr, f.metricsAddr); err != nil {
+		log.Error("http", "err", err)
+		return 1
+	}
+	log.Info("netseg-agent starting", "mode", "standalone", "policyDir", f.cfg.PolicyDir, "socket", f.cfg.Socket, "stateDir", f.cfg.StateDir)
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent stopped", "err", err)
+		return 1
+	}
+	log.Info("netseg-agent stopped; rules stay in the kernel")
+	return 0
 }

@@ -1,0 +1,351 @@
+// Package node is netseg's node agent: it joins a policy source, the
+// endpoint registry fed by the CNI plugin, the policy compiler and the
+// dataplane. One loop compiles and syncs; CNI requests wait for the sync
+// that includes them, so an ADD returns only once the rules are in the
+// kernel.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/controller/enforce"
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/dataplane"
+)
+
+// Config configures the agent.
+type Config struct {
+	// PolicyDir is the standalone policy directory (YAML of the CRD kinds).
+	PolicyDir string
+	// StateDir keeps the endpoint registry across restarts.
+	StateDir string
+	// Socket is the unix socket the CNI plugin and netsegctl talk to.
+	Socket string
+	// NetNS is the network namespace to program: "" for the agent's own.
+	NetNS string
+	// Dataplane tunes the nftables ruleset.
+	Dataplane dataplane.Config
+	// UnzonedDefault is the default action of the implicit unzoned zone.
+	UnzonedDefault policy.Action
+	// PollInterval is how often the policy directory is checked.
+	PollInterval time.Duration
+	// DriftInterval is how often the kernel is compared with the ruleset.
+	DriftInterval time.Duration
+}
+
+// Defaults fills unset fields.
+func (c Config) Defaults() Config {
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/netseg"
+	}
+	if c.Socket == "" {
+		c.Socket = agent.DefaultSocket
+	}
+	if c.UnzonedDefault == "" {
+		c.UnzonedDefault = policy.Allow
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = 200 * time.Millisecond
+	}
+	if c.DriftInterval == 0 {
+		c.DriftInterval = 10 * time.Second
+	}
+	c.Dataplane = c.Dataplane.Defaults()
+	return c
+}
+
+// Validate reports every problem with the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if c.UnzonedDefault != policy.Allow && c.UnzonedDefault != policy.Deny {
+		errs = append(errs, fmt.Errorf("--unzoned-default %q: want Allow or Deny", c.UnzonedDefault))
+	}
+	if c.PollInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--poll-interval %v: want at least 10ms", c.PollInterval))
+	}
+	if c.DriftInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--drift-interval %v: want at least 1s", c.DriftInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// Agent is the running node agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+	ns      *dataplane.Namespace
+	dp      *dataplane.Dataplane
+	reg     *Registry
+	source  *DirSource
+
+	kick chan struct{}
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	want      uint64 // changes requested
+	done      uint64 // changes included in the last finished sync
+	doneErr   error  // that sync's error
+	compiled  *policy.Compiled
+	lastSync  time.Time
+	syncErr   error
+	endpoints int
+	warnings  []string
+	ready     bool
+}
+
+// New opens the namespace, the registry and the policy source.
+func New(cfg Config, log *slog.Logger, m *Metrics) (*Agent, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ns, err := dataplane.OpenNamespace(cfg.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := OpenRegistry(cfg.StateDir)
+	if err != nil {
+		ns.Close()
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: log, metrics: m, ns: ns, reg: reg,
+		dp:     dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists),
+		source: NewDirSource(cfg.PolicyDir), kick: make(chan struct{}, 1)}
+	a.cond = sync.NewCond(&a.mu)
+	return a, nil
+}
+
+// Close releases the namespace handle. Rules stay in the kernel.
+func (a *Agent) Close() error { return a.ns.Close() }
+
+// Cleanup removes everything netseg made on this node: the nftables table,
+// the registry and the socket.
+func (a *Agent) Cleanup() error {
+	return errors.Join(a.dp.Cleanup(), a.reg.Remove(), removeSocket(a.cfg.Socket))
+}
+
+// Run serves until ctx ends. On return the rules stay in the kernel:
+// containers remain protected while the agent is down.
+func (a *Agent) Run(ctx context.Context) error {
+	a.reconcileRegistry()
+	if err := a.source.Reload(); err != nil {
+		a.log.Error("policy directory is invalid; no policy in force yet", "dir", a.cfg.PolicyDir, "err", err)
+		a.metrics.PolicyErrors.Inc()
+	}
+	srv, err := a.listen()
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.serve(ctx, srv) }()
+	go func() { defer wg.Done(); a.watch(ctx) }()
+	a.requestSync()
+	a.loop(ctx)
+	srv.Close()
+	wg.Wait()
+	return nil
+}
+
+// reconcileRegistry drops registered endpoints whose host interface is
+// gone (the container died while the agent was down); the first sync then
+// removes their rules.
+func (a *Agent) reconcileRegistry() {
+	removed, err := a.reg.Retain(func(ep agent.Endpoint) bool {
+		return ep.HostIface == "" || a.ns.LinkExists(ep.HostIface)
+	})
+	if err != nil {
+		a.log.Error("save registry", "err", err)
+	}
+	for _, ep := range removed {
+		a.log.Info("removed stale endpoint", "id", EndpointID(ep.Attachment), "pod", ep.Namespace+"/"+ep.Name, "hostIface", ep.HostIface)
+	}
+}
+
+// watch polls the policy directory and requests a sync on every change.
+func (a *Agent) watch(ctx context.Context) {
+	t := time.NewTicker(a.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := a.source.Poll()
+		if !changed {
+			continue
+		}
+		if err != nil {
+			a.metrics.PolicyErrors.Inc()
+			a.log.Error("policy directory became invalid; the last good policy stays in force", "dir", a.cfg.PolicyDir, "err", err)
+			continue
+		}
+		a.log.Info("policy changed", "dir", a.cfg.PolicyDir, "generation", a.source.Generation())
+		a.requestSync()
+	}
+}
+
+// requestSync asks the loop for a sync and returns a ticket to wait on.
+func (a *Agent) requestSync() uint64 {
+	a.mu.Lock()
+	a.want++
+	t := a.want
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+	return t
+}
+
+// waitSynced waits until a sync that includes ticket has finished, and
+// returns that sync's error.
+func (a *Agent) waitSynced(ctx context.Context, ticket uint64) error {
+	stop := context.AfterFunc(ctx, func() {
+		a.mu.Lock()
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	})
+	defer stop()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.done < ticket {
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for the rules to reach the kernel: %w", ctx.Err())
+		}
+		a.cond.Wait()
+	}
+	return a.doneErr
+}
+
+// loop runs syncs one at a time; requests that arrive during a sync are
+// folded into the next one. It also checks for drift.
+func (a *Agent) loop(ctx context.Context) {
+	drift := time.NewTicker(a.cfg.DriftInterval)
+	defer drift.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-drift.C:
+			if diff, err := a.dp.CheckDrift(); err != nil {
+				a.log.Error("drift check", "err", err)
+			} else if diff != "" {
+				a.metrics.DriftRepairs.Inc()
+				a.log.Warn("kernel ruleset drifted; rebuilt it", "found", diff)
+			}
+			continue
+		case <-a.kick:
+		}
+		a.mu.Lock()
+		ticket := a.want
+		a.mu.Unlock()
+		err := a.syncOnce()
+		a.mu.Lock()
+		a.done, a.doneErr = ticket, err
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	}
+}
+
+// syncOnce compiles the last good policy with the registered endpoints and
+// makes the kernel match.
+func (a *Agent) syncOnce() error {
+	start := time.Now()
+	pol, _, _ := a.source.Current()
+	if pol == nil {
+		err := errors.New("no valid policy loaded yet")
+		a.setSynced(nil, err, nil, 0)
+		return err
+	}
+	eps, quarantined := a.reg.List()
+	compiled := policy.Compile(pol.Input(policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}, compilerEndpoints(eps), nil))
+	locals := make([]enforce.Local, 0, len(eps))
+	for _, ep := range eps {
+		locals = append(locals, enforce.Local{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace, Name: ep.Name,
+			HostIface: ep.HostIface, IPs: prefixes(ep.IPs)})
+	}
+	rs, errs := enforce.Ruleset(compiled, locals)
+	for _, ep := range quarantined {
+		for _, p := range prefixes(ep.IPs) {
+			rs.Quarantine = append(rs.Quarantine, p.Addr())
+		}
+	}
+	var warnings []string
+	for _, e := range errs {
+		warnings = append(warnings, e.Error())
+	}
+	for _, p := range compiled.Errors {
+		warnings = append(warnings, pol.Locate(p))
+	}
+	err := a.dp.Sync(rs)
+	a.metrics.SyncDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		a.metrics.SyncErrors.Inc()
+		a.log.Error("sync failed", "err", err)
+	} else {
+		a.log.Debug("synced", "endpoints", len(rs.Endpoints), "sets", len(rs.Sets), "took", time.Since(start))
+	}
+	a.metrics.Endpoints.Set(float64(len(eps)))
+	a.setSynced(compiled, err, warnings, len(eps))
+	return err
+}
+
+func (a *Agent) setSynced(c *policy.Compiled, err error, warnings []string, endpoints int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c != nil {
+		a.compiled = c
+	}
+	a.syncErr, a.warnings, a.endpoints = err, warnings, endpoints
+	a.lastSync = time.Now()
+	if err == nil {
+		a.ready = true
+	}
+}
+
+// Ready reports whether a policy is in force and the kernel was synced.
+func (a *Agent) Ready() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ready
+}
+
+// compilerEndpoints merges interfaces of one pod into one endpoint.
+func compilerEndpoints(eps []agent.Endpoint) []policy.Endpoint {
+	index := map[string]int{}
+	var out []policy.Endpoint
+	for _, ep := range eps {
+		key := ep.Namespace + "/" + ep.Name
+		i, ok := index[key]
+		if !ok {
+			i = len(out)
+			index[key] = i
+			out = append(out, policy.Endpoint{Namespace: ep.Namespace, Name: ep.Name, Labels: ep.Labels})
+		}
+		for _, p := range prefixes(ep.IPs) {
+			out[i].IPs = append(out[i].IPs, p.Addr())
+		}
+	}
+	return out
+}
+
+func prefixes(ips []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ips))
+	for _, s := range ips {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,67 @@
+package node
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the agent's Prometheus metrics, on their own registry.
+type Metrics struct {
+	Registry     *prometheus.Registry
+	SyncDuration prometheus.Histogram
+	SyncErrors   prometheus.Counter
+	Endpoints    prometheus.Gauge
+	PolicyErrors prometheus.Counter
+	DriftRepairs prometheus.Counter
+	Requests     *prometheus.CounterVec
+	AddToKernel  prometheus.Histogram
+}
+
+// NewMetrics registers the metrics.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_sync_duration_seconds",
+			Help: "Time to compile the policy and apply it to the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		SyncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_sync_errors_total",
+			Help: "Syncs the kernel refused."}),
+		Endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netseg_endpoints",
+			Help: "Endpoints registered on this node."}),
+		PolicyErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_policy_errors_total",
+			Help: "Policy loads that failed; the last good policy stayed in force."}),
+		DriftRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_drift_repairs_total",
+			Help: "Times the kernel ruleset differed from the desired one and was rebuilt."}),
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netseg_cni_requests_total",
+			Help: "Requests on the agent socket by operation and result."}, []string{"op", "result"}),
+		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
+			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+	}
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.Requests, m.AddToKernel,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// kernelCollector exports the dataplane's in-kernel counters (log rate
+// limits, spoofed, quarantined, unprogrammed, no rule matched) at scrape.
+type kernelCollector struct {
+	a    *Agent
+	desc *prometheus.Desc
+}
+
+func (k kernelCollector) Describe(ch chan<- *prometheus.Desc) { ch <- k.desc }
+
+func (k kernelCollector) Collect(ch chan<- prometheus.Metric) {
+	values, err := k.a.dp.CounterValues()
+	if err != nil {
+		return // table not there yet: nothing to report
+	}
+	for name, v := range values {
+		ch <- prometheus.MustNewConstMetric(k.desc, prometheus.CounterValue, float64(v), name)
+	}
+}
+
+// RegisterKernel adds the kernel counters of a to the registry.
+func (m *Metrics) RegisterKernel(a *Agent) {
+	m.Registry.MustRegister(kernelCollector{a: a, desc: prometheus.NewDesc("netseg_kernel_packets_total",
+		"Packets counted by netseg's named nftables counters.", []string{"counter"}, nil)})
+}

@@ -1,0 +1,261 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/controller/explain"
+	"github.com/netseg/netseg/controller/policy"
+)
+
+// requestTimeout bounds one request, the wait for its sync included.
+const requestTimeout = 30 * time.Second
+
+// listen creates the socket: its directory 0700, the socket 0600, owned by
+// the agent's user (root). A socket left by a previous run is replaced.
+func (a *Agent) listen() (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := removeSocket(a.cfg.Socket); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", a.cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+	}
+	if err := os.Chmod(a.cfg.Socket, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", a.cfg.Socket, err)
+	}
+	return ln, nil
+}
+
+func removeSocket(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove old socket %s: %w", path, err)
+	}
+	return nil
+}
+
+func (a *Agent) serve(ctx context.Context, ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		go a.handleConn(ctx, conn)
+	}
+}
+
+func (a *Agent) handleConn(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	var req agent.Request
+	resp := &agent.Response{Version: agent.Version}
+	if err := json.NewDecoder(conn).Decode(&req); err != nil {
+		resp.Error = fmt.Sprintf("malformed request: %v", err)
+	} else if req.Version != agent.Version {
+		resp.Error = fmt.Sprintf("protocol version %d is not supported (this agent speaks %d)", req.Version, agent.Version)
+	} else {
+		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		start := time.Now()
+		var err error
+		resp, err = a.Handle(ctx, req)
+		cancel()
+		result := "ok"
+		if err != nil {
+			result = "error"
+			resp.Error = err.Error()
+		}
+		a.metrics.Requests.WithLabelValues(string(req.Op), result).Inc()
+		if req.Op == agent.OpAdd && err == nil {
+			a.metrics.AddToKernel.Observe(time.Since(start).Seconds())
+		}
+		a.log.Debug("request", "op", req.Op, "result", result, "took", time.Since(start), "err", resp.Error)
+	}
+	_ = json.NewEncoder(conn).Encode(resp)
+}
+
+// Handle answers one request. It never returns a nil response.
+func (a *Agent) Handle(ctx context.Context, req agent.Request) (*agent.Response, error) {
+	resp := &agent.Response{Version: agent.Version}
+	needEndpoint := req.Op == agent.OpAdd || req.Op == agent.OpDel || req.Op == agent.OpCheck || req.Op == agent.OpQuarantine
+	if needEndpoint && req.Endpoint == nil {
+		return resp, fmt.Errorf("%s: the request has no endpoint", req.Op)
+	}
+	switch req.Op {
+	case agent.OpAdd:
+		return resp, a.add(ctx, *req.Endpoint, resp)
+	case agent.OpDel:
+		known, err := a.reg.Delete(req.Endpoint.Attachment)
+		if err != nil || !known {
+			return resp, err
+		}
+		return resp, a.waitSynced(ctx, a.requestSync())
+	case agent.OpCheck:
+		return resp, a.check(*req.Endpoint, resp)
+	case agent.OpList:
+		eps, _ := a.reg.List()
+		resp.Endpoints = a.withZones(eps)
+		return resp, nil
+	case agent.OpGC:
+		keep := map[string]bool{}
+		for _, k := range req.Keep {
+			keep[EndpointID(k)] = true
+		}
+		removed, err := a.reg.Retain(func(ep agent.Endpoint) bool { return keep[EndpointID(ep.Attachment)] })
+		if err != nil {
+			return resp, err
+		}
+		resp.Removed = len(removed)
+		if len(removed) == 0 {
+			return resp, nil
+		}
+		return resp, a.waitSynced(ctx, a.requestSync())
+	case agent.OpStatus:
+		resp.Status = a.Status()
+		resp.Ready = resp.Status.Ready
+		return resp, nil
+	case agent.OpQuarantine:
+		if err := a.reg.Quarantine(*req.Endpoint); err != nil {
+			return resp, err
+		}
+		return resp, a.waitSynced(ctx, a.requestSync())
+	case agent.OpExplain:
+		if req.Explain == nil {
+			return resp, errors.New("explain: the request names no connection")
+		}
+		return resp, a.explain(*req.Explain, resp)
+	}
+	return resp, fmt.Errorf("unknown op %q", req.Op)
+}
+
+// add registers the endpoint and answers once a sync that includes it has
+// put its rules in the kernel, verified by reading them back.
+func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response) error {
+	if ep.HostIface != "" && !a.ns.LinkExists(ep.HostIface) {
+		return fmt.Errorf("endpoint %s: host interface %q does not exist on this node", EndpointID(ep.Attachment), ep.HostIface)
+	}
+	if err := a.reg.Put(ep); err != nil {
+		return err
+	}
+	id := EndpointID(ep.Attachment)
+	fail := func(err error) error {
+		if qerr := a.reg.Quarantine(ep); qerr != nil {
+			a.log.Error("quarantine", "id", id, "err", qerr)
+		}
+		a.requestSync()
+		return fmt.Errorf("endpoint %s (%s/%s): %w; its interface is quarantined", id, ep.Namespace, ep.Name, err)
+	}
+	if err := a.waitSynced(ctx, a.requestSync()); err != nil {
+		return fail(err)
+	}
+	if err := a.dp.CheckEndpoint(id); err != nil {
+		return fail(err)
+	}
+	resp.Endpoints = a.withZones([]agent.Endpoint{ep})
+	return nil
+}
+
+func (a *Agent) check(ep agent.Endpoint, resp *agent.Response) error {
+	id := EndpointID(ep.Attachment)
+	reg, ok := a.reg.Get(ep.Attachment)
+	if !ok {
+		return fmt.Errorf("endpoint %s is not registered with the agent", id)
+	}
+	if err := a.dp.CheckEndpoint(id); err != nil {
+		return err
+	}
+	resp.Endpoints = a.withZones([]agent.Endpoint{reg})
+	return nil
+}
+
+// withZones fills in each endpoint's zone from the last compiled policy.
+func (a *Agent) withZones(eps []agent.Endpoint) []agent.Endpoint {
+	a.mu.Lock()
+	c := a.compiled
+	a.mu.Unlock()
+	out := make([]agent.Endpoint, len(eps))
+	for i, ep := range eps {
+		if c != nil {
+			if er, ok := c.Endpoint(ep.Namespace, ep.Name); ok {
+				ep.Zone = er.Zone
+			}
+		}
+		out[i] = ep
+	}
+	return out
+}
+
+// Status reports the agent's state.
+func (a *Agent) Status() *agent.Status {
+	_, gen, polErr := a.source.Current()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := &agent.Status{Mode: "standalone", Ready: a.ready, PolicyGeneration: gen, PolicySource: a.cfg.PolicyDir,
+		Endpoints: a.endpoints, LastSync: a.lastSync, Warnings: a.warnings}
+	if polErr != nil {
+		st.LastError = polErr.Error()
+	}
+	if a.syncErr != nil {
+		st.LastSyncError = a.syncErr.Error()
+	}
+	return st
+}
+
+// explain decides a connection between registered endpoints or addresses.
+func (a *Agent) explain(x agent.Explain, resp *agent.Response) error {
+	a.mu.Lock()
+	c := a.compiled
+	a.mu.Unlock()
+	if c == nil {
+		return errors.New("explain: no policy compiled yet")
+	}
+	from, err := a.peer(x.From)
+	if err != nil {
+		return fmt.Errorf("explain: --from: %w", err)
+	}
+	to, err := a.peer(x.To)
+	if err != nil {
+		return fmt.Errorf("explain: --to: %w", err)
+	}
+	port, proto, err := explain.ParsePort(x.Port)
+	if err != nil {
+		return fmt.Errorf("explain: --port: %w", err)
+	}
+	b, err := json.Marshal(explain.Explain(c, from, to, port, proto))
+	if err != nil {
+		return fmt.Errorf("explain: encode: %w", err)
+	}
+	resp.Explanation = b
+	return nil
+}
+
+// peer resolves "namespace/name" to a registered endpoint (with its
+// labels and addresses), or parses an address.
+func (a *Agent) peer(ref string) (policy.Peer, error) {
+	if ns, name, ok := strings.Cut(ref, "/"); ok && !strings.Contains(name, "/") && !strings.ContainsAny(ref, ":") && !isIPPrefix(ref) {
+		eps, _ := a.reg.List()
+		for _, pe := range compilerEndpoints(eps) {
+			if pe.Namespace == ns && pe.Name == name {
+				return policy.Peer{Namespace: ns, Name: name, Labels: pe.Labels, IPs: pe.IPs}, nil
+			}
+		}
+		return policy.Peer{}, fmt.Errorf("no endpoint %s is registered on this node", ref)
+	}
+	return explain.ParsePeer(ref, "")
+}
+
+func isIPPrefix(s string) bool {
+	addr, _, _ := strings.Cut(s, "/")
+	return strings.Count(addr, ".") == 3
+}
