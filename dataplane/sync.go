@@ -100,7 +100,13 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	}
 	if err := d.commit(); err != nil {
 		d.Stats.Errors.Add(1)
+		incremental := !full && d.applied != nil
 		d.applied, d.sets = nil, nil // unknown: the next sync rebuilds
+		if incremental {
+			// The kernel did not hold what the diff was computed against
+			// (someone edited the table): rebuild it whole, now.
+			return d.sync(rs, true)
+		}
 		return fmt.Errorf("apply nftables batch to table inet %s: %w", d.cfg.Table, err)
 	}
 	d.Stats.LastSync.Store(int64(time.Since(start)))
@@ -192,11 +198,16 @@ func (d *Dataplane) buildDiff(old, st *state) {
 			d.addSet(st.sets[name])
 		}
 	}
+	// New chains first, all of them: their rules may jump to each other.
+	for _, name := range sortedKeys(st.chains) {
+		if old.chains[name] == nil {
+			d.addChain(st.chains[name])
+		}
+	}
 	for _, name := range sortedKeys(st.chains) {
 		c, prev := st.chains[name], old.chains[name]
 		switch {
 		case prev == nil:
-			d.addChain(c)
 			d.addRules(c)
 		case prev.hash != c.hash && (prev.device != c.device || prev.hook != c.hook):
 			d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})

@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"sort"
 	"strings"
 
 	"github.com/google/nftables"
@@ -190,3 +192,33 @@ func familyName(f nftables.TableFamily) string {
 	}
 	return fmt.Sprintf("family%d", f)
 }
+
+// CanonicalTable normalizes "nft list table" output for comparison: the
+// objects (sets, maps, chains, counters) sorted by their text, counter
+// values blanked. Two tables holding the same objects compare equal
+// whatever order they were created in.
+func CanonicalTable(out string) string {
+	out = counterValues.ReplaceAllString(out, "packets 0 bytes 0")
+	lines := strings.Split(out, "\n")
+	var blocks []string
+	var cur []string
+	for _, line := range lines {
+		if strings.HasPrefix(line, "\t") && !strings.HasPrefix(line, "\t\t") && strings.HasSuffix(line, "{") {
+			if len(cur) > 0 {
+				blocks = append(blocks, strings.Join(cur, "\n"))
+			}
+			cur = []string{line}
+			continue
+		}
+		if len(cur) > 0 && strings.HasPrefix(line, "\t") && strings.TrimSpace(line) != "" {
+			cur = append(cur, line)
+		}
+	}
+	if len(cur) > 0 {
+		blocks = append(blocks, strings.Join(cur, "\n"))
+	}
+	sort.Strings(blocks)
+	return strings.Join(blocks, "\n")
+}
+
+var counterValues = regexp.MustCompile(`packets \d+ bytes \d+`)
