@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
+	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/controller/explain"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
@@ -22,10 +25,13 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	port := fs.String("port", "", "destination port and protocol: 443/TCP, 53/UDP, 3868/SCTP or ICMP")
 	output := fs.String("o", "text", "output format: text or json")
 	unzoned := fs.String("unzoned-default", "Allow", "default action of the unzoned zone (Allow or Deny)")
+	socket := fs.String("socket", agent.DefaultSocket, "the running agent's socket (live form, without --policy-dir)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]\n\n"+
+		fmt.Fprint(fs.Output(), "Usage: netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]\n"+
+			"       netsegctl explain --from NS/NAME --to NS/NAME --port PORT [-o json]   (asks the running agent)\n\n"+
 			"Explains the decision for one connection: verdict (allowed, denied, would-deny),\n"+
 			"whether it is expected, the rule or default that decided, and the zones.\n"+
+			"The live form uses the agent's policy and its registered endpoints (with their labels).\n"+
 			"Example: netsegctl explain --policy-dir examples --from shop/checkout --from-labels app=checkout \\\n"+
 			"           --to 203.0.113.10 --port 443/TCP\n\n")
 		fs.PrintDefaults()
@@ -33,9 +39,12 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return exitParse(err)
 	}
-	if *dir == "" || *port == "" || fs.NArg() > 0 || (*output != "text" && *output != "json") {
+	if *port == "" || *from == "" || *to == "" || fs.NArg() > 0 || (*output != "text" && *output != "json") {
 		fs.Usage()
 		return 2
+	}
+	if *dir == "" {
+		return explainLive(*socket, *from, *to, *port, *output, stdout, stderr)
 	}
 	src, err := explain.ParsePeer(*from, *fromLabels)
 	if err != nil {
@@ -68,6 +77,30 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "netsegctl explain:", err)
 			return 1
 		}
+		return 0
+	}
+	fmt.Fprintln(stdout, r.Sentence())
+	return 0
+}
+
+// explainLive asks the running agent.
+func explainLive(socket, from, to, port, output string, stdout, stderr io.Writer) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := agent.Call(ctx, socket, agent.Request{Op: agent.OpExplain, Explain: &agent.Explain{From: from, To: to, Port: port}})
+	if err != nil {
+		fmt.Fprintln(stderr, "netsegctl explain:", err)
+		return 1
+	}
+	var r explain.Result
+	if err := json.Unmarshal(resp.Explanation, &r); err != nil {
+		fmt.Fprintln(stderr, "netsegctl explain: the agent's answer:", err)
+		return 1
+	}
+	if output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(r)
 		return 0
 	}
 	fmt.Fprintln(stdout, r.Sentence())

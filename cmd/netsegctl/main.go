@@ -15,6 +15,9 @@ const usage = `netsegctl: inspect netseg policy.
 Usage:
   netsegctl validate -f DIR
   netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]
+  netsegctl explain --from NS/NAME --to NS/NAME --port PORT [-o json]   (live, via the agent)
+  netsegctl status [--socket PATH]      the running agent's state
+  netsegctl endpoints [--socket PATH]   endpoints registered with the agent
 
 Run "netsegctl COMMAND --help" for a command's flags.
 `
@@ -31,6 +34,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runValidate(args[1:], stdout, stderr)
 	case "explain":
 		return runExplain(args[1:], stdout, stderr)
+	case "status":
+		return runStatus(args[1:], stdout, stderr)
+	case "endpoints":
+		return runEndpoints(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
