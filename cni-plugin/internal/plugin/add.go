@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,9 +71,7 @@ func Add(args *skel.CmdArgs) error {
 	}
 	// A failed ADD of the same attachment may have quarantined these
 	// addresses; the agent has now programmed them.
-	if qerr := quarantine(ips, false); qerr != nil && !errors.Is(qerr, errNoTable) {
-		fmt.Fprintf(Stderr, "netseg: note: lift quarantine of %s: %v\n", strings.Join(ips, ","), qerr)
-	}
+	liftQuarantine(conf, ep.Attachment, ips)
 	return types.PrintResult(result, conf.CNIVersion)
 }
 
@@ -94,6 +93,9 @@ func addFailed(conf *Config, ep *agent.Endpoint, cause error, result types.Resul
 	switch qerr := quarantine(ep.IPs, true); {
 	case qerr == nil:
 		cerr.Details = fmt.Sprintf("addresses %s quarantined in table inet %s", strings.Join(ep.IPs, ","), nftTable)
+		if rerr := recordQuarantine(conf.StateDir, ep.Attachment, ep.IPs); rerr != nil {
+			cerr.Details += fmt.Sprintf(" (DEL will not find them: %v)", rerr)
+		}
 	case errors.Is(qerr, errNoTable):
 		cerr.Details = fmt.Sprintf("addresses %s not quarantined: %v (the agent has never run on this host)", strings.Join(ep.IPs, ","), qerr)
 	default:
@@ -109,4 +111,22 @@ func addFailed(conf *Config, ep *agent.Endpoint, cause error, result types.Resul
 		}
 	}
 	return cerr
+}
+
+// liftQuarantine releases ips and whatever a failed ADD recorded for
+// attachment a, best effort: a failure is a note on stderr.
+func liftQuarantine(conf *Config, a agent.Attachment, ips []string) {
+	ips = append(slices.Clone(ips), recordedQuarantine(conf.StateDir, a)...)
+	if len(ips) == 0 {
+		return
+	}
+	slices.Sort(ips)
+	ips = slices.Compact(ips)
+	if err := quarantine(ips, false); err != nil && !errors.Is(err, errNoTable) {
+		fmt.Fprintf(Stderr, "netseg: note: lift quarantine of %s: %v\n", strings.Join(ips, ","), err)
+		return
+	}
+	if err := forgetQuarantine(conf.StateDir, a); err != nil {
+		fmt.Fprintf(Stderr, "netseg: note: %v\n", err)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -29,13 +28,11 @@ func Del(args *skel.CmdArgs) error {
 	if result != nil {
 		if _, ips, err := containerIface(result, args.Netns, args.IfName); err == nil {
 			ep.IPs = ips
-			// The addresses go back to IPAM: never leave them quarantined
-			// for the next container that gets them.
-			if qerr := quarantine(ips, false); qerr != nil && !errors.Is(qerr, errNoTable) {
-				fmt.Fprintf(Stderr, "netseg: note: lift quarantine of %s: %v\n", strings.Join(ips, ","), qerr)
-			}
 		}
 	}
+	// The addresses go back to IPAM: never leave them quarantined for the
+	// next container that gets them.
+	liftQuarantine(conf, ep.Attachment, ep.IPs)
 	if _, err := callAgent(conf, agent.Request{Op: agent.OpDel, Endpoint: ep}); err != nil {
 		if errors.Is(err, agent.ErrUnavailable) {
 			fmt.Fprintf(Stderr, "netseg: note: DEL of container %s interface %s not sent: %v; the agent reconciles when it starts\n", args.ContainerID, args.IfName, err)

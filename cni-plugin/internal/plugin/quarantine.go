@@ -4,8 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/google/nftables"
+
+	"github.com/netseg/netseg/api/agent"
 )
 
 // The agent's table and the sets its forward chain drops:
@@ -15,9 +20,7 @@ import (
 //	  set quarantine6 { type ipv6_addr; }
 //	  chain forward { ... ip saddr @quarantine4 drop; ip daddr @quarantine4 drop ... }
 //	}
-const (
-	nftTable = "netseg"
-)
+const nftTable = "netseg"
 
 func quarantineSet(a netip.Addr) string {
 	if a.Is4() {
@@ -113,4 +116,44 @@ func addrsOf(ips []string) ([]netip.Addr, error) {
 		out = append(out, p.Addr().Unmap())
 	}
 	return out, nil
+}
+
+// QuarantineDir, in the state directory, holds one file per attachment whose
+// addresses ADD quarantined, named "<containerID>_<ifName>", listing them
+// one a line. A failed ADD leaves no result in the runtime's cache, so DEL
+// gets no prevResult: this record is how it finds the addresses to release.
+const QuarantineDir = "quarantined"
+
+func quarantineRecord(stateDir string, a agent.Attachment) string {
+	name := strings.ReplaceAll(a.ContainerID+"_"+a.IfName, "/", "_")
+	return filepath.Join(stateDir, QuarantineDir, name)
+}
+
+// recordQuarantine notes that ips of attachment a are quarantined.
+func recordQuarantine(stateDir string, a agent.Attachment, ips []string) error {
+	path := quarantineRecord(stateDir, a)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(ips, "\n")+"\n"), 0o644); err != nil {
+		return fmt.Errorf("record quarantine: %w", err)
+	}
+	return nil
+}
+
+// recordedQuarantine returns the addresses recorded for a, if any.
+func recordedQuarantine(stateDir string, a agent.Attachment) []string {
+	b, err := os.ReadFile(quarantineRecord(stateDir, a))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b))
+}
+
+// forgetQuarantine removes a's record; a missing record is fine.
+func forgetQuarantine(stateDir string, a agent.Attachment) error {
+	if err := os.Remove(quarantineRecord(stateDir, a)); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("remove quarantine record: %w", err)
+	}
+	return nil
 }
