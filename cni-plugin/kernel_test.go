@@ -77,7 +77,9 @@ func (e *env) list(extra map[string]any) *libcni.NetworkConfigList {
 	return e.cni.ParseConfList(e.t, net.ConfList())
 }
 
-func (e *env) atLeast(v string) bool { return slices.Index(versions, e.version) >= slices.Index(versions, v) }
+func (e *env) atLeast(v string) bool {
+	return slices.Index(versions, e.version) >= slices.Index(versions, v)
+}
 
 // hostVeth finds the node's veth whose peer is the container's interface,
 // from the node's side: its IFLA_LINK is the container interface's ifindex.
@@ -343,7 +345,6 @@ func containerAddrs(t *testing.T, ctr *lab.Container) []string {
 	}
 	return out
 }
-
 
 // TestNotAVeth runs ADD by hand (as a runtime would) with a prevResult that
 // names a bridge, not a veth: the plugin must refuse it, naming the fix.
