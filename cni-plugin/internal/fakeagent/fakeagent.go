@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/netseg/netseg/api/agent"
 )
@@ -28,6 +29,7 @@ type Agent struct {
 	failAdd      string // error answered to OpAdd
 	rulesMissing bool   // OpCheck answers that the rules are not in the kernel
 	notReady     bool   // OpStatus answers Ready=false
+	hang         time.Duration
 }
 
 // Start serves a fake agent on agent.sock in dir (keep dir short: a unix
@@ -57,6 +59,9 @@ func (a *Agent) RulesMissing(v bool) { a.mu.Lock(); a.rulesMissing = v; a.mu.Unl
 
 // NotReady makes OpStatus answer Ready=false.
 func (a *Agent) NotReady(v bool) { a.mu.Lock(); a.notReady = v; a.mu.Unlock() }
+
+// Hang delays every answer by d, to run the client into its timeout.
+func (a *Agent) Hang(d time.Duration) { a.mu.Lock(); a.hang = d; a.mu.Unlock() }
 
 // Requests returns the requests received so far, oldest first.
 func (a *Agent) Requests() []agent.Request {
@@ -100,6 +105,10 @@ func (a *Agent) serve() {
 				return
 			}
 			resp := a.handle(req)
+			a.mu.Lock()
+			hang := a.hang
+			a.mu.Unlock()
+			time.Sleep(hang)
 			resp.Version = agent.Version
 			_ = json.NewEncoder(c).Encode(resp)
 		}()

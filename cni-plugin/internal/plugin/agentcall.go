@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -16,8 +17,12 @@ func callAgent(conf *Config, req agent.Request) (*agent.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout)
 	defer cancel()
 	resp, err := agent.Call(ctx, conf.Socket, req)
-	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return resp, fmt.Errorf("%w: no answer within the timeout of %s (raise \"timeout\" or check the agent's load): %w", agent.ErrUnavailable, conf.timeout, err)
+	// The connection's deadline is the context's: an unavailable agent at
+	// or past it ran out of time (the context's own timer may not have
+	// fired yet, so ctx.Err() cannot tell).
+	if dl, _ := ctx.Deadline(); errors.Is(err, agent.ErrUnavailable) && !time.Now().Before(dl) {
+		// err already wraps agent.ErrUnavailable.
+		return resp, fmt.Errorf("no answer within the timeout of %s (raise \"timeout\" or check the agent's load): %w", conf.timeout, err)
 	}
 	return resp, err
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -49,6 +50,14 @@ func TestStatus(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "none.sock")
 	assertCNIError(t, Status(args(withSocket(missing, ""))), types.ErrPluginNotAvailable,
 		"agent at "+missing+" not available: agent unavailable: connect to "+missing)
+}
+
+func TestTimeout(t *testing.T) {
+	a := fakeagent.Start(t, t.TempDir())
+	a.Hang(2 * time.Second)
+	stdin := withSocket(a.Socket, `"timeout": "100ms", "cni.dev/valid-attachments": []`)
+	assertCNIError(t, Status(args(stdin)), types.ErrPluginNotAvailable, "no answer within the timeout of 100ms (raise \"timeout\"")
+	assertCNIError(t, GC(args(stdin)), types.ErrTryAgainLater, "unreachable: no answer within the timeout of 100ms")
 }
 
 func TestGC(t *testing.T) {
