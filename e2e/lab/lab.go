@@ -177,10 +177,12 @@ func processAlive(pid int) bool {
 
 // Main wraps testing.M for packages with kernel tests: it sweeps stale lab
 // namespaces first, and after the run fails the binary if this process left
-// a lab namespace or a new host nftables table behind.
+// a lab namespace or a new host nftables table behind. The after functions
+// run once the tests are done, before the process exits (Main does not
+// return), e.g. to remove a directory TestMain made.
 //
 //	func TestMain(m *testing.M) { lab.Main(m) }
-func Main(m *testing.M) {
+func Main(m *testing.M, after ...func()) {
 	if os.Geteuid() == 0 {
 		if removed, err := SweepStale(); err != nil {
 			fmt.Fprintf(os.Stderr, "lab: sweep stale namespaces: %v\n", err)
@@ -190,6 +192,9 @@ func Main(m *testing.M) {
 	}
 	before, beforeErr := HostTables()
 	code := m.Run()
+	for _, f := range after {
+		f()
+	}
 	if os.Geteuid() == 0 {
 		if leaked := ownNamespaces(); len(leaked) > 0 {
 			fmt.Fprintf(os.Stderr, "lab: leaked namespaces: %s\n", strings.Join(leaked, " "))
