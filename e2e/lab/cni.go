@@ -213,3 +213,13 @@ func pluginErr(err error, stdout, stderr []byte) error {
 	}
 	return &emsg
 }
+
+// Remove runs DEL for the container and deletes its namespace now (the
+// lab's cleanup would do both at the end; repeating them is harmless).
+func (c *CNI) Remove(ctr *Container, list *libcni.NetworkConfigList, a Attach) error {
+	err := c.Del(ctr, list, a)
+	if derr := deleteNetns(ctr.Name); derr != nil && err == nil {
+		err = derr
+	}
+	return err
+}

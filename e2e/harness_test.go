@@ -1,0 +1,182 @@
+package e2e_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/e2e/lab"
+)
+
+// binDir holds netseg-agent, netseg (the CNI plugin) and netsegctl, built
+// from this checkout for the run.
+var binDir string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "netseg-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for name, pkg := range map[string]string{"netseg-agent": "./cmd/netseg-agent", "netseg": "./cni-plugin", "netsegctl": "./cmd/netsegctl"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v: %s\n", name, err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	binDir = dir
+	lab.Main(m, func() { os.RemoveAll(dir) })
+}
+
+// Test address conventions: pods on 10.88.0.0/24 (bridge) or 10.89.0.0/24
+// (ptp) inside the lab node; synthetic registrations on 10.200.0.0/16.
+const (
+	bridgeSubnet = "10.88.0.0/24"
+	ptpSubnet    = "10.89.0.0/24"
+	probeTimeout = 300 * time.Millisecond
+)
+
+// node is a lab node running the real agent binary, with a CNI network
+// whose conflist chains the real netseg plugin after a reference plugin.
+type node struct {
+	t         *testing.T
+	lab       *lab.Lab
+	ns        *lab.Netns
+	cni       *lab.CNI
+	list      *libcni.NetworkConfigList
+	policyDir string
+	stateDir  string
+	pluginDir string // the plugin's state (fail-open counter, quarantine notes)
+	socket    string
+	agent     *exec.Cmd
+	agentLog  *os.File
+}
+
+func newNode(t *testing.T, mainPlugin string) *node {
+	t.Helper()
+	l := lab.New(t)
+	n := &node{t: t, lab: l, ns: l.Node("node"), policyDir: t.TempDir(), stateDir: t.TempDir(), pluginDir: t.TempDir()}
+	n.socket = filepath.Join(t.TempDir(), "agent.sock")
+	copyDir(t, "../examples", n.policyDir)
+	n.cni = n.ns.CNI(append([]string{binDir}, lab.CNIPath()...)...)
+	subnet := bridgeSubnet
+	if mainPlugin == "ptp" {
+		subnet = ptpSubnet
+	}
+	netseg := map[string]any{"type": "netseg", "socket": n.socket, "stateDir": n.pluginDir, "timeout": "5s",
+		"capabilities": map[string]bool{"labels": true}}
+	n.list = n.cni.ParseConfList(t, lab.Net{Name: "pods", CNIVersion: "1.1.0", Type: mainPlugin, Subnet: subnet, DataDir: t.TempDir(),
+		Chain: []map[string]any{netseg}}.ConfList())
+	n.startAgent()
+	return n
+}
+
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(src, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("copy %s: %v (%d files)", src, err, len(files))
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, filepath.Base(f)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startAgent runs bin/netseg-agent inside the node's network namespace and
+// waits until it is ready.
+func (n *node) startAgent() {
+	n.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(n.stateDir, "agent.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	cmd := n.ns.Command(context.Background(), filepath.Join(binDir, "netseg-agent"), "--policy-dir", n.policyDir,
+		"--state-dir", n.stateDir, "--socket", n.socket, "--health-addr", "", "--metrics-addr", "",
+		"--poll-interval", "50ms", "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		n.t.Fatalf("start agent: %v", err)
+	}
+	n.agent, n.agentLog = cmd, logf
+	n.t.Cleanup(func() {
+		n.stopAgent(syscall.SIGTERM)
+		if n.t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			n.t.Logf("agent log:\n%s", tail(string(b), 40))
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := agent.Call(ctx, n.socket, agent.Request{Op: agent.OpStatus})
+		cancel()
+		if err == nil && resp.Ready {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logf.Name())
+			n.t.Fatalf("agent not ready after 10s: %v\n%s", err, tail(string(b), 20))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stopAgent sends sig and waits for the process.
+func (n *node) stopAgent(sig syscall.Signal) {
+	if n.agent == nil {
+		return
+	}
+	_ = n.agent.Process.Signal(sig)
+	_ = n.agent.Wait()
+	n.agentLog.Close()
+	n.agent = nil
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// pod adds a container through the conflist with its pod identity and labels.
+func (n *node) pod(name, podNS, podName string, labels map[string]string) *lab.Container {
+	n.t.Helper()
+	return n.cni.MustAdd(name, n.list, lab.Attach{PodNamespace: podNS, PodName: podName, Labels: labels})
+}
+
+func (n *node) attach(podNS, podName string, labels map[string]string) lab.Attach {
+	return lab.Attach{PodNamespace: podNS, PodName: podName, Labels: labels}
+}
+
+// ctl runs bin/netsegctl with args against this node's agent.
+func (n *node) ctl(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(binDir, "netsegctl"), args...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (n *node) table() string {
+	return lab.CanonicalTable(n.ns.MustRun("nft", "list", "table", "inet", "netseg"))
+}
