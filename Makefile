@@ -43,8 +43,9 @@ generate:
 verify:
 	bash hack/verify.sh
 
+# The README's first command. ARGS="--rounds 0" runs until Ctrl-C.
 demo: setup build
-	bash hack/demo.sh
+	bash hack/demo.sh $(ARGS)
 
 clean:
 	rm -rf $(BIN)

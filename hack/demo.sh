@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# netseg's demo on the embedded default: standalone mode with examples/.
+# netseg's demo on the embedded default: standalone mode with examples/,
+# on a lab node (network namespaces) that is removed when the demo ends.
+# Extra arguments go to "netsegctl demo" (e.g. --rounds 0 to run until Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "netseg demo: the binaries are built in bin/."
-echo "netseg demo: the node agent and the live demo (containers in zones, flow log, alerts) are not available in this version yet."
+exec bin/netsegctl demo --policy-dir examples --bin-dir bin "$@"

@@ -18,6 +18,7 @@ Usage:
   netsegctl explain --from NS/NAME --to NS/NAME --port PORT [-o json]   (live, via the agent)
   netsegctl status [--socket PATH]      the running agent's state
   netsegctl endpoints [--socket PATH]   endpoints registered with the agent
+  netsegctl demo [--rounds N]           run netseg on a lab node with examples/ (root)
 
 Run "netsegctl COMMAND --help" for a command's flags.
 `
@@ -38,6 +39,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runStatus(args[1:], stdout, stderr)
 	case "endpoints":
 		return runEndpoints(args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

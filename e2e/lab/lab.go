@@ -34,9 +34,23 @@ const netnsDir = "/var/run/netns"
 
 var seq atomic.Int64
 
+// T is what a lab needs from its owner: a *testing.T or *testing.B, or a
+// program such as netsegctl's demo that implements the same calls
+// (Fatalf must not return).
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
+var _ T = testing.TB(nil)
+
 // Lab owns the namespaces of one test and everything inside them.
 type Lab struct {
-	t testing.TB
+	t T
 
 	mu       sync.Mutex
 	netnses  []*Netns
@@ -47,7 +61,7 @@ type Lab struct {
 // New returns a lab whose namespaces are removed when t ends, even if t
 // fails or panics. It skips nothing: a machine without root or netns support
 // fails the test, since kernel tests are part of the suite.
-func New(t testing.TB) *Lab {
+func New(t T) *Lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatalf("lab: kernel tests need root (euid %d)", os.Geteuid())
