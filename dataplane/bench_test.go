@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/e2e/lab"
@@ -98,4 +99,77 @@ func BenchmarkFullResync(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkFirstPacket measures the cost of the ruleset on new
+// connections: TCP connections per second between two containers (8
+// client workers) with 10 endpoints in the ruleset, then with 10,000, side
+// by side in one run, alternating three times. It reports both rates and
+// their ratio (large/small); absolute rates depend on the machine.
+func BenchmarkFirstPacket(b *testing.B) {
+	n := newBenchNode(b)
+	small := n.withSynthetic(8)
+	large := n.withSynthetic(9998)
+	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
+	const rounds, per = 3, 3 * time.Second
+	var rate [2]float64
+	for i := 0; i < b.N; i++ {
+		for r := 0; r < rounds; r++ {
+			for k, rs := range []*dataplane.Ruleset{small, large} {
+				if err := n.dp.Sync(rs); err != nil {
+					b.Fatal(err)
+				}
+				ok, failed, err := n.a.ConnRate(srv.Addr, 8, per)
+				if err != nil || failed > ok/100 {
+					b.Fatalf("connections: %d ok, %d failed, %v", ok, failed, err)
+				}
+				rate[k] += float64(ok) / per.Seconds()
+			}
+		}
+	}
+	runs := float64(rounds * b.N)
+	b.ReportMetric(rate[0]/runs, "conn/s@10")
+	b.ReportMetric(rate[1]/runs, "conn/s@10000")
+	b.ReportMetric(rate[1]/rate[0], "ratio")
+}
+
+// newBenchNode is newNode for benchmarks.
+func newBenchNode(b *testing.B) *benchNode { return newBenchNode2(b) }
+
+func newBenchNode2(b testing.TB) *benchNode {
+	l := lab.New(b)
+	bn := &benchNode{node: l.Node("node")}
+	cni := bn.node.CNI()
+	list := cni.ParseConfList(b, lab.Net{Name: "dpnet", Type: "bridge", Subnet: bridgeSubnet, DataDir: b.TempDir()}.ConfList())
+	bn.a = cni.MustAdd("a", list, lab.Attach{})
+	bn.b = cni.MustAdd("b", list, lab.Attach{})
+	ns, err := dataplane.OpenNamespace(bn.node.Path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ns.Close() })
+	bn.dp = dataplane.New(dataplane.Config{}, ns.Dial, ns.LinkExists)
+	return bn
+}
+
+type benchNode struct {
+	node *lab.Netns
+	a, b *lab.Container
+	dp   *dataplane.Dataplane
+}
+
+// withSynthetic: a and b allowed to talk (a's egress: 20 rules, the match
+// last), plus extra synthetic endpoints in 50 workloads.
+func (bn *benchNode) withSynthetic(extra int) *dataplane.Ruleset {
+	rs := synthetic(extra, 50, 20, false)
+	var eg []dataplane.Rule
+	for r := 0; r < 19; r++ {
+		eg = append(eg, dataplane.Rule{Peer: fmt.Sprintf("workload/%d", r%50), Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: uint16(2000 + r), Last: uint16(2000 + r)}}, Action: dataplane.Deny, Origin: 5})
+	}
+	eg = append(eg, dataplane.Rule{Peer: "b", Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: 8080, Last: 8080}}, Action: dataplane.Allow, Origin: 6})
+	rs.Sets = append(rs.Sets, dataplane.Set{Name: "b", Prefixes: []netip.Prefix{netip.PrefixFrom(bn.b.IP(4), 32)}})
+	rs.Endpoints = append(rs.Endpoints,
+		dataplane.Endpoint{ID: "a/eth0", IPs: []netip.Addr{bn.a.IP(4)}, Egress: dataplane.Policy{Enforced: eg}, Ingress: allowAll},
+		dataplane.Endpoint{ID: "b/eth0", IPs: []netip.Addr{bn.b.IP(4)}, Egress: allowAll, Ingress: allowAll})
+	return rs
 }
