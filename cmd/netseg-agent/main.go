@@ -115,7 +115,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	metrics := node.NewMetrics()
-	a, err := node.New(f.cfg, log, metrics)
+	a, err := node.New(f.cfg, nil, log, metrics)
 	if err != nil {
 		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
 		return 2

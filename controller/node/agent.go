@@ -84,7 +84,7 @@ type Agent struct {
 	ns      *dataplane.Namespace
 	dp      *dataplane.Dataplane
 	reg     *Registry
-	source  *DirSource
+	source  Source
 
 	kick chan struct{}
 
@@ -101,8 +101,9 @@ type Agent struct {
 	ready     bool
 }
 
-// New opens the namespace, the registry and the policy source.
-func New(cfg Config, log *slog.Logger, m *Metrics) (*Agent, error) {
+// New opens the namespace and the registry. src nil means standalone: the
+// policy directory of cfg.
+func New(cfg Config, src Source, log *slog.Logger, m *Metrics) (*Agent, error) {
 	cfg = cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -118,7 +119,10 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, metrics: m, ns: ns, reg: reg,
 		dp:     dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists),
-		source: NewDirSource(cfg.PolicyDir), kick: make(chan struct{}, 1)}
+		source: src, kick: make(chan struct{}, 1)}
+	if src == nil && cfg.PolicyDir != "" {
+		a.source = NewDirSource(cfg.PolicyDir, cfg.PollInterval, log, m.PolicyErrors.Inc)
+	}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -135,11 +139,10 @@ func (a *Agent) Cleanup() error {
 // Run serves until ctx ends. On return the rules stay in the kernel:
 // containers remain protected while the agent is down.
 func (a *Agent) Run(ctx context.Context) error {
-	a.reconcileRegistry()
-	if err := a.source.Reload(); err != nil {
-		a.log.Error("policy directory is invalid; no policy in force yet", "dir", a.cfg.PolicyDir, "err", err)
-		a.metrics.PolicyErrors.Inc()
+	if a.source == nil {
+		return errors.New("no policy source: give a policy directory (standalone) or a Kubernetes source")
 	}
+	a.reconcileRegistry()
 	srv, err := a.listen()
 	if err != nil {
 		return err
@@ -148,8 +151,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); a.serve(ctx, srv) }()
-	go func() { defer wg.Done(); a.watch(ctx) }()
-	a.requestSync()
+	go func() { defer wg.Done(); a.source.Run(ctx, func() { a.requestSync() }) }()
 	a.loop(ctx)
 	srv.Close()
 	wg.Wait()
@@ -168,30 +170,6 @@ func (a *Agent) reconcileRegistry() {
 	}
 	for _, ep := range removed {
 		a.log.Info("removed stale endpoint", "id", EndpointID(ep.Attachment), "pod", ep.Namespace+"/"+ep.Name, "hostIface", ep.HostIface)
-	}
-}
-
-// watch polls the policy directory and requests a sync on every change.
-func (a *Agent) watch(ctx context.Context) {
-	t := time.NewTicker(a.cfg.PollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		changed, err := a.source.Poll()
-		if !changed {
-			continue
-		}
-		if err != nil {
-			a.metrics.PolicyErrors.Inc()
-			a.log.Error("policy directory became invalid; the last good policy stays in force", "dir", a.cfg.PolicyDir, "err", err)
-			continue
-		}
-		a.log.Info("policy changed", "dir", a.cfg.PolicyDir, "generation", a.source.Generation())
-		a.requestSync()
 	}
 }
 
@@ -262,14 +240,23 @@ func (a *Agent) loop(ctx context.Context) {
 // makes the kernel match.
 func (a *Agent) syncOnce() error {
 	start := time.Now()
-	pol, _, _ := a.source.Current()
-	if pol == nil {
+	snap := a.source.Snapshot()
+	if !snap.Valid {
 		err := errors.New("no valid policy loaded yet")
 		a.setSynced(nil, err, nil, 0)
 		return err
 	}
 	eps, quarantined := a.reg.List()
-	compiled := policy.Compile(pol.Input(policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}, compilerEndpoints(eps), nil))
+	in := snap.Input
+	in.Config = policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}
+	local := compilerEndpoints(eps)
+	if snap.Enrich != nil {
+		for i := range local {
+			snap.Enrich(&local[i], uidOf(eps, local[i].Namespace, local[i].Name))
+		}
+	}
+	in.Endpoints = append(append([]policy.Endpoint(nil), in.Endpoints...), local...)
+	compiled := policy.Compile(in)
 	locals := make([]enforce.Local, 0, len(eps))
 	for _, ep := range eps {
 		locals = append(locals, enforce.Local{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace, Name: ep.Name,
@@ -286,7 +273,11 @@ func (a *Agent) syncOnce() error {
 		warnings = append(warnings, e.Error())
 	}
 	for _, p := range compiled.Errors {
-		warnings = append(warnings, pol.Locate(p))
+		if snap.Locate != nil {
+			warnings = append(warnings, snap.Locate(p))
+		} else {
+			warnings = append(warnings, p.String())
+		}
 	}
 	err := a.dp.Sync(rs)
 	a.metrics.SyncDuration.Observe(time.Since(start).Seconds())
@@ -338,6 +329,15 @@ func compilerEndpoints(eps []agent.Endpoint) []policy.Endpoint {
 		}
 	}
 	return out
+}
+
+func uidOf(eps []agent.Endpoint, ns, name string) string {
+	for _, ep := range eps {
+		if ep.Namespace == ns && ep.Name == name {
+			return ep.UID
+		}
+	}
+	return ""
 }
 
 func prefixes(ips []string) []netip.Prefix {

@@ -73,7 +73,7 @@ func (e *env) start() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	a, err := node.New(node.Config{PolicyDir: e.dir, StateDir: e.state, Socket: e.socket, NetNS: e.node.Path,
-		PollInterval: 50 * time.Millisecond}, log, node.NewMetrics())
+		PollInterval: 50 * time.Millisecond}, nil, log, node.NewMetrics())
 	if err != nil {
 		e.t.Fatal(err)
 	}

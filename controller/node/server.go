@@ -198,10 +198,11 @@ func (a *Agent) withZones(eps []agent.Endpoint) []agent.Endpoint {
 
 // Status reports the agent's state.
 func (a *Agent) Status() *agent.Status {
-	_, gen, polErr := a.source.Current()
+	snap := a.source.Snapshot()
+	gen, polErr := snap.Generation, snap.Err
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := &agent.Status{Mode: "standalone", Ready: a.ready, PolicyGeneration: gen, PolicySource: a.cfg.PolicyDir,
+	st := &agent.Status{Mode: a.source.Mode(), Ready: a.ready, PolicyGeneration: gen, PolicySource: a.source.Name(),
 		Endpoints: a.endpoints, LastSync: a.lastSync, Warnings: a.warnings}
 	if polErr != nil {
 		st.LastError = polErr.Error()

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -8,16 +9,55 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"log/slog"
 	"sync"
+	"time"
 
+	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
 )
+
+// Source supplies the policy and what the cluster knows about endpoints.
+// The agent calls Run once; Run calls changed whenever Snapshot's answer
+// may have changed, until ctx ends.
+type Source interface {
+	Run(ctx context.Context, changed func())
+	Snapshot() Snapshot
+	// Mode is "standalone" or "kubernetes"; Name says where policy comes
+	// from (a directory, a kubeconfig).
+	Mode() string
+	Name() string
+}
+
+// Snapshot is a source's current state.
+type Snapshot struct {
+	// Input is the compiler input without this node's registered
+	// endpoints: zones, zone policies, dependencies, namespaces, services,
+	// and endpoints on other nodes.
+	Input policy.Input
+	// Valid is false until a first good policy is loaded.
+	Valid bool
+	// Generation counts the good policies applied so far.
+	Generation int64
+	// Err is the latest load's problem; the last good policy stays in force.
+	Err error
+	// Locate turns a compiler problem into a message naming where its
+	// object came from.
+	Locate func(policy.Problem) string
+	// Enrich, when set, completes a local endpoint from what the source
+	// knows (in Kubernetes mode: the Pod's labels, found by namespace,
+	// name and UID). It reports false when the source does not know it.
+	Enrich func(ep *policy.Endpoint, uid string) bool
+}
 
 // DirSource is the standalone policy source: a directory of YAML files,
 // polled for changes. A directory that becomes invalid keeps the last good
 // policy in force; the error is kept for status and metrics.
 type DirSource struct {
-	dir string
+	dir      string
+	interval time.Duration
+	log      *slog.Logger
+	errors   func()
 
 	mu          sync.Mutex
 	fingerprint string
@@ -26,8 +66,64 @@ type DirSource struct {
 	lastErr     error
 }
 
-// NewDirSource returns a source for dir; call Reload or Poll to load it.
-func NewDirSource(dir string) *DirSource { return &DirSource{dir: dir} }
+// NewDirSource returns a source for dir, polled every interval. onError
+// (may be nil) is called for every failed load.
+func NewDirSource(dir string, interval time.Duration, log *slog.Logger, onError func()) *DirSource {
+	if onError == nil {
+		onError = func() {}
+	}
+	return &DirSource{dir: dir, interval: interval, log: log, errors: onError}
+}
+
+var _ Source = &DirSource{}
+
+// Mode is "standalone".
+func (s *DirSource) Mode() string { return "standalone" }
+
+// Name is the directory.
+func (s *DirSource) Name() string { return s.dir }
+
+// Run loads the directory, then polls it.
+func (s *DirSource) Run(ctx context.Context, changed func()) {
+	if err := s.Reload(); err != nil {
+		s.errors()
+		s.log.Error("policy directory is invalid; no policy in force yet", "dir", s.dir, "err", err)
+	}
+	changed()
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		did, err := s.Poll()
+		if !did {
+			continue
+		}
+		if err != nil {
+			s.errors()
+			s.log.Error("policy directory became invalid; the last good policy stays in force", "dir", s.dir, "err", err)
+			continue
+		}
+		s.log.Info("policy changed", "dir", s.dir, "generation", s.Generation())
+		changed()
+	}
+}
+
+// Snapshot returns the last good policy.
+func (s *DirSource) Snapshot() Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap := Snapshot{Valid: s.good != nil, Generation: s.generation, Err: s.lastErr}
+	if s.good != nil {
+		good := s.good
+		snap.Input = good.Input(policy.Config{}, nil, nil)
+		snap.Locate = good.Locate
+	}
+	return snap
+}
 
 // Current returns the last good policy (nil if none), its generation, and
 // the error of the latest load (nil if the latest load was good).
