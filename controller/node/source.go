@@ -6,10 +6,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"log/slog"
 	"sync"
 	"time"
 
