@@ -229,3 +229,21 @@ func TestAgentKilledUnderTraffic(t *testing.T) {
 	}
 	expectDrop(t, "monitoring -> payments after restart", monitoring.Probe("tcp", srv.Addr, probeTimeout))
 }
+
+// TestInventoryLabels: a runtime that passes no labels (podman, plain
+// CNI) gets them from the policy directory's Workload inventory, and the
+// dependencies that select on them apply.
+func TestInventoryLabels(t *testing.T) {
+	n := newNode(t, "bridge")
+	checkout := n.pod("checkout", "shop", "checkout-1", nil)
+	payments := n.pod("payments", "pay", "payments-1", nil)
+	srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
+	expectPass(t, "checkout-1 -> payments-1 8443 (labels from the inventory)", checkout.Probe("tcp", srv.Addr, probeTimeout))
+	out, err := n.ctl("explain", "--socket", n.socket, "--from", "shop/checkout-1", "--to", "pay/payments-1", "--port", "8443/TCP")
+	if err != nil || !strings.Contains(out, "ServiceDependency shop/checkout") {
+		t.Fatalf("explain: %v: %s", err, out)
+	}
+	// Without an inventory entry the dependency does not apply.
+	stranger := n.pod("stranger", "shop", "stranger", nil)
+	expectDrop(t, "stranger -> payments-1 8443", stranger.Probe("tcp", srv.Addr, probeTimeout))
+}

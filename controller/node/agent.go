@@ -94,6 +94,7 @@ type Agent struct {
 	done      uint64 // changes included in the last finished sync
 	doneErr   error  // that sync's error
 	compiled  *policy.Compiled
+	local     []policy.Endpoint // this node's endpoints as compiled (labels completed)
 	lastSync  time.Time
 	syncErr   error
 	endpoints int
@@ -289,6 +290,9 @@ func (a *Agent) syncOnce() error {
 	}
 	a.metrics.Endpoints.Set(float64(len(eps)))
 	a.setSynced(compiled, err, warnings, len(eps))
+	a.mu.Lock()
+	a.local = local
+	a.mu.Unlock()
 	return err
 }
 

@@ -245,8 +245,10 @@ func (a *Agent) explain(x agent.Explain, resp *agent.Response) error {
 // labels and addresses), or parses an address.
 func (a *Agent) peer(ref string) (policy.Peer, error) {
 	if ns, name, ok := strings.Cut(ref, "/"); ok && !strings.Contains(name, "/") && !strings.ContainsAny(ref, ":") && !isIPPrefix(ref) {
-		eps, _ := a.reg.List()
-		for _, pe := range compilerEndpoints(eps) {
+		a.mu.Lock()
+		local := a.local
+		a.mu.Unlock()
+		for _, pe := range local {
 			if pe.Namespace == ns && pe.Name == name {
 				return policy.Peer{Namespace: ns, Name: name, Labels: pe.Labels, IPs: pe.IPs}, nil
 			}

@@ -121,6 +121,7 @@ func (s *DirSource) Snapshot() Snapshot {
 		good := s.good
 		snap.Input = good.Input(policy.Config{}, nil, nil)
 		snap.Locate = good.Locate
+		snap.Enrich = func(ep *policy.Endpoint, _ string) bool { return good.Label(ep) }
 	}
 	return snap
 }

@@ -25,6 +25,8 @@ type Policy struct {
 	ZonePolicies        []v1alpha1.ZonePolicy
 	ServiceDependencies []v1alpha1.ServiceDependency
 	Namespaces          []policy.Namespace
+	// Workloads label endpoints whose runtime passes no labels (standalone).
+	Workloads []Workload
 
 	docs map[string]Doc // "Kind ns/name" -> where it was loaded from
 }
@@ -188,8 +190,10 @@ func (p *Policy) addDocument(doc Doc, raw []byte) error {
 		target = &v1alpha1.ServiceDependency{}
 	case h.APIVersion == "v1" && h.Kind == "Namespace":
 		target = &namespaceDoc{}
+	case h.APIVersion == v1alpha1.GroupVersion.String() && h.Kind == "Workload":
+		target = &Workload{}
 	default:
-		return fail("", fmt.Errorf("unknown kind %q of apiVersion %q (want Zone, ZonePolicy or ServiceDependency of %s, or Namespace of v1)",
+		return fail("", fmt.Errorf("unknown kind %q of apiVersion %q (want Zone, ZonePolicy, ServiceDependency or Workload of %s, or Namespace of v1)",
 			h.Kind, h.APIVersion, v1alpha1.GroupVersion))
 	}
 	var errs []error
@@ -218,6 +222,8 @@ func (p *Policy) addDocument(doc Doc, raw []byte) error {
 		ferrs = validateServiceDependency(t, obj)
 	case *namespaceDoc:
 		ferrs = validateNamespace(t)
+	case *Workload:
+		ferrs = validateWorkload(t)
 	}
 	for _, fe := range ferrs {
 		errs = append(errs, fail(fe.field, errors.New(fe.msg)))
@@ -238,6 +244,8 @@ func (p *Policy) addDocument(doc Doc, raw []byte) error {
 		p.ServiceDependencies = append(p.ServiceDependencies, *t)
 	case *namespaceDoc:
 		p.Namespaces = append(p.Namespaces, policy.Namespace{Name: t.Name, Labels: t.Labels})
+	case *Workload:
+		p.Workloads = append(p.Workloads, *t)
 	}
 	return nil
 }

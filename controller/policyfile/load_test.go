@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -39,7 +40,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad yaml", "kind: Zone\nspec: [\n", []string{"x.yaml: document 1: invalid YAML: "}},
 		{"not an object", "- a\n- b\n", []string{"x.yaml: document 1: not a YAML object (want apiVersion, kind, metadata, spec)"}},
 		{"unknown kind", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
-			[]string{`x.yaml: document 1 (Pod p): unknown kind "Pod" of apiVersion "v1" (want Zone, ZonePolicy or ServiceDependency of netseg.io/v1alpha1, or Namespace of v1)`}},
+			[]string{`x.yaml: document 1 (Pod p): unknown kind "Pod" of apiVersion "v1" (want Zone, ZonePolicy, ServiceDependency or Workload of netseg.io/v1alpha1, or Namespace of v1)`}},
 		{"unknown field", zoneHead + "spec: {defaultAction: Deny, colour: red, podSelector: {matchLabel: {a: b}}}\n",
 			[]string{"x.yaml: document 1 (Zone z): spec.colour: unknown field", "x.yaml: document 1 (Zone z): spec.podSelector.matchLabel: unknown field"}},
 		{"endPort below port in the second document", zoneHead + "spec: {defaultAction: Deny}\n---\n" + policyHead +
@@ -156,4 +157,46 @@ func FuzzLoad(f *testing.F) {
 			_ = p.Locate(pr)
 		}
 	})
+}
+
+func TestWorkloadInventory(t *testing.T) {
+	p := &Policy{}
+	err := p.Add("inv.yaml", []byte(`apiVersion: netseg.io/v1alpha1
+kind: Workload
+metadata: {name: checkout, namespace: shop}
+spec: {podName: "checkout*", labels: {app: checkout, tier: web}}
+---
+apiVersion: netseg.io/v1alpha1
+kind: Workload
+metadata: {name: everything, namespace: shop}
+spec: {labels: {team: shop}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ep   policy.Endpoint
+		want map[string]string
+		ok   bool
+	}{
+		{policy.Endpoint{Namespace: "shop", Name: "checkout-7"}, map[string]string{"app": "checkout", "tier": "web", "team": "shop"}, true},
+		{policy.Endpoint{Namespace: "shop", Name: "checkout-7", Labels: map[string]string{"app": "given"}}, map[string]string{"app": "given", "tier": "web", "team": "shop"}, true},
+		{policy.Endpoint{Namespace: "shop", Name: "redis"}, map[string]string{"team": "shop"}, true},
+		{policy.Endpoint{Namespace: "web", Name: "checkout"}, nil, false},
+	} {
+		ep := tc.ep
+		if ok := p.Label(&ep); ok != tc.ok || !cmp.Equal(ep.Labels, tc.want, cmpopts.EquateEmpty()) {
+			t.Errorf("Label(%s/%s) = %v %v, want %v %v", tc.ep.Namespace, tc.ep.Name, ok, ep.Labels, tc.ok, tc.want)
+		}
+	}
+	bad := (&Policy{}).Add("bad.yaml", []byte(`apiVersion: netseg.io/v1alpha1
+kind: Workload
+metadata: {name: x}
+spec: {podName: "[", labels: {"bad key!": v}}
+`))
+	for _, want := range []string{"metadata.namespace", "spec.podName", "spec.labels[bad key!]"} {
+		if bad == nil || !strings.Contains(bad.Error(), "bad.yaml: document 1 (Workload x): "+want) {
+			t.Errorf("bad Workload: want an error at %s, got %v", want, bad)
+		}
+	}
 }
