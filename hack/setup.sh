@@ -6,7 +6,7 @@ set -euo pipefail
 
 CNI_PLUGINS_VERSION=v1.10.0
 CNI_BIN=${NETSEG_CNI_BIN:-/opt/cni/bin}
-PACKAGES=(nftables conntrack iproute2 util-linux iperf3 etcd-server)
+PACKAGES=(nftables conntrack iproute2 util-linux iperf3 etcd-server podman runc)
 
 if [[ $(id -u) -ne 0 ]]; then
 	echo "setup: netseg's tests build network namespaces and nftables tables: run as root" >&2

@@ -254,7 +254,7 @@ func objectName(h header) string {
 	if h.Kind == "" {
 		return ""
 	}
-	if h.Metadata.Namespace != "" && h.Kind == "ServiceDependency" {
+	if h.Metadata.Namespace != "" && (h.Kind == "ServiceDependency" || h.Kind == "Workload") {
 		return h.Kind + " " + h.Metadata.Namespace + "/" + h.Metadata.Name
 	}
 	return h.Kind + " " + h.Metadata.Name

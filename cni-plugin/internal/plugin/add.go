@@ -15,6 +15,9 @@ import (
 	"github.com/netseg/netseg/api/agent"
 )
 
+// DefaultNamespace is the namespace of pods whose runtime passes none.
+const DefaultNamespace = "default"
+
 // Stderr receives warnings and notes (the runtime logs a plugin's stderr).
 var Stderr io.Writer = os.Stderr
 
@@ -36,11 +39,25 @@ func endpoint(conf *Config, args *skel.CmdArgs) (*agent.Endpoint, error) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig,
 			fmt.Sprintf("netseg: cannot parse CNI_ARGS %q: pass KEY=VALUE pairs separated by ';'", args.Args), err.Error())
 	}
+	// Runtimes outside Kubernetes pass less: podman 4 passes only
+	// K8S_POD_NAME (the container name), cnitool nothing. Such pods live in
+	// the namespace "default", as in Kubernetes, and are named after the
+	// container name or, lacking one, the container ID.
+	ns, name := string(pa.K8S_POD_NAMESPACE), string(pa.K8S_POD_NAME)
+	if ns == "" {
+		ns = DefaultNamespace
+	}
+	if name == "" {
+		name = args.ContainerID
+		if len(name) > 12 {
+			name = name[:12]
+		}
+	}
 	return &agent.Endpoint{
 		Attachment: agent.Attachment{ContainerID: args.ContainerID, IfName: args.IfName},
 		Netns:      args.Netns,
-		Namespace:  string(pa.K8S_POD_NAMESPACE),
-		Name:       string(pa.K8S_POD_NAME),
+		Namespace:  ns,
+		Name:       name,
 		UID:        string(pa.K8S_POD_UID),
 		Labels:     conf.RuntimeConfig.Labels,
 	}, nil
