@@ -1,5 +1,5 @@
 // Command netsegctl is netseg's command-line tool: it validates policy
-// directories and explains decisions.
+// directories, explains decisions, and reads the flow and alert logs.
 package main
 
 import (
@@ -15,6 +15,9 @@ const usage = `netsegctl: inspect netseg policy.
 Usage:
   netsegctl validate -f DIR
   netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]
+  netsegctl flows [-f FILE] [--follow] [--from X] [--to X] [--port P[/PROTO]] [--verdict V] [--unexpected] [--since DUR|TIME] [--until TIME] [-o json|table]
+  netsegctl alerts [-f FILE] [--follow] [filters as for flows] [-o json|table]
+  netsegctl recommend -f FILE --since 24h [--policy-dir DIR]
 
 Run "netsegctl COMMAND --help" for a command's flags.
 `
@@ -31,6 +34,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runValidate(args[1:], stdout, stderr)
 	case "explain":
 		return runExplain(args[1:], stdout, stderr)
+	case "flows":
+		return runFlows(args[1:], stdout, stderr)
+	case "alerts":
+		return runAlerts(args[1:], stdout, stderr)
+	case "recommend":
+		return runRecommend(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
