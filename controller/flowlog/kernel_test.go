@@ -374,7 +374,7 @@ func TestFlood(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		st = ag.p.Stats()
-		if int64(st.ByVerdict["allowed"]+st.LostByCause["queue-full/connections"]) >= made.Load() || time.Now().After(deadline) {
+		if ag.ct.Stats().Messages >= 2*uint64(made.Load()) && ag.p.QueueLen() == 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -383,23 +383,39 @@ func TestFlood(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	ag.stop(t)
 	st = ag.p.Stats()
-	lines := 0
+	lines, flood, interim := 0, 0, 0
+	other := map[string]int{}
 	for _, r := range readAll(t, ag.path, &flowquery.Filter{}) {
 		if r.Kind == flowlog.KindFlow {
 			lines++
+			if r.Report == flowlog.ReportInterim {
+				interim++ // an entry that outlived an interval; its final record follows
+				continue
+			}
+			if r.Src.Name == "a" && r.Dst.Name == "b" && r.Dst.Port == 8080 {
+				flood++
+			} else {
+				other[fmt.Sprintf("%s:%d->%s:%d %s", r.Src.Name, r.Src.Port, r.Dst.Name, r.Dst.Port, r.Verdict)]++
+			}
 		}
 	}
-	recorded := st.ByVerdict["allowed"]
+	// Conntrack's loose TCP tracking can start an entry from a stray
+	// packet of a connection already gone (the server's last segment
+	// after the client's RST): a real, recorded connection of its own.
+	if len(other) > 0 {
+		t.Logf("records of other connections: %v", other)
+	}
+	recorded := uint64(flood)
 	lost := st.LostByCause["queue-full/connections"]
-	t.Logf("flood: %d connections made (%.0f/s), %d failed; %d flow records written (%d lines in the log), %d lost (queue-full); losses by cause %v",
-		made.Load(), float64(made.Load())/elapsed, failed.Load(), recorded, lines, lost, st.LostByCause)
+	t.Logf("flood: %d connections made (%.0f/s), %d failed; %d final flow records (%d interim; %d flow lines in the log), %d lost (queue-full); losses by cause %v",
+		made.Load(), float64(made.Load())/elapsed, failed.Load(), recorded, interim, lines, lost, st.LostByCause)
 	t.Logf("readers: nflog %+v conntrack %+v; heap in use after the flood %d MiB; caps: queue %d events, open flows %d, denied %d, alerts %d",
 		ag.nl.Stats(), ag.ct.Stats(), ms.HeapInuse>>20, 65536, cfg.MaxOpenFlows, 50000, 10000)
 	if int64(recorded+lost) != made.Load() {
 		t.Errorf("records %d + lost %d = %d, want the %d connections made", recorded, lost, recorded+lost, made.Load())
 	}
-	if int(recorded) != lines {
-		t.Errorf("%d records counted, %d in the log", recorded, lines)
+	if st.ByVerdict["allowed"] != uint64(lines) {
+		t.Errorf("%d records counted, %d in the log", st.ByVerdict["allowed"], lines)
 	}
 	if made.Load() < 10000 {
 		t.Errorf("only %d connections in 10 s", made.Load())
