@@ -161,7 +161,7 @@ func TestFlowsReadsRotatedFilesAndFollows(t *testing.T) {
 	time.Sleep(700 * time.Millisecond) // follow starts at the end
 	write(flowRec(3, web, apiSSH, "would-deny", false, policy.OriginZonePolicy))
 	time.Sleep(700 * time.Millisecond)
-	write(flowRec(4, batch, api, "allowed", true, policy.OriginZonePolicy)) // rotates; expected: filtered out
+	write(flowRec(4, batch, api, "allowed", true, policy.OriginZonePolicy))  // rotates; expected: filtered out
 	write(flowRec(5, batch, api, "denied", false, policy.OriginZoneDefault)) // rotates again
 	time.Sleep(1500 * time.Millisecond)
 	cancel()
@@ -203,7 +203,7 @@ func TestRecommend(t *testing.T) {
 		flowRec(3, web, partner, "allowed", false, policy.OriginZoneDefault),
 		flowRec(4, batch, api, "allowed", false, policy.OriginZoneDefault),
 		flowRec(5, web, apiSSH, "would-deny", false, policy.OriginZonePolicy), // not allowed: no entry
-		flowRec(6, web, api, "allowed", true, policy.OriginZonePolicy),       // expected: no entry
+		flowRec(6, web, api, "allowed", true, policy.OriginZonePolicy),        // expected: no entry
 	)
 	code, out, errOut := runCmd("recommend", "-f", path, "--since", "87600h")
 	if code != 0 {
