@@ -169,6 +169,15 @@ func (r *rb) ctMarkSetLow(low uint32) *rb {
 		&expr.Ct{Register: 1, SourceRegister: true, Key: expr.CtKeyMARK})
 }
 
+// metaMarkFromCt: meta mark set ct mark. The kernel here is built without
+// CONFIG_NETFILTER_NETLINK_GLUE_CT, so NFLOG messages cannot carry the
+// conntrack entry; the packet mark (NFULA_MARK) carries the decision instead.
+func (r *rb) metaMarkFromCt() *rb {
+	return r.add("meta mark set ct mark",
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
+}
+
 // counter: counter name "x" (a named counter object of the table).
 func (r *rb) counter(name string) *rb {
 	return r.add(fmt.Sprintf("counter name %q", name), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name})

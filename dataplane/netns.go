@@ -79,6 +79,11 @@ func (n *Namespace) LinkExists(name string) bool {
 	return err == nil
 }
 
+// Fd returns the namespace's file descriptor, for netlink sockets that
+// must be opened inside it (netlink.Config.NetNS). It stays valid until
+// Close.
+func (n *Namespace) Fd() int { return int(n.fd) }
+
 // Netlink returns the namespace's netlink handle.
 func (n *Namespace) Netlink() *vnl.Handle { return n.nl }
 

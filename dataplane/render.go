@@ -31,6 +31,13 @@ const (
 	counterNoMatch       = "no_rule_matched"   // fell off an endpoint chain (fail closed)
 )
 
+// Named counters of the NFLOG rate limits: first packets decided but not
+// logged (the flow log reports their deltas as losses).
+const (
+	CounterLogLimitedAllow = counterLogLimitAllow
+	CounterLogLimitedDeny  = counterLogLimitDeny
+)
+
 // Counters lists the named counters of the table.
 var Counters = []string{counterLogLimitAllow, counterLogLimitDeny, counterSpoof, counterQuarantine, counterUnmanaged, counterNoMatch}
 
@@ -238,7 +245,13 @@ func (st *state) addChain(c *chainSpec) { st.chains[c.name] = c }
 //	chain allow { limit rate over R/second burst B packets counter name "log_limited_allow" accept
 //	              log prefix "netseg allow" group G accept }
 //	chain deny  { limit rate over R/second burst B packets counter name "log_limited_deny" drop
-//	              log prefix "netseg deny" group G drop }
+//	              meta mark set ct mark log prefix "netseg deny" group G drop }
+//
+// The deny chain copies the decision into the packet mark so that the NFLOG
+// message carries it (NFULA_MARK) on kernels whose NFLOG cannot attach the
+// conntrack entry; the packet is dropped right after, so the mark never
+// reaches anything else. Accepted packets keep their mark: their decision
+// is read from conntrack events.
 func (st *state) baseChains(cfg Config) {
 	var fwd, in, out []*rb
 	for _, c := range []*[]*rb{&fwd, &in, &out} {
@@ -287,7 +300,7 @@ func (st *state) baseChains(cfg Config) {
 	}})
 	st.addChain(&chainSpec{name: chainDeny, rules: []*rb{
 		rule().limitOver(cfg.LogRate, cfg.LogBurst).counter(counterLogLimitDeny).verdict(expr.VerdictDrop, ""),
-		rule().log("netseg deny", cfg.NFLOGGroup).verdict(expr.VerdictDrop, ""),
+		rule().metaMarkFromCt().log("netseg deny", cfg.NFLOGGroup).verdict(expr.VerdictDrop, ""),
 	}})
 }
 

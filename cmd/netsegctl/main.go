@@ -1,5 +1,5 @@
 // Command netsegctl is netseg's command-line tool: it validates policy
-// directories and explains decisions.
+// directories, explains decisions, and reads the flow and alert logs.
 package main
 
 import (
@@ -19,6 +19,9 @@ Usage:
   netsegctl status [--socket PATH]      the running agent's state
   netsegctl endpoints [--socket PATH]   endpoints registered with the agent
   netsegctl demo [--rounds N]           run netseg on a lab node with examples/ (root)
+  netsegctl flows [-f FILE] [--follow] [--from X] [--to X] [--port P[/PROTO]] [--verdict V] [--unexpected] [--since DUR|TIME] [--until TIME] [-o json|table]
+  netsegctl alerts [-f FILE] [--follow] [filters as for flows] [-o json|table]
+  netsegctl recommend -f FILE --since 24h [--policy-dir DIR]
 
 Run "netsegctl COMMAND --help" for a command's flags.
 `
@@ -41,6 +44,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runEndpoints(args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(args[1:], stdout, stderr)
+	case "flows":
+		return runFlows(args[1:], stdout, stderr)
+	case "alerts":
+		return runAlerts(args[1:], stdout, stderr)
+	case "recommend":
+		return runRecommend(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

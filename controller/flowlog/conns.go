@@ -1,0 +1,255 @@
+package flowlog
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/dataplane/flows"
+)
+
+// connKey identifies a conntrack entry: the kernel reuses ids, so the
+// tuple comes along.
+type connKey struct {
+	id       uint32
+	proto    dataplane.Protocol
+	src, dst netip.AddrPort
+}
+
+// openFlow is a connection tracked for interim records.
+type openFlow struct {
+	connStart time.Time
+	// reportedUntil: the end of the last interim record (zero: none yet).
+	reportedUntil time.Time
+	// reported counters, subtracted from later ones.
+	orig, reply flows.Counters
+}
+
+// tupleKey is a denied 5-tuple (ICMP: type and code instead of ports).
+type tupleKey struct {
+	proto    dataplane.Protocol
+	src, dst netip.AddrPort
+	icmp     uint16
+}
+
+type aggregate struct {
+	first, last    time.Time
+	packets, bytes uint64
+	mark           dataplane.Mark
+	icmp           bool
+	icmpType       uint8
+}
+
+func keyOf(ev *flows.ConnEvent) connKey {
+	return connKey{id: ev.ID, proto: ev.Proto, src: ev.Src, dst: ev.Dst}
+}
+
+func (p *Pipeline) conn(ev flows.ConnEvent) {
+	verdict, _ := ev.Mark.Decision()
+	if verdict == dataplane.VerdictNone || verdict == dataplane.Denied {
+		// Denied first packets never make a confirmed entry; a mark that
+		// says otherwise is no decision of a connection that passed.
+		return
+	}
+	k := keyOf(&ev)
+	switch ev.Type {
+	case flows.ConnNew:
+		if _, ok := p.open[k]; ok {
+			return
+		}
+		if len(p.open) >= p.cfg.MaxOpenFlows {
+			p.m.untracked.Inc()
+			return
+		}
+		p.open[k] = &openFlow{connStart: firstNonZero(ev.Start, ev.Time)}
+	case flows.ConnDestroy:
+		of := p.open[k]
+		delete(p.open, k)
+		delete(p.missing, k)
+		start := firstNonZero(ev.Start, ev.Time)
+		rec := p.connRecord(&ev, ReportFinal, start)
+		rec.End = firstNonZero(ev.Stop, ev.Time)
+		if of != nil && !of.reportedUntil.IsZero() {
+			cs := start
+			rec.ConnStart = &cs
+			rec.Start = of.reportedUntil
+			rec.PacketsToDst -= of.orig.Packets
+			rec.BytesToDst -= of.orig.Bytes
+			rec.PacketsToSrc -= of.reply.Packets
+			rec.BytesToSrc -= of.reply.Bytes
+		}
+		p.emitFlow(rec)
+	}
+}
+
+func firstNonZero(ts ...time.Time) time.Time {
+	for _, t := range ts {
+		if !t.IsZero() {
+			return t
+		}
+	}
+	return time.Time{}
+}
+
+// connRecord builds a flow record of a conntrack entry with its full
+// counters; callers adjust the interval.
+func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Time) *Record {
+	verdict, origin := ev.Mark.Decision()
+	rec := &Record{Kind: KindFlow, Report: report, Start: start, End: ev.Time,
+		PacketsToDst: ev.Orig.Packets, BytesToDst: ev.Orig.Bytes,
+		PacketsToSrc: ev.Reply.Packets, BytesToSrc: ev.Reply.Bytes}
+	p.describe(rec, ev.Proto, ev.Src, ev.Dst, ev.ICMPType, verdict, origin, start)
+	return rec
+}
+
+// describe fills the connection's names, verdict, origin and expected flag.
+func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, connStart time.Time) {
+	res := p.resolverAt(connStart)
+	rec.Protocol = ProtocolName(proto)
+	rec.Src = p.endpoint(res, src)
+	rec.Dst = p.endpoint(res, dst)
+	if proto == dataplane.ICMP || proto == dataplane.ICMPv6 {
+		t := icmpType
+		rec.ICMPType = &t
+		rec.Src.Port, rec.Dst.Port = 0, 0
+	}
+	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
+	switch {
+	case sp.Local:
+		rec.Direction = "egress"
+	case dp.Local:
+		rec.Direction = "ingress"
+	default:
+		rec.Direction = "forward"
+	}
+	rec.Verdict = v.String()
+	o, ok := res.Origin(originID)
+	if !ok {
+		o = policy.Origin{ID: originID}
+	}
+	rec.Origin = &o
+	expected := v == dataplane.Allowed && ok && (o.Kind == policy.OriginZonePolicy || o.Kind == policy.OriginServiceDependency)
+	rec.Expected = &expected
+}
+
+func (p *Pipeline) endpoint(res Resolver, ap netip.AddrPort) *Endpoint {
+	peer := res.Resolve(ap.Addr())
+	e := &Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone}
+	for _, k := range p.cfg.Labels {
+		if v, ok := peer.Labels[k]; ok {
+			if e.Labels == nil {
+				e.Labels = map[string]string{}
+			}
+			e.Labels[k] = v
+		}
+	}
+	return e
+}
+
+func (p *Pipeline) emitFlow(rec *Record) {
+	p.write(rec)
+	if !rec.IsExpected() {
+		p.fold(rec)
+	}
+}
+
+// interim writes a record for every tracked connection that has been open
+// for at least an interval, with the counters since its last record.
+func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
+	seen := make(map[connKey]bool, len(evs))
+	for i := range evs {
+		ev := &evs[i]
+		verdict, _ := ev.Mark.Decision()
+		if verdict != dataplane.Allowed && verdict != dataplane.WouldDeny {
+			continue
+		}
+		k := keyOf(ev)
+		seen[k] = true
+		start := firstNonZero(ev.Start, ev.Time)
+		of, ok := p.open[k]
+		if !ok {
+			if len(p.open) >= p.cfg.MaxOpenFlows {
+				if now.Sub(start) >= p.cfg.FlowInterval {
+					p.lose(CauseOpenTableFull, UnitRecords, 1)
+				}
+				continue
+			}
+			of = &openFlow{connStart: start}
+			p.open[k] = of
+		}
+		from := firstNonZero(of.reportedUntil, of.connStart)
+		if now.Sub(from) < p.cfg.FlowInterval {
+			continue
+		}
+		rec := p.connRecord(ev, ReportInterim, from)
+		rec.End = now
+		cs := of.connStart
+		rec.ConnStart = &cs
+		rec.PacketsToDst -= of.orig.Packets
+		rec.BytesToDst -= of.orig.Bytes
+		rec.PacketsToSrc -= of.reply.Packets
+		rec.BytesToSrc -= of.reply.Bytes
+		of.reportedUntil, of.orig, of.reply = now, ev.Orig, ev.Reply
+		p.emitFlow(rec)
+	}
+	// Entries gone from two dumps in a row lost their DESTROY event (the
+	// loss was counted where it happened): stop tracking them. One dump is
+	// not enough: the DESTROY may still wait in the queue.
+	for k := range p.open {
+		if seen[k] {
+			delete(p.missing, k)
+			continue
+		}
+		p.missing[k]++
+		if p.missing[k] >= 2 {
+			delete(p.open, k)
+			delete(p.missing, k)
+		}
+	}
+}
+
+// packet aggregates a denied first packet by 5-tuple.
+func (p *Pipeline) packet(pkt flows.Packet) {
+	verdict, _ := pkt.Mark.Decision()
+	if pkt.Prefix != flows.PrefixDeny || verdict != dataplane.Denied {
+		// Accepted connections are reported from conntrack, which carries
+		// the same decision and the byte counts.
+		p.m.nflogIgnored.Inc()
+		return
+	}
+	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
+	icmp := pkt.Proto == dataplane.ICMP || pkt.Proto == dataplane.ICMPv6
+	if icmp {
+		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
+	}
+	a, ok := p.denied[k]
+	if !ok {
+		if len(p.denied) >= p.cfg.MaxDenied {
+			p.lose(CauseDeniedTableFull, UnitPackets, 1)
+			return
+		}
+		a = &aggregate{first: pkt.Time, mark: pkt.Mark, icmp: icmp, icmpType: pkt.ICMPType}
+		p.denied[k] = a
+	}
+	a.packets++
+	a.bytes += uint64(pkt.Length)
+	if pkt.Time.Before(a.first) {
+		a.first = pkt.Time
+	}
+	if pkt.Time.After(a.last) {
+		a.last = pkt.Time
+	}
+}
+
+// flushDenied writes one record per denied 5-tuple of the interval.
+func (p *Pipeline) flushDenied(now time.Time) {
+	for k, a := range p.denied {
+		verdict, origin := a.mark.Decision()
+		rec := &Record{Kind: KindFlow, Report: ReportAggregate, Start: a.first, End: a.last,
+			PacketsToDst: a.packets, BytesToDst: a.bytes}
+		p.describe(rec, k.proto, k.src, k.dst, a.icmpType, verdict, origin, a.first)
+		p.emitFlow(rec)
+		delete(p.denied, k)
+	}
+}

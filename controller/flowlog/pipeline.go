@@ -1,0 +1,438 @@
+package flowlog
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/dataplane/flows"
+)
+
+// Config tunes the pipeline. Zero fields take the defaults.
+type Config struct {
+	// Node names this node in every record.
+	Node string
+	// FlowInterval: interim records of long connections, denied aggregates,
+	// loss records and alert updates are written at most this often.
+	// Default 60s.
+	FlowInterval time.Duration
+	// QueueSize bounds the events waiting for the pipeline; an event that
+	// does not fit is dropped and counted (queue-full). Default 65536.
+	QueueSize int
+	// MaxOpenFlows bounds the connections tracked for interim records,
+	// MaxDenied the denied 5-tuples aggregated per interval, MaxAlerts the
+	// alert keys. Defaults 100000, 50000, 10000.
+	MaxOpenFlows, MaxDenied, MaxAlerts int
+	// AlertTTL forgets an alert key not seen for this long. Default 24h.
+	AlertTTL time.Duration
+	// Labels are the label keys copied into records. Default ["app"].
+	Labels []string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Defaults fills unset fields.
+func (c Config) Defaults() Config {
+	if c.FlowInterval <= 0 {
+		c.FlowInterval = time.Minute
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 65536
+	}
+	if c.MaxOpenFlows <= 0 {
+		c.MaxOpenFlows = 100000
+	}
+	if c.MaxDenied <= 0 {
+		c.MaxDenied = 50000
+	}
+	if c.MaxAlerts <= 0 {
+		c.MaxAlerts = 10000
+	}
+	if c.AlertTTL <= 0 {
+		c.AlertTTL = 24 * time.Hour
+	}
+	if c.Labels == nil {
+		c.Labels = []string{"app"}
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Sources are what the pipeline polls once per interval; any may be nil.
+type Sources struct {
+	// Dump lists the open conntrack entries (flows.Conntrack.Dump), for
+	// interim records of long connections.
+	Dump func() ([]flows.ConnEvent, error)
+	// Counters reads the table's named counters
+	// (dataplane.Dataplane.CounterValues): the rate-limit counters'
+	// deltas are losses.
+	Counters func() (map[string]uint64, error)
+	// Overflows returns the readers' cumulative overflow counts by cause
+	// (CauseNFLOGOverflow, CauseCtOverflow); see ReaderOverflows.
+	Overflows func() map[string]uint64
+}
+
+// ReaderOverflows makes Sources.Overflows from the readers (either may be nil).
+func ReaderOverflows(nl *flows.NFLOG, ct *flows.Conntrack) func() map[string]uint64 {
+	return func() map[string]uint64 {
+		m := map[string]uint64{}
+		if nl != nil {
+			m[CauseNFLOGOverflow] = nl.Stats().Overflows
+		}
+		if ct != nil {
+			m[CauseCtOverflow] = ct.Stats().Overflows
+		}
+		return m
+	}
+}
+
+// item is one queued event.
+type item struct {
+	pkt  flows.Packet
+	conn flows.ConnEvent
+	isCt bool
+}
+
+// Pipeline turns events into records. Packet and Conn may be called from
+// any goroutine (the readers'); Run owns everything else.
+type Pipeline struct {
+	cfg     Config
+	src     Sources
+	flowOut io.Writer
+	alerts  io.Writer
+	queue   chan item
+	m       *metrics
+
+	resMu     sync.Mutex
+	resolvers []timedResolver // newest last
+
+	// Drops at the queue, by unit; read by the loop each interval.
+	droppedConns, droppedPackets, droppedOther atomic.Uint64
+
+	// Owned by Run.
+	open         map[connKey]*openFlow
+	missing      map[connKey]int // open flows absent from consecutive dumps
+	denied       map[tupleKey]*aggregate
+	alertsByKey  map[alertKey]*alert
+	lastTick     time.Time
+	lastCounters map[string]uint64
+	lastOverflow map[string]uint64
+	reported     map[string]uint64 // queue drops already reported, by unit
+	pendingLost  map[lostKey]uint64
+	writeErr     error
+
+	statsMu sync.Mutex
+	stats   Stats
+}
+
+type timedResolver struct {
+	since time.Time
+	r     Resolver
+}
+
+type lostKey struct{ cause, unit string }
+
+// Stats are the pipeline's totals since New.
+type Stats struct {
+	// Records written by kind, flow records also by verdict.
+	Flows, Lost, Alerts uint64
+	ByVerdict           map[string]uint64
+	// LostByCause sums the counts of lost records by "cause/unit".
+	LostByCause map[string]uint64
+}
+
+// New returns a pipeline writing flow and lost records to flowOut and
+// alerts to alertOut (nil: no alert log). A writer with a Flush method
+// is flushed after each burst of records.
+func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pipeline {
+	cfg = cfg.Defaults()
+	p := &Pipeline{
+		cfg: cfg, src: src, flowOut: flowOut, alerts: alertOut,
+		queue:       make(chan item, cfg.QueueSize),
+		open:        map[connKey]*openFlow{},
+		missing:     map[connKey]int{},
+		denied:      map[tupleKey]*aggregate{},
+		alertsByKey: map[alertKey]*alert{},
+		reported:    map[string]uint64{},
+		pendingLost: map[lostKey]uint64{},
+		stats:       Stats{ByVerdict: map[string]uint64{}, LostByCause: map[string]uint64{}},
+	}
+	p.resolvers = []timedResolver{{r: res}}
+	p.m = newMetrics(p)
+	return p
+}
+
+// SetResolver installs the resolver of a new compiled policy: call it on
+// every policy change. Origin ids are renumbered by a recompile, so
+// connections that began before the change keep the previous resolver's
+// origins (the last few are kept).
+func (p *Pipeline) SetResolver(r Resolver) {
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	p.resolvers = append(p.resolvers, timedResolver{since: p.cfg.Now(), r: r})
+	if len(p.resolvers) > 4 {
+		p.resolvers = p.resolvers[len(p.resolvers)-4:]
+	}
+}
+
+// resolverAt returns the resolver in force when a connection began.
+func (p *Pipeline) resolverAt(t time.Time) Resolver {
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	for i := len(p.resolvers) - 1; i > 0; i-- {
+		if !t.Before(p.resolvers[i].since) {
+			return p.resolvers[i].r
+		}
+	}
+	return p.resolvers[0].r
+}
+
+// Packet queues an NFLOG packet (a flows.NFLOG handler). It never blocks.
+func (p *Pipeline) Packet(pkt flows.Packet) {
+	select {
+	case p.queue <- item{pkt: pkt}:
+	default:
+		if pkt.Prefix == flows.PrefixDeny {
+			p.droppedPackets.Add(1)
+		} else {
+			p.droppedOther.Add(1)
+		}
+	}
+}
+
+// Conn queues a conntrack event (a flows.Conntrack handler). It never
+// blocks.
+func (p *Pipeline) Conn(ev flows.ConnEvent) {
+	select {
+	case p.queue <- item{conn: ev, isCt: true}:
+	default:
+		if ev.Type == flows.ConnDestroy {
+			p.droppedConns.Add(1)
+		} else {
+			p.droppedOther.Add(1)
+		}
+	}
+}
+
+// Run processes events until ctx ends, then drains the queue, writes the
+// denied aggregates, losses and alert updates still pending, and returns.
+// Open connections get no record at shutdown (their conntrack entries
+// outlive the agent). It returns the first write error, if any.
+func (p *Pipeline) Run(ctx context.Context) error {
+	now := p.cfg.Now()
+	p.lastTick = now
+	p.baseline()
+	ticker := time.NewTicker(p.cfg.FlowInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case it := <-p.queue:
+			p.process(it)
+			// Drain what is there, then flush, so that readers of the
+			// file see records soon without a write per record.
+			for n := 0; n < 4096; n++ {
+				select {
+				case it := <-p.queue:
+					p.process(it)
+					continue
+				default:
+				}
+				break
+			}
+			p.flush()
+		case <-ticker.C:
+			p.tick(p.cfg.Now(), true)
+		case <-ctx.Done():
+			for {
+				select {
+				case it := <-p.queue:
+					p.process(it)
+					continue
+				default:
+				}
+				break
+			}
+			p.tick(p.cfg.Now(), false)
+			return p.writeErr
+		}
+	}
+}
+
+// baseline reads the counters' current values so that only later
+// changes count as losses.
+func (p *Pipeline) baseline() {
+	if p.src.Counters != nil {
+		if c, err := p.src.Counters(); err == nil {
+			p.lastCounters = c
+		}
+	}
+	if p.src.Overflows != nil {
+		p.lastOverflow = p.src.Overflows()
+	}
+}
+
+func (p *Pipeline) process(it item) {
+	if it.isCt {
+		p.conn(it.conn)
+		return
+	}
+	p.packet(it.pkt)
+}
+
+// tick ends an interval: denied aggregates, interim records (with dump),
+// losses, alert updates, then a flush.
+func (p *Pipeline) tick(now time.Time, dump bool) {
+	p.flushDenied(now)
+	if dump && p.src.Dump != nil {
+		if evs, err := p.src.Dump(); err == nil {
+			p.interim(now, evs)
+		}
+	}
+	p.collectLosses()
+	p.writeLost(p.lastTick, now)
+	p.updateAlerts(now, !dump)
+	p.lastTick = now
+	p.flush()
+	p.m.setGauges(len(p.open), len(p.denied), len(p.alertsByKey))
+}
+
+func (p *Pipeline) collectLosses() {
+	for unit, v := range map[string]uint64{UnitConnections: p.droppedConns.Load(), UnitPackets: p.droppedPackets.Load(), "messages": p.droppedOther.Load()} {
+		if d := v - p.reported[unit]; d > 0 {
+			p.pendingLost[lostKey{CauseQueueFull, unit}] += d
+			p.reported[unit] = v
+		}
+	}
+	if p.src.Counters != nil {
+		if cur, err := p.src.Counters(); err == nil {
+			for name, cause := range map[string]string{dataplane.CounterLogLimitedAllow: CauseRateLimitAllow, dataplane.CounterLogLimitedDeny: CauseRateLimitDeny} {
+				unit := UnitPackets
+				if cause == CauseRateLimitAllow {
+					// Accepted connections keep their records (conntrack);
+					// only their NFLOG message is missing.
+					unit = "messages"
+				}
+				if d := delta(cur[name], p.lastCounters[name]); d > 0 {
+					p.pendingLost[lostKey{cause, unit}] += d
+				}
+			}
+			p.lastCounters = cur
+		}
+	}
+	if p.src.Overflows != nil {
+		cur := p.src.Overflows()
+		for cause, v := range cur {
+			if d := delta(v, p.lastOverflow[cause]); d > 0 {
+				p.pendingLost[lostKey{cause, UnitOverflows}] += d
+			}
+		}
+		p.lastOverflow = cur
+	}
+}
+
+// delta of a counter that only grows, unless it was reset (the table was
+// recreated): then all of cur is new.
+func delta(cur, last uint64) uint64 {
+	if cur < last {
+		return cur
+	}
+	return cur - last
+}
+
+func (p *Pipeline) lose(cause, unit string, n uint64) {
+	if n > 0 {
+		p.pendingLost[lostKey{cause, unit}] += n
+	}
+}
+
+func (p *Pipeline) writeLost(start, end time.Time) {
+	for k, n := range p.pendingLost {
+		p.write(&Record{Kind: KindLost, Start: start, End: end, Cause: k.cause, Unit: k.unit, Count: n})
+		p.m.lost.WithLabelValues(k.cause, k.unit).Add(float64(n))
+		p.statsMu.Lock()
+		p.stats.LostByCause[k.cause+"/"+k.unit] += n
+		p.statsMu.Unlock()
+		delete(p.pendingLost, k)
+	}
+}
+
+// write encodes one record to its log.
+func (p *Pipeline) write(r *Record) {
+	r.Schema = Schema
+	r.Node = p.cfg.Node
+	out := p.flowOut
+	if r.Kind == KindAlert {
+		out = p.alerts
+	}
+	if out == nil {
+		return
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		p.setErr(fmt.Errorf("encode %s record: %w", r.Kind, err))
+		return
+	}
+	if _, err := out.Write(append(b, '\n')); err != nil {
+		p.setErr(fmt.Errorf("write %s record: %w", r.Kind, err))
+		return
+	}
+	p.statsMu.Lock()
+	switch r.Kind {
+	case KindFlow:
+		p.stats.Flows++
+		p.stats.ByVerdict[r.Verdict]++
+	case KindLost:
+		p.stats.Lost++
+	case KindAlert:
+		p.stats.Alerts++
+	}
+	p.statsMu.Unlock()
+	p.m.records.WithLabelValues(r.Kind, r.Verdict).Inc()
+}
+
+func (p *Pipeline) setErr(err error) {
+	if p.writeErr == nil {
+		p.writeErr = err
+	}
+	p.m.writeErrors.Inc()
+}
+
+type flusher interface{ Flush() error }
+
+func (p *Pipeline) flush() {
+	for _, w := range []io.Writer{p.flowOut, p.alerts} {
+		if f, ok := w.(flusher); ok {
+			if err := f.Flush(); err != nil {
+				p.setErr(fmt.Errorf("flush: %w", err))
+			}
+		}
+	}
+}
+
+// Stats returns the totals so far.
+func (p *Pipeline) Stats() Stats {
+	p.statsMu.Lock()
+	defer p.statsMu.Unlock()
+	s := p.stats
+	s.ByVerdict, s.LostByCause = map[string]uint64{}, map[string]uint64{}
+	for k, v := range p.stats.ByVerdict {
+		s.ByVerdict[k] = v
+	}
+	for k, v := range p.stats.LostByCause {
+		s.LostByCause[k] = v
+	}
+	return s
+}
+
+// QueueLen is the number of events waiting.
+func (p *Pipeline) QueueLen() int { return len(p.queue) }
+
+func addrString(a netip.Addr) string { return a.Unmap().String() }

@@ -1,0 +1,393 @@
+package flowlog
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/dataplane/flows"
+)
+
+// Test conventions: pods 10.88.0.0/24 on this node, a partner network
+// 203.0.113.0/24 in a CIDR zone; origins 1..4.
+var (
+	t0      = time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC)
+	web     = netip.MustParseAddr("10.88.0.2")
+	api     = netip.MustParseAddr("10.88.0.3")
+	partner = netip.MustParseAddr("203.0.113.10")
+	origins = map[uint16]policy.Origin{
+		1: {ID: 1, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "web-to-api"},
+		2: {ID: 2, Kind: policy.OriginServiceDependency, Namespace: "shop", Name: "web", Rule: "api"},
+		3: {ID: 3, Kind: policy.OriginZoneDefault, FromZone: "web", ToZone: "partners"},
+		4: {ID: 4, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
+	}
+)
+
+type fakeResolver struct{ origins map[uint16]policy.Origin }
+
+func (f fakeResolver) Resolve(ip netip.Addr) Peer {
+	switch ip {
+	case web:
+		return Peer{Namespace: "shop", Name: "web-1", Zone: "web", Labels: map[string]string{"app": "web", "tier": "x"}, Local: true}
+	case api:
+		return Peer{Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}, Local: true}
+	}
+	return Peer{Zone: "partners"}
+}
+
+func (f fakeResolver) Origin(id uint16) (policy.Origin, bool) {
+	o, ok := f.origins[id]
+	return o, ok
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func newTest(cfg Config, src Sources) (*Pipeline, *bytes.Buffer, *bytes.Buffer, *clock) {
+	c := &clock{t: t0}
+	cfg.Now = c.now
+	cfg.Node = "n1"
+	var out, alerts bytes.Buffer
+	p := New(cfg, &out, &alerts, fakeResolver{origins}, src)
+	p.lastTick = t0
+	p.baseline()
+	return p, &out, &alerts, c
+}
+
+func records(t *testing.T, b *bytes.Buffer) []Record {
+	t.Helper()
+	var out []Record
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("bad line %q: %v", line, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func mark(v dataplane.Verdict, origin uint16) dataplane.Mark {
+	switch v {
+	case dataplane.Denied:
+		return dataplane.MakeMark(dataplane.Deny, dataplane.Deny, origin, origin)
+	case dataplane.WouldDeny:
+		return dataplane.MakeMark(dataplane.Allow, dataplane.Deny, 1, origin)
+	}
+	return dataplane.MakeMark(dataplane.Allow, dataplane.Allow, origin, origin)
+}
+
+func ct(typ flows.ConnType, id uint32, src, dst netip.Addr, dport uint16, m dataplane.Mark, start, stop time.Time, bytes uint64) flows.ConnEvent {
+	return flows.ConnEvent{Type: typ, ID: id, Time: firstNonZero(stop, start), Proto: dataplane.TCP,
+		Src: netip.AddrPortFrom(src, 40000+uint16(id)), Dst: netip.AddrPortFrom(dst, dport), Mark: m,
+		Start: start, Stop: stop, Orig: flows.Counters{Packets: bytes / 100, Bytes: bytes}, Reply: flows.Counters{Packets: bytes / 200, Bytes: bytes / 2}}
+}
+
+func boolp(b bool) *bool { return &b }
+
+// TestFinalRecords: verdict, origin lookup, expected flag, names, labels
+// selected by config, counters, direction.
+func TestFinalRecords(t *testing.T) {
+	tests := []struct {
+		name     string
+		ev       flows.ConnEvent
+		verdict  string
+		expected bool
+		origin   uint16
+		dst      Endpoint
+		dir      string
+	}{
+		{"allowed by a ZonePolicy rule", ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(time.Second), 1000), "allowed", true, 1,
+			Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
+		{"allowed by a ServiceDependency", ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 2), t0, t0.Add(time.Second), 1000), "allowed", true, 2,
+			Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
+		{"allowed by default is unexpected", ct(flows.ConnDestroy, 3, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 1000), "allowed", false, 3,
+			Endpoint{IP: "203.0.113.10", Port: 443, Zone: "partners"}, "egress"},
+		{"would-deny is unexpected", ct(flows.ConnDestroy, 4, web, api, 22, mark(dataplane.WouldDeny, 4), t0, t0.Add(time.Second), 1000), "would-deny", false, 4,
+			Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
+		{"unknown origin id is unexpected", ct(flows.ConnDestroy, 5, partner, api, 22, mark(dataplane.Allowed, 99), t0, t0.Add(time.Second), 1000), "allowed", false, 99,
+			Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "ingress"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, out, _, _ := newTest(Config{}, Sources{})
+			p.conn(tt.ev)
+			got := records(t, out)
+			o, ok := origins[tt.origin]
+			if !ok {
+				o = policy.Origin{ID: tt.origin}
+			}
+			src := p.endpoint(fakeResolver{origins}, tt.ev.Src)
+			want := []Record{{Schema: Schema, Kind: KindFlow, Node: "n1", Report: ReportFinal, Start: t0, End: t0.Add(time.Second),
+				Protocol: "TCP", Src: src, Dst: &tt.dst, Direction: tt.dir, Verdict: tt.verdict, Origin: &o, Expected: boolp(tt.expected),
+				PacketsToDst: 10, BytesToDst: 1000, PacketsToSrc: 5, BytesToSrc: 500}}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestInterimRecords: a long connection gets an interim record per
+// interval with the counters since the last one; the final record carries
+// the rest, and the records add up to the connection's totals.
+func TestInterimRecords(t *testing.T) {
+	m := mark(dataplane.Allowed, 1)
+	var dump []flows.ConnEvent
+	p, out, _, c := newTest(Config{FlowInterval: time.Minute}, Sources{Dump: func() ([]flows.ConnEvent, error) { return dump, nil }})
+	p.conn(ct(flows.ConnNew, 7, web, api, 8443, m, t0, time.Time{}, 0))
+	// 30 s: too young for an interim record.
+	c.t = t0.Add(30 * time.Second)
+	dump = []flows.ConnEvent{ct(flows.ConnDump, 7, web, api, 8443, m, t0, time.Time{}, 3000)}
+	p.tick(c.t, true)
+	c.t = t0.Add(90 * time.Second)
+	dump = []flows.ConnEvent{ct(flows.ConnDump, 7, web, api, 8443, m, t0, time.Time{}, 5000)}
+	p.tick(c.t, true)
+	c.t = t0.Add(150 * time.Second)
+	dump = []flows.ConnEvent{ct(flows.ConnDump, 7, web, api, 8443, m, t0, time.Time{}, 8000)}
+	p.tick(c.t, true)
+	p.conn(ct(flows.ConnDestroy, 7, web, api, 8443, m, t0, t0.Add(160*time.Second), 10000))
+	type span struct {
+		Report     string
+		Start, End time.Duration
+		Bytes      uint64
+		ConnStart  bool
+	}
+	var got []span
+	var total uint64
+	for _, r := range records(t, out) {
+		got = append(got, span{r.Report, r.Start.Sub(t0), r.End.Sub(t0), r.BytesToDst, r.ConnStart != nil})
+		total += r.BytesToDst
+	}
+	want := []span{
+		{ReportInterim, 0, 90 * time.Second, 5000, true},
+		{ReportInterim, 90 * time.Second, 150 * time.Second, 3000, true},
+		{ReportFinal, 150 * time.Second, 160 * time.Second, 2000, true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if total != 10000 || len(p.open) != 0 {
+		t.Errorf("total %d bytes, %d open", total, len(p.open))
+	}
+}
+
+// TestDeniedAggregation: denied packets aggregate per 5-tuple and interval.
+func TestDeniedAggregation(t *testing.T) {
+	p, out, _, c := newTest(Config{}, Sources{})
+	deny := func(sport uint16, at time.Duration) {
+		p.packet(flows.Packet{Time: t0.Add(at), Prefix: flows.PrefixDeny, Mark: mark(dataplane.Denied, 4), Proto: dataplane.TCP,
+			Src: netip.AddrPortFrom(web, sport), Dst: netip.AddrPortFrom(api, 22), Length: 60})
+	}
+	for _, at := range []time.Duration{0, time.Second, 3 * time.Second, 7 * time.Second} { // SYN retries
+		deny(40001, at)
+	}
+	deny(40002, 8*time.Second)
+	p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixAllow, Mark: mark(dataplane.Allowed, 1), Proto: dataplane.TCP,
+		Src: netip.AddrPortFrom(web, 40003), Dst: netip.AddrPortFrom(api, 8443)})
+	c.t = t0.Add(time.Minute)
+	p.tick(c.t, true)
+	deny(40001, 61*time.Second)
+	p.tick(t0.Add(2*time.Minute), true)
+	type agg struct {
+		Sport      uint16
+		Start, End time.Duration
+		Packets    uint64
+		Verdict    string
+		OriginRule string
+	}
+	var got []agg
+	for _, r := range records(t, out) {
+		got = append(got, agg{r.Src.Port, r.Start.Sub(t0), r.End.Sub(t0), r.PacketsToDst, r.Verdict, r.Origin.Rule})
+	}
+	want := []agg{{40001, 0, 7 * time.Second, 4, "denied", "deny-rest"}, {40002, 8 * time.Second, 8 * time.Second, 1, "denied", "deny-rest"},
+		{40001, 61 * time.Second, 61 * time.Second, 1, "denied", "deny-rest"}}
+	sortAggs := cmpopts.SortSlices(func(a, b agg) bool { return a.Start < b.Start })
+	if diff := cmp.Diff(want, got, sortAggs); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestAlertsFold: unexpected records fold by (src, dst, port/proto,
+// verdict); a new key is written at once, changes at most once per
+// interval; expected records make no alert.
+func TestAlertsFold(t *testing.T) {
+	p, _, alerts, c := newTest(Config{FlowInterval: time.Minute}, Sources{})
+	for i := uint32(1); i <= 3; i++ {
+		p.conn(ct(flows.ConnDestroy, i, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Duration(i)*time.Second), 100))
+	}
+	p.conn(ct(flows.ConnDestroy, 9, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(time.Second), 100)) // expected
+	p.conn(ct(flows.ConnDestroy, 10, web, api, 22, mark(dataplane.WouldDeny, 4), t0, t0.Add(time.Second), 100))
+	c.t = t0.Add(30 * time.Second)
+	p.tick(c.t, true) // too early for updates
+	c.t = t0.Add(61 * time.Second)
+	p.tick(c.t, true)
+	p.tick(t0.Add(200*time.Second), true) // nothing changed: nothing written
+	type al struct {
+		Src, Dst string
+		Port     uint16
+		Verdict  string
+		Count    uint64
+		Last     time.Duration
+	}
+	var got []al
+	for _, r := range records(t, alerts) {
+		if r.Kind != KindAlert || r.IsExpected() {
+			t.Fatalf("bad alert %+v", r)
+		}
+		got = append(got, al{r.Src.Workload(), r.Dst.Workload(), r.Dst.Port, r.Verdict, r.Count, r.End.Sub(t0)})
+	}
+	want := []al{
+		{"shop/web-1", "203.0.113.10", 443, "allowed", 1, time.Second},
+		{"shop/web-1", "shop/api-1", 22, "would-deny", 1, time.Second},
+		{"shop/web-1", "203.0.113.10", 443, "allowed", 3, 3 * time.Second},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestLosses: queue drops, rate-limit counter deltas, reader overflows and
+// cap drops become lost records with their cause and unit, once.
+func TestLosses(t *testing.T) {
+	counters := map[string]uint64{dataplane.CounterLogLimitedAllow: 5, dataplane.CounterLogLimitedDeny: 7}
+	overflows := map[string]uint64{CauseNFLOGOverflow: 1}
+	p, out, _, c := newTest(Config{QueueSize: 1, MaxDenied: 1, MaxAlerts: 1}, Sources{
+		Counters:  func() (map[string]uint64, error) { return counters, nil },
+		Overflows: func() map[string]uint64 { return overflows },
+	})
+	p.Conn(ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)) // queued
+	p.Conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)) // dropped
+	p.Packet(flows.Packet{Prefix: flows.PrefixDeny})                                        // dropped
+	for _, sport := range []uint16{1, 2, 2} {                                               // the second 5-tuple does not fit
+		p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixDeny, Mark: mark(dataplane.Denied, 4), Proto: dataplane.TCP,
+			Src: netip.AddrPortFrom(web, sport), Dst: netip.AddrPortFrom(api, 22)})
+	}
+	for i := uint32(1); i <= 2; i++ { // the second key does not fit
+		p.conn(ct(flows.ConnDestroy, 20+i, web, netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 443, mark(dataplane.Allowed, 3), t0, t0, 1))
+	}
+	counters = map[string]uint64{dataplane.CounterLogLimitedAllow: 6, dataplane.CounterLogLimitedDeny: 10}
+	overflows = map[string]uint64{CauseNFLOGOverflow: 3, CauseCtOverflow: 1}
+	c.t = t0.Add(time.Minute)
+	p.tick(c.t, true)
+	p.tick(t0.Add(2*time.Minute), true) // nothing new
+	got := map[string]uint64{}
+	for _, r := range records(t, out) {
+		if r.Kind == KindLost {
+			if !r.Start.Equal(t0) || !r.End.Equal(t0.Add(time.Minute)) {
+				t.Errorf("lost record spans %v..%v", r.Start, r.End)
+			}
+			got[r.Cause+"/"+r.Unit] += r.Count
+		}
+	}
+	want := map[string]uint64{
+		"queue-full/connections": 1, "queue-full/packets": 1,
+		"rate-limit-allow/messages": 1, "rate-limit-deny/packets": 3,
+		"nflog-overflow/overflows": 2, "conntrack-overflow/overflows": 1,
+		"denied-table-full/packets": 2,
+		// 203.0.113.2 and the denied aggregate: the one alert key is taken.
+		"alert-table-full/connections": 2,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want, p.Stats().LostByCause); diff != "" {
+		t.Errorf("stats (-want +got):\n%s", diff)
+	}
+}
+
+// TestMemoryBound: the open-flow table never passes MaxOpenFlows; a
+// connection that does not fit still gets its final record, and a long
+// one's skipped interim record is counted.
+func TestMemoryBound(t *testing.T) {
+	var dump []flows.ConnEvent
+	p, out, _, c := newTest(Config{MaxOpenFlows: 10}, Sources{Dump: func() ([]flows.ConnEvent, error) { return dump, nil }})
+	m := mark(dataplane.Allowed, 1)
+	for i := uint32(0); i < 100; i++ {
+		p.conn(ct(flows.ConnNew, i, web, api, 8443, m, t0, time.Time{}, 0))
+		dump = append(dump, ct(flows.ConnDump, i, web, api, 8443, m, t0, time.Time{}, 100))
+	}
+	if len(p.open) != 10 {
+		t.Fatalf("%d open flows, cap 10", len(p.open))
+	}
+	c.t = t0.Add(2 * time.Minute)
+	p.tick(c.t, true)
+	for i := uint32(0); i < 100; i++ {
+		p.conn(ct(flows.ConnDestroy, i, web, api, 8443, m, t0, c.t, 100))
+	}
+	var final, interim uint64
+	var lost uint64
+	for _, r := range records(t, out) {
+		switch {
+		case r.Report == ReportFinal:
+			final++
+		case r.Report == ReportInterim:
+			interim++
+		case r.Kind == KindLost && r.Cause == CauseOpenTableFull:
+			lost += r.Count
+		}
+	}
+	if final != 100 || interim != 10 || lost != 90 || len(p.open) != 0 {
+		t.Errorf("final %d interim %d lost interim %d open %d; want 100, 10, 90, 0", final, interim, lost, len(p.open))
+	}
+}
+
+// TestResolverHistory: a connection that began before a policy change
+// keeps the origin names of the policy that decided it.
+func TestResolverHistory(t *testing.T) {
+	p, out, _, c := newTest(Config{}, Sources{})
+	c.t = t0.Add(time.Minute)
+	p.SetResolver(fakeResolver{map[uint16]policy.Origin{1: {ID: 1, Kind: policy.OriginZoneDefault, FromZone: "a", ToZone: "b"}}})
+	p.conn(ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(2*time.Minute), 1))
+	p.conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0.Add(90*time.Second), t0.Add(2*time.Minute), 1))
+	var kinds []policy.OriginKind
+	for _, r := range records(t, out) {
+		if r.Kind == KindFlow {
+			kinds = append(kinds, r.Origin.Kind)
+		}
+	}
+	if diff := cmp.Diff([]policy.OriginKind{policy.OriginZonePolicy, policy.OriginZoneDefault}, kinds); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestRotation: the log rotates by size, keeps N files, never splits a line.
+func TestRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.log")
+	l, err := OpenLog(path, 100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Repeat("x", 39) + "\n" // 40 bytes: two per file
+	for i := 0; i < 7; i++ {
+		if _, err := l.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sizes := map[string]int{}
+	for _, name := range []string{"flows.log", "flows.log.1", "flows.log.2", "flows.log.3"} {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(path), name))
+		if err == nil {
+			sizes[name] = len(b)
+		}
+	}
+	if diff := cmp.Diff(map[string]int{"flows.log": 40, "flows.log.1": 80, "flows.log.2": 80}, sizes); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,129 @@
+// Package flowlog is the flow-log pipeline stage: it turns the kernel's
+// connection events (dataplane/flows) into flow records for security
+// analysts, folds the unexpected ones into alerts, counts every loss, and
+// writes JSON lines (schema netseg.flow/v1, docs/flow-log.md). It needs no
+// kernel: events come in through Packet and Conn, names through a Resolver,
+// counters and dumps through Sources.
+package flowlog
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/dataplane"
+)
+
+// Schema versions the records; a reader refuses other major versions.
+const Schema = "netseg.flow/v1"
+
+// Record kinds.
+const (
+	KindFlow  = "flow"
+	KindLost  = "lost"
+	KindAlert = "alert"
+)
+
+// Report says which part of a connection a flow record covers.
+const (
+	// ReportFinal: the connection ended (conntrack DESTROY); the counters
+	// cover start..end (after interim records, the rest since the last one).
+	ReportFinal = "final"
+	// ReportInterim: a long connection still open; counters cover start..end.
+	ReportInterim = "interim"
+	// ReportAggregate: denied first packets of one 5-tuple in one interval.
+	ReportAggregate = "aggregate"
+)
+
+// Record is one line of the flow log or the alert log. Kind says which
+// fields are set (docs/flow-log.md lists them).
+type Record struct {
+	Schema string    `json:"schema"`
+	Kind   string    `json:"kind"`
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end"`
+	Node   string    `json:"node,omitempty"`
+
+	// flow and alert
+	Report    string         `json:"report,omitempty"`
+	ConnStart *time.Time     `json:"connStart,omitempty"`
+	Protocol  string         `json:"protocol,omitempty"`
+	Src       *Endpoint      `json:"src,omitempty"`
+	Dst       *Endpoint      `json:"dst,omitempty"`
+	ICMPType  *uint8         `json:"icmpType,omitempty"`
+	Direction string         `json:"direction,omitempty"`
+	Verdict   string         `json:"verdict,omitempty"`
+	Origin    *policy.Origin `json:"origin,omitempty"`
+	Expected  *bool          `json:"expected,omitempty"`
+
+	PacketsToDst uint64 `json:"packetsToDst,omitempty"`
+	BytesToDst   uint64 `json:"bytesToDst,omitempty"`
+	PacketsToSrc uint64 `json:"packetsToSrc,omitempty"`
+	BytesToSrc   uint64 `json:"bytesToSrc,omitempty"`
+
+	// lost and alert
+	Count uint64 `json:"count,omitempty"`
+	// lost
+	Cause string `json:"cause,omitempty"`
+	Unit  string `json:"unit,omitempty"`
+}
+
+// Endpoint is one side of a connection. IP and Port are the connection's;
+// the other fields name the workload when the address is one.
+type Endpoint struct {
+	IP        string            `json:"ip,omitempty"`
+	Port      uint16            `json:"port,omitempty"`
+	Namespace string            `json:"namespace,omitempty"`
+	Name      string            `json:"name,omitempty"`
+	Zone      string            `json:"zone,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// Workload names the endpoint: "namespace/name", or the IP for an
+// address that is no workload.
+func (e *Endpoint) Workload() string {
+	if e == nil {
+		return ""
+	}
+	if e.Name != "" {
+		return e.Namespace + "/" + e.Name
+	}
+	return e.IP
+}
+
+// IsExpected reports the record's expected flag (false when absent).
+func (r *Record) IsExpected() bool { return r.Expected != nil && *r.Expected }
+
+// ProtocolName names an IP protocol number as records do.
+func ProtocolName(p dataplane.Protocol) string {
+	switch p {
+	case dataplane.TCP:
+		return "TCP"
+	case dataplane.UDP:
+		return "UDP"
+	case dataplane.SCTP:
+		return "SCTP"
+	case dataplane.ICMP:
+		return "ICMP"
+	case dataplane.ICMPv6:
+		return "ICMPv6"
+	}
+	return fmt.Sprintf("%d", uint8(p))
+}
+
+// Loss causes (Record.Cause) and their units (Record.Unit).
+const (
+	CauseQueueFull       = "queue-full"         // events the pipeline's queue could not take
+	CauseNFLOGOverflow   = "nflog-overflow"     // ENOBUFS on the NFLOG socket
+	CauseCtOverflow      = "conntrack-overflow" // ENOBUFS on a conntrack event socket
+	CauseRateLimitAllow  = "rate-limit-allow"   // accepted first packets the kernel did not log
+	CauseRateLimitDeny   = "rate-limit-deny"    // denied first packets the kernel did not log
+	CauseDeniedTableFull = "denied-table-full"  // denied packets of 5-tuples past MaxDenied
+	CauseOpenTableFull   = "open-table-full"    // interim records skipped: connections past MaxOpenFlows
+	CauseAlertTableFull  = "alert-table-full"   // unexpected connections not folded: keys past MaxAlerts
+
+	UnitConnections = "connections" // flow records of ended connections that are missing
+	UnitPackets     = "packets"     // denied packets not counted in any record
+	UnitOverflows   = "overflows"   // socket overflows, each one or more kernel messages
+	UnitRecords     = "records"     // interim records not written
+)
