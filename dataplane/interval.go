@@ -5,9 +5,12 @@ import (
 	"sort"
 )
 
-// fillInterval puts prefixes into an interval set as merged, non-overlapping
+// fillInterval puts prefixes into an interval set as non-overlapping
 // [start, end) ranges: the kernel rejects overlapping intervals, and a pod
-// address is often also inside a zone's CIDR.
+// address is often also inside a zone's CIDR, so overlapping prefixes are
+// merged. Adjacent ones are not: the kernel accepts them, and keeping each
+// pod's /32 its own interval makes adding a pod a pure element addition
+// (no delete, which costs the commit an RCU grace period).
 func fillInterval(s *setSpec, prefixes []netip.Prefix) {
 	for _, iv := range mergePrefixes(prefixes) {
 		s.elems[iv.key.String()+"-"+iv.keyEnd.String()] = iv
@@ -28,8 +31,8 @@ func mergePrefixes(prefixes []netip.Prefix) []elemSpec {
 	for _, r := range rs {
 		if n := len(merged); n > 0 {
 			m := &merged[n-1]
-			next := m.last.Next()
-			if next.IsValid() && next.Less(r.first) {
+			// Overlapping (not merely adjacent) ranges merge.
+			if m.last.IsValid() && m.last.Less(r.first) {
 				merged = append(merged, r)
 				continue
 			}

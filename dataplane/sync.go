@@ -226,13 +226,6 @@ func (d *Dataplane) buildDiff(old, st *state) {
 			}
 			continue
 		}
-		if s.kind == kindInterval {
-			if !sameElems(prev.elems, s.elems) {
-				d.conn.FlushSet(d.kset(s))
-				d.addElems(s, sortedKeys(s.elems))
-			}
-			continue
-		}
 		var del, add []string
 		for k, e := range prev.elems {
 			if n, ok := s.elems[k]; !ok || n != e {
@@ -456,18 +449,6 @@ func sameRules(c *chainSpec, rules []*nftables.Rule) error {
 		}
 	}
 	return nil
-}
-
-func sameElems(a, b map[string]elemSpec) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, e := range a {
-		if b[k] != e {
-			return false
-		}
-	}
-	return true
 }
 
 func sortedKeys[V any](m map[string]V) []string {
