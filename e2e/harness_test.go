@@ -64,12 +64,13 @@ type node struct {
 	socket    string
 	agent     *exec.Cmd
 	agentLog  *os.File
+	agentArgs []string // extra flags for every start
 }
 
-func newNode(t *testing.T, mainPlugin string) *node {
+func newNode(t *testing.T, mainPlugin string, agentArgs ...string) *node {
 	t.Helper()
 	l := lab.New(t)
-	n := &node{t: t, lab: l, ns: l.Node("node"), policyDir: t.TempDir(), stateDir: t.TempDir(), pluginDir: t.TempDir()}
+	n := &node{t: t, lab: l, ns: l.Node("node"), policyDir: t.TempDir(), stateDir: t.TempDir(), pluginDir: t.TempDir(), agentArgs: agentArgs}
 	n.socket = filepath.Join(t.TempDir(), "agent.sock")
 	copyDir(t, "../examples", n.policyDir)
 	n.cni = n.ns.CNI(append([]string{binDir}, lab.CNIPath()...)...)
@@ -110,9 +111,10 @@ func (n *node) startAgent() {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	cmd := n.ns.Command(context.Background(), filepath.Join(binDir, "netseg-agent"), "--policy-dir", n.policyDir,
-		"--state-dir", n.stateDir, "--socket", n.socket, "--health-addr", "", "--metrics-addr", "",
-		"--poll-interval", "50ms", "--log-level", "debug")
+	args := append([]string{"--policy-dir", n.policyDir, "--state-dir", n.stateDir, "--socket", n.socket,
+		"--health-addr", "", "--metrics-addr", ""},
+		append([]string{"--poll-interval", "50ms", "--log-level", "debug"}, n.agentArgs...)...)
+	cmd := n.ns.Command(context.Background(), filepath.Join(binDir, "netseg-agent"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		n.t.Fatalf("start agent: %v", err)

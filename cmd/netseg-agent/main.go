@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/controller/node"
@@ -64,6 +65,12 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.cfg.DriftInterval, "drift-interval", 0, "how often the kernel ruleset is compared with the desired one (default 10s)")
 	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9965", "address for /healthz and /readyz (\"\" disables)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9964", "address for Prometheus /metrics (\"\" disables)")
+	fs.StringVar(&f.cfg.Flows.FlowLog, "flow-log", "", "write flow records (JSON lines, schema netseg.flow/v1) to this file, \"-\" for stdout; \"\" disables")
+	fs.StringVar(&f.cfg.Flows.AlertLog, "alert-log", "", "write alerts for unexpected connections here (default: alerts.log beside --flow-log)")
+	fs.Int64Var(&f.cfg.Flows.MaxBytes, "flow-log-max-bytes", 100<<20, "rotate the flow and alert logs past this size")
+	fs.IntVar(&f.cfg.Flows.Keep, "flow-log-keep", 5, "rotated files kept (FILE.1 ... FILE.N)")
+	fs.DurationVar(&f.cfg.Flows.Interval, "flow-interval", time.Minute, "interim records of long connections, denied aggregates and alert updates at most this often")
+	fs.StringVar(&f.cfg.Flows.Node, "node-name", "", "this node's name in records (default: the host name)")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")

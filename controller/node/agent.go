@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -38,6 +40,8 @@ type Config struct {
 	PollInterval time.Duration
 	// DriftInterval is how often the kernel is compared with the ruleset.
 	DriftInterval time.Duration
+	// Flows configures the flow and alert logs (off without a path).
+	Flows FlowConfig
 }
 
 // Defaults fills unset fields.
@@ -58,6 +62,25 @@ func (c Config) Defaults() Config {
 		c.DriftInterval = 10 * time.Second
 	}
 	c.Dataplane = c.Dataplane.Defaults()
+	if c.Flows.FlowLog != "" && c.Flows.AlertLog == "" {
+		if c.Flows.FlowLog == "-" {
+			c.Flows.AlertLog = "-"
+		} else {
+			c.Flows.AlertLog = filepath.Join(filepath.Dir(c.Flows.FlowLog), "alerts.log")
+		}
+	}
+	if c.Flows.MaxBytes == 0 {
+		c.Flows.MaxBytes = 100 << 20
+	}
+	if c.Flows.Keep == 0 {
+		c.Flows.Keep = 5
+	}
+	if c.Flows.Interval == 0 {
+		c.Flows.Interval = time.Minute
+	}
+	if c.Flows.Node == "" {
+		c.Flows.Node, _ = os.Hostname()
+	}
 	return c
 }
 
@@ -73,6 +96,12 @@ func (c Config) Validate() error {
 	if c.DriftInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--drift-interval %v: want at least 1s", c.DriftInterval))
 	}
+	if c.Flows.Interval < time.Second {
+		errs = append(errs, fmt.Errorf("--flow-interval %v: want at least 1s", c.Flows.Interval))
+	}
+	if c.Flows.MaxBytes < 1<<20 || c.Flows.Keep < 1 {
+		errs = append(errs, fmt.Errorf("--flow-log-max-bytes %d / --flow-log-keep %d: want at least 1 MiB and 1 file", c.Flows.MaxBytes, c.Flows.Keep))
+	}
 	return errors.Join(errs...)
 }
 
@@ -86,7 +115,8 @@ type Agent struct {
 	reg     *Registry
 	source  Source
 
-	kick chan struct{}
+	kick  chan struct{}
+	flows *flowLog
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -144,6 +174,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("no policy source: give a policy directory (standalone) or a Kubernetes source")
 	}
 	a.reconcileRegistry()
+	fl, err := a.startFlows(ctx)
+	if err != nil {
+		return err
+	}
+	a.flows = fl
+	defer fl.stop()
 	srv, err := a.listen()
 	if err != nil {
 		return err
@@ -293,6 +329,7 @@ func (a *Agent) syncOnce() error {
 	a.mu.Lock()
 	a.local = local
 	a.mu.Unlock()
+	a.flows.setResolver(compiled, in.Endpoints, local)
 	return err
 }
 

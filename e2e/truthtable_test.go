@@ -1,0 +1,217 @@
+package e2e_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/netseg/netseg/e2e/lab"
+)
+
+// truthPeer is a workload or the partner host.
+type truthPeer struct {
+	ref    string // what netsegctl explain takes: ns/name or an IP
+	netns  *lab.Netns
+	ip     netip.Addr
+	labels map[string]string
+}
+
+type probeResult struct {
+	src, dst *truthPeer
+	port     string // "8443/TCP"
+	explain  struct {
+		Verdict  string `json:"verdict"`
+		Expected bool   `json:"expected"`
+		Origin   struct {
+			ID   uint16 `json:"id"`
+			Kind string `json:"kind"`
+			Name string `json:"name"`
+			Rule string `json:"rule"`
+		} `json:"origin"`
+	}
+	traffic error
+}
+
+// TestTruthTableStandalone: 7 workloads in 4 zones (web, data, payments,
+// ops) plus the unzoned zone and the CIDR zone partners; for every
+// (src, dst, port) the live netsegctl explain, the real traffic and the
+// flow log must agree: same verdict, and the flow record names the same
+// origin.
+func TestTruthTableStandalone(t *testing.T) {
+	flowDir := t.TempDir()
+	flowLog := filepath.Join(flowDir, "flows.log")
+	n := newNode(t, "bridge", "--flow-log", flowLog, "--flow-interval", "1s", "--node-name", "lab-node")
+	// Connections end fast in the lab, so their final records come fast.
+	for k, v := range map[string]string{"nf_conntrack_tcp_timeout_time_wait": "1", "nf_conntrack_tcp_timeout_close": "1",
+		"nf_conntrack_tcp_timeout_fin_wait": "1", "nf_conntrack_tcp_timeout_last_ack": "1", "nf_conntrack_tcp_timeout_close_wait": "1",
+		"nf_conntrack_udp_timeout": "1", "nf_conntrack_udp_timeout_stream": "1"} {
+		n.ns.MustSysctl("net.netfilter."+k, v)
+	}
+	peers := []*truthPeer{}
+	for _, w := range []struct{ ns, name, app string }{
+		{"web", "frontend", "frontend"}, {"shop", "checkout", "checkout"}, {"shop", "redis", "redis"},
+		{"pay", "payments", "payments"}, {"ops", "monitoring", "monitoring"}, {"default", "legacy", "legacy"},
+		{"default", "batch", "batch"},
+	} {
+		labels := map[string]string{"app": w.app}
+		c := n.pod(w.name, w.ns, w.name, labels)
+		peers = append(peers, &truthPeer{ref: w.ns + "/" + w.name, netns: c.Netns, ip: c.IP(4), labels: labels})
+	}
+	partner := n.lab.Netns("partner")
+	n.ns.Veth("v-partner", partner, "eth0")
+	n.ns.MustRun("ip", "addr", "add", "203.0.113.1/24", "dev", "v-partner")
+	partner.MustRun("ip", "addr", "add", "203.0.113.10/24", "dev", "eth0")
+	partner.MustRun("ip", "route", "add", "default", "via", "203.0.113.1")
+	peers = append(peers, &truthPeer{ref: "203.0.113.10", netns: partner, ip: netip.MustParseAddr("203.0.113.10")})
+
+	ports := []string{"8443/TCP", "6379/TCP", "22/TCP", "443/TCP", "53/UDP"}
+	for _, p := range peers {
+		for _, port := range ports {
+			num, proto, _ := strings.Cut(port, "/")
+			addr := p.ip.String() + ":" + num
+			if proto == "UDP" {
+				p.netns.ListenUDP(addr)
+			} else {
+				p.netns.ListenTCP(addr)
+			}
+		}
+	}
+	var results []*probeResult
+	for _, src := range peers {
+		for _, dst := range peers {
+			if src == dst {
+				continue
+			}
+			for _, port := range ports {
+				r := &probeResult{src: src, dst: dst, port: port}
+				out, err := n.ctl("explain", "--socket", n.socket, "--from", src.ref, "--to", dst.ref, "--port", port, "-o", "json")
+				if err != nil {
+					t.Fatalf("explain %s -> %s %s: %v: %s", src.ref, dst.ref, port, err, out)
+				}
+				if err := json.Unmarshal([]byte(out), &r.explain); err != nil {
+					t.Fatalf("explain output: %v: %s", err, out)
+				}
+				results = append(results, r)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, r := range results {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			num, proto, _ := strings.Cut(r.port, "/")
+			r.traffic = r.src.netns.Probe(strings.ToLower(proto), netip.MustParseAddrPort(r.dst.ip.String()+":"+num), 300*time.Millisecond)
+		}()
+	}
+	wg.Wait()
+
+	counts := map[string]int{}
+	for _, r := range results {
+		name := fmt.Sprintf("%s -> %s %s (explain: %s by %s %s %s)", r.src.ref, r.dst.ref, r.port, r.explain.Verdict, r.explain.Origin.Kind, r.explain.Origin.Name, r.explain.Origin.Rule)
+		counts[r.explain.Verdict]++
+		denied := r.explain.Verdict == "denied"
+		switch {
+		case denied && r.traffic == nil:
+			t.Errorf("%s: traffic passed", name)
+		case denied && !errors.Is(r.traffic, lab.ErrNoReply):
+			t.Errorf("%s: want a silent drop, got %v", name, r.traffic)
+		case !denied && r.traffic != nil:
+			t.Errorf("%s: traffic failed: %v", name, r.traffic)
+		}
+	}
+	t.Logf("%d probes: %d allowed, %d would-deny, %d denied; explain and traffic agree", len(results), counts["allowed"], counts["would-deny"], counts["denied"])
+	if counts["allowed"] == 0 || counts["would-deny"] == 0 || counts["denied"] == 0 {
+		t.Fatalf("the truth table lacks a verdict: %v", counts)
+	}
+
+	// The flow log: one record per probe with the same verdict and origin.
+	type recKey struct{ src, dst, port string }
+	deadline := time.Now().Add(20 * time.Second)
+	var missing []string
+	for {
+		recs := readFlows(t, flowLog)
+		missing = missing[:0]
+		for _, r := range results {
+			num, proto, _ := strings.Cut(r.port, "/")
+			k := recKey{r.src.ip.String(), r.dst.ip.String(), num + "/" + proto}
+			got, ok := recs[k]
+			switch {
+			case !ok:
+				missing = append(missing, fmt.Sprintf("%s -> %s %s: no record", r.src.ref, r.dst.ref, r.port))
+			case got.Verdict != r.explain.Verdict || got.Origin.ID != r.explain.Origin.ID || got.Expected != r.explain.Expected:
+				missing = append(missing, fmt.Sprintf("%s -> %s %s: record says %s by origin %d (%s %s), expected=%v; explain says %s by %d, expected=%v",
+					r.src.ref, r.dst.ref, r.port, got.Verdict, got.Origin.ID, got.Origin.Kind, got.Origin.Name, got.Expected, r.explain.Verdict, r.explain.Origin.ID, r.explain.Expected))
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, m := range missing {
+		t.Error("flow log: " + m)
+	}
+	out, err := n.ctl("flows", "-f", flowLog, "--unexpected", "--verdict", "denied", "-o", "json")
+	if err != nil {
+		t.Fatalf("netsegctl flows: %v: %s", err, out)
+	}
+	if got := strings.Count(strings.TrimSpace(out), "\n") + 1; strings.TrimSpace(out) == "" || got < counts["denied"] {
+		t.Errorf("netsegctl flows --unexpected --verdict denied printed %d records, want at least %d", got, counts["denied"])
+	}
+	alerts := filepath.Join(flowDir, "alerts.log")
+	if b, err := os.ReadFile(alerts); err != nil || !strings.Contains(string(b), `"kind":"alert"`) {
+		t.Errorf("alert log %s: %v, %.200s", alerts, err, b)
+	}
+}
+
+type flowRec struct {
+	Kind     string `json:"kind"`
+	Protocol string `json:"protocol"`
+	Src      struct {
+		IP   string `json:"ip"`
+		Port uint16 `json:"port"`
+	} `json:"src"`
+	Dst struct {
+		IP   string `json:"ip"`
+		Port uint16 `json:"port"`
+	} `json:"dst"`
+	Verdict  string `json:"verdict"`
+	Expected bool   `json:"expected"`
+	Origin   struct {
+		ID   uint16 `json:"id"`
+		Kind string `json:"kind"`
+		Name string `json:"name"`
+	} `json:"origin"`
+}
+
+// readFlows indexes the flow records by (src ip, dst ip, "port/PROTO").
+func readFlows(t *testing.T, path string) map[struct{ src, dst, port string }]flowRec {
+	out := map[struct{ src, dst, port string }]flowRec{}
+	f, err := os.Open(path)
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r flowRec
+		if json.Unmarshal(sc.Bytes(), &r) != nil || r.Kind != "flow" {
+			continue
+		}
+		out[struct{ src, dst, port string }{r.Src.IP, r.Dst.IP, fmt.Sprintf("%d/%s", r.Dst.Port, r.Protocol)}] = r
+	}
+	return out
+}
