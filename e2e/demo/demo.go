@@ -158,20 +158,27 @@ func Run(ctx context.Context, o Options) (err error) {
 		case <-time.After(o.Interval):
 		}
 	}
+	time.Sleep(3 * time.Second) // the last round's records
 	d.summary()
 	return nil
 }
 
 type demo struct {
-	o      Options
-	r      *runner
-	node   *lab.Netns
-	socket string
+	o                 Options
+	r                 *runner
+	node              *lab.Netns
+	socket            string
+	flowLog, alertLog string
+	mu                sync.Mutex // serializes output lines
 	peers  map[string]*lab.Netns
 	addrs  map[string]netip.Addr
 }
 
-func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.o.Out, format+"\n", args...) }
+func (d *demo) say(format string, args ...any) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fmt.Fprintf(d.o.Out, format+"\n", args...)
+}
 
 func (d *demo) setUp(ctx context.Context) {
 	l := lab.New(d.r)
@@ -180,9 +187,19 @@ func (d *demo) setUp(ctx context.Context) {
 	d.say("created the lab node: network namespace %s", d.node.Name)
 	state := d.r.TempDir()
 	d.socket = filepath.Join(state, "agent.sock")
+	d.flowLog = filepath.Join(state, "flows.log")
+	d.alertLog = filepath.Join(state, "alerts.log")
+	// Lab connections are short: end their conntrack entries fast, so their
+	// flow records come within seconds.
+	for k, v := range map[string]string{"nf_conntrack_tcp_timeout_time_wait": "1", "nf_conntrack_tcp_timeout_close": "1",
+		"nf_conntrack_tcp_timeout_fin_wait": "1", "nf_conntrack_tcp_timeout_last_ack": "1",
+		"nf_conntrack_tcp_timeout_close_wait": "1", "nf_conntrack_udp_timeout": "1", "nf_conntrack_udp_timeout_stream": "1"} {
+		d.node.MustSysctl("net.netfilter."+k, v)
+	}
 	agentBin := filepath.Join(d.o.BinDir, "netseg-agent")
 	cmd := d.node.Command(context.Background(), agentBin, "--policy-dir", d.o.PolicyDir, "--state-dir", state,
-		"--socket", d.socket, "--health-addr", "", "--metrics-addr", "", "--log-level", "warn", "--log-format", "text")
+		"--socket", d.socket, "--health-addr", "", "--metrics-addr", "", "--log-level", "warn", "--log-format", "text",
+		"--flow-log", d.flowLog, "--alert-log", d.alertLog, "--flow-interval", "1s", "--node-name", "demo-node")
 	logf, err := os.Create(filepath.Join(state, "agent.log"))
 	if err != nil {
 		d.r.Fatalf("agent log: %v", err)
@@ -198,6 +215,8 @@ func (d *demo) setUp(ctx context.Context) {
 	})
 	d.waitReady(ctx)
 	d.say("started netseg-agent in the node (socket %s)", d.socket)
+	d.say("flow log %s, alert log %s: records appear below as \"flow>\" and \"alert>\" lines", d.flowLog, d.alertLog)
+	d.follow(ctx)
 
 	netseg := map[string]any{"type": "netseg", "socket": d.socket, "stateDir": state, "capabilities": map[string]bool{"labels": true}}
 	cni := d.node.CNI(append([]string{d.o.BinDir}, d.o.CNIPath...)...)
