@@ -107,8 +107,11 @@ func TestCleanupAfterFailure(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Only the child's namespaces count: other test processes may
+			// be running beside this one.
+			child := lab.Prefix + strconv.Itoa(cmd.Process.Pid) + "-"
 			for _, name := range left {
-				if !strings.HasPrefix(name, lab.Prefix+strconv.Itoa(os.Getpid())+"-") {
+				if strings.HasPrefix(name, child) {
 					t.Errorf("namespace %s left behind by the failing child", name)
 				}
 			}
