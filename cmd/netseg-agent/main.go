@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/controller/cniconf"
 	"github.com/netseg/netseg/controller/node"
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -35,12 +36,21 @@ socket):
 
   netseg-agent --cleanup [--state-dir DIR] [--socket PATH]
 
+Install the CNI plugin and chain it last in the node's network
+configuration (a DaemonSet's initContainer), or remove both:
+
+  netseg-agent --install-cni [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--plugin FILE]
+  netseg-agent --uninstall-cni [--cni-bin-dir DIR] [--cni-conf-dir DIR]
+
 Flags:
 `
 
 type flags struct {
-	cfg         node.Config
-	cleanup     bool
+	cfg          node.Config
+	cleanup      bool
+	installCNI   bool
+	uninstallCNI bool
+	cni          cniconf.Options
 	logLevel    string
 	logFormat   string
 	healthAddr  string
@@ -71,6 +81,11 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&f.cfg.Flows.Keep, "flow-log-keep", 5, "rotated files kept (FILE.1 ... FILE.N)")
 	fs.DurationVar(&f.cfg.Flows.Interval, "flow-interval", time.Minute, "interim records of long connections, denied aggregates and alert updates at most this often")
 	fs.StringVar(&f.cfg.Flows.Node, "node-name", "", "this node's name in records (default: the host name)")
+	fs.BoolVar(&f.installCNI, "install-cni", false, "copy the plugin into --cni-bin-dir, chain netseg last in the first conflist of --cni-conf-dir, then exit")
+	fs.BoolVar(&f.uninstallCNI, "uninstall-cni", false, "remove netseg from every conflist of --cni-conf-dir and the plugin from --cni-bin-dir, then exit")
+	fs.StringVar(&f.cni.BinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
+	fs.StringVar(&f.cni.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+	fs.StringVar(&f.cni.Plugin, "plugin", "/usr/local/bin/netseg", "the netseg CNI plugin binary to install")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")
@@ -117,6 +132,9 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
 		return 2
 	}
+	if f.installCNI || f.uninstallCNI {
+		return installCNI(f, log)
+	}
 	if !f.cleanup && f.cfg.PolicyDir == "" {
 		fmt.Fprintln(stderr, "netseg-agent: --policy-dir is required (standalone mode); see --help")
 		return 2
@@ -149,5 +167,24 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("netseg-agent stopped; rules stay in the kernel")
+	return 0
+}
+
+func installCNI(f *flags, log *slog.Logger) int {
+	if f.uninstallCNI {
+		if err := cniconf.Uninstall(f.cni); err != nil {
+			log.Error("uninstall CNI plugin", "err", err)
+			return 1
+		}
+		log.Info("removed netseg from the CNI configuration", "confDir", f.cni.ConfDir, "binDir", f.cni.BinDir)
+		return 0
+	}
+	f.cni.Entry = map[string]any{"socket": f.cfg.Socket, "failurePolicy": "closed"}
+	path, err := cniconf.Install(f.cni)
+	if err != nil {
+		log.Error("install CNI plugin", "err", err)
+		return 1
+	}
+	log.Info("chained netseg last in the node's network configuration", "file", path, "plugin", f.cni.BinDir+"/netseg")
 	return 0
 }
