@@ -52,7 +52,9 @@ func (d *Dataplane) diffKernel(conn *nftables.Conn, st *state) (string, error) {
 			continue
 		}
 		seen[c.Name] = true
-		if _, ok := st.chains[c.Name]; !ok {
+		_, wanted := st.chains[c.Name]
+		_, stale := st.staleChains[c.Name]
+		if !wanted && !stale {
 			return fmt.Sprintf("unexpected chain %s", c.Name), nil
 		}
 	}

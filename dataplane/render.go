@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
@@ -71,6 +70,15 @@ type chainSpec struct {
 	device string // ingress hook device
 	rules  []*rb
 	hash   string // over hook, device and rule texts
+	// dispatch chains (one per endpoint and direction) hold one live rule,
+	// "goto <policy chain>"; a change inserts the new rule at the head and
+	// leaves the old ones, shadowed, for Collect.
+	dispatch bool
+	// stale are the tags of the shadowed rules after the live ones, in
+	// kernel order (dispatch chains only).
+	stale []string
+	// target is the policy chain a dispatch chain goes to.
+	target string
 }
 
 // state is the rendered, desired content of the table.
@@ -80,10 +88,15 @@ type state struct {
 	// byKey: policy key -> chain name; made: policy key -> the chains
 	// rendered for it (kept for the next sync); cache: the previous
 	// sync's made, reused instead of rendering again.
-	byKey       map[string]string
-	made, cache map[string][]*chainSpec
+	byKey       map[policyKey]string
+	made, cache map[policyKey][]*chainSpec
 	// endpointChains: endpoint id -> chains it needs (for CHECK).
 	endpointChains map[string][]string
+	// staleChains and staleSets are still in the kernel but no longer
+	// wanted: deleting costs a commit an RCU grace period, so Collect
+	// deletes them in a batch of their own, off the path of changes.
+	staleChains map[string]*chainSpec
+	staleSets   map[string]*setSpec
 }
 
 // Config tunes the rendered ruleset.
@@ -165,7 +178,8 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
 	}
 	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{},
-		byKey: map[string]string{}, made: map[string][]*chainSpec{}}
+		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{},
+		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}}
 	if prev != nil {
 		st.cache = prev.made
 	}
@@ -190,18 +204,28 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		}
 	}
 	st.baseChains(cfg)
-	eps := append([]Endpoint(nil), rs.Endpoints...)
-	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
-	for _, ep := range eps {
+	maps := [7][3]*setSpec{}
+	for _, fam := range []int{4, 6} {
+		maps[fam] = [3]*setSpec{st.sets[fmt.Sprintf("egress%d", fam)], st.sets[fmt.Sprintf("ingress%d", fam)], st.sets[fmt.Sprintf("local%d", fam)]}
+	}
+	for _, ep := range rs.Endpoints {
 		out := st.policyChain("out", ep.Egress, false)
 		in := st.policyChain("in", ep.Ingress, true)
-		st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], out, in)
+		// Each endpoint dispatches through its own chains, whose one live
+		// rule goes to the (shared) policy chain: a policy change inserts a
+		// new head rule instead of re-pointing the map element.
+		id := endpointHash(ep.ID)
+		epo, epi := "epo_"+id, "epi_"+id
+		st.addChain(st.dispatchChain(prev, epo, out))
+		st.addChain(st.dispatchChain(prev, epi, in))
+		st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], epo, epi, out, in)
 		for _, ip := range ep.IPs {
 			ip = ip.Unmap()
 			fam := famOf(ip)
-			st.sets[fmt.Sprintf("egress%d", fam)].elems[ip.String()] = elemSpec{key: ip, chain: out, comment: ep.ID}
-			st.sets[fmt.Sprintf("ingress%d", fam)].elems[ip.String()] = elemSpec{key: ip, chain: in, comment: ep.ID}
-			st.sets[fmt.Sprintf("local%d", fam)].elems[ip.String()] = elemSpec{key: ip}
+			k := ip.String()
+			maps[fam][0].elems[k] = elemSpec{key: ip, chain: epo, comment: ep.ID}
+			maps[fam][1].elems[k] = elemSpec{key: ip, chain: epi, comment: ep.ID}
+			maps[fam][2].elems[k] = elemSpec{key: ip}
 		}
 		if ep.HostIface != "" {
 			name := st.antiSpoofChain(ep)
@@ -230,6 +254,30 @@ func (st *state) addSetIfMissing(name string, fam int, kind setKind) *setSpec {
 }
 
 func (st *state) addChain(c *chainSpec) { st.chains[c.name] = c }
+
+// dispatchChain renders "goto target" in the named dispatch chain, reusing
+// the previous sync's spec when it already went there.
+func (st *state) dispatchChain(prev *state, name, target string) *chainSpec {
+	if prev != nil {
+		if c, ok := prev.chains[name]; ok && c.dispatch && c.target == target {
+			return c // unchanged: specs are not modified once applied
+		}
+	}
+	c := &chainSpec{name: name, dispatch: true, target: target, rules: []*rb{rule().verdict(expr.VerdictGoto, target)}}
+	c.hash = chainHash(c)
+	return c
+}
+
+var endpointHashes sync.Map // endpoint id -> short hash; a pure function, memoized
+
+func endpointHash(id string) string {
+	if h, ok := endpointHashes.Load(id); ok {
+		return h.(string)
+	}
+	h := shortHash(id)
+	endpointHashes.Store(id, h)
+	return h
+}
 
 // baseChains renders the hooks and the shared verdict tails.
 //
@@ -321,11 +369,11 @@ func (st *state) baseChains(cfg Config) {
 // A Delegate rule is "goto <tail chain>"; a list that runs out continues
 // with its tail, and a tail that runs out denies (fail closed).
 func (st *state) policyChain(dir string, p Policy, ingress bool) string {
-	key := policyKey(dir, p)
+	key := makePolicyKey(dir, p)
 	if name, ok := st.byKey[key]; ok {
 		return name
 	}
-	name := dir + "_" + shortHash(key)
+	name := dir + "_" + key.String()
 	st.byKey[key] = name
 	if cached, ok := st.cache[key]; ok { // rendered by an earlier sync
 		for _, c := range cached {
@@ -406,39 +454,42 @@ func shortHash(s string) string {
 }
 
 // policyKey identifies a policy's rendering: equal keys give equal chains,
-// so it names the chain without rendering it.
-func policyKey(dir string, p Policy) string {
-	var b strings.Builder
-	b.WriteString(dir)
+// so it names the chain without rendering it. It is 128 bits of two
+// xxhash64 sums over a compact encoding of the rules: cheap enough to
+// compute for every endpoint on every sync, and stable across restarts (a
+// restarted agent makes the same names).
+type policyKey [2]uint64
+
+func makePolicyKey(dir string, p Policy) policyKey {
+	buf := make([]byte, 0, 512)
+	buf = append(buf, dir...)
 	write := func(tag byte, rules []Rule) {
 		for _, r := range rules {
-			b.WriteByte(tag)
+			buf = append(buf, tag)
 			if r.PeerNot {
-				b.WriteByte('!')
+				buf = append(buf, '!')
 			}
-			b.WriteString(r.Peer)
-			b.WriteByte(0)
-			b.WriteString(strconv.Itoa(int(r.Action)))
-			b.WriteByte(',')
-			b.WriteString(strconv.Itoa(int(r.Origin)))
+			buf = append(buf, r.Peer...)
+			buf = append(buf, 0, byte(r.Action), byte(r.Origin>>8), byte(r.Origin), byte(len(r.Ports)))
 			for _, pr := range r.Ports {
-				b.WriteByte(',')
-				b.WriteString(strconv.Itoa(int(pr.Proto)))
-				b.WriteByte(':')
-				b.WriteString(strconv.Itoa(int(pr.First)))
-				b.WriteByte('-')
-				b.WriteString(strconv.Itoa(int(pr.Last)))
+				buf = append(buf, byte(pr.Proto), byte(pr.First>>8), byte(pr.First), byte(pr.Last>>8), byte(pr.Last))
 			}
 		}
 	}
 	if p.Staged != nil {
-		b.WriteString("|staged")
+		buf = append(buf, "|staged"...)
 		write('s', p.Staged)
 		write('S', p.StagedTail)
 	}
 	write('e', p.Enforced)
 	write('E', p.EnforcedTail)
-	return b.String()
+	h1 := xxhash.Sum64(buf)
+	buf = append(buf, "netseg"...)
+	return policyKey{h1, xxhash.Sum64(buf)}
+}
+
+func (k policyKey) String() string {
+	return fmt.Sprintf("%016x", k[0])
 }
 
 // expand turns one rule into kernel rules: one per address family of its

@@ -20,6 +20,7 @@ type Stats struct {
 	FullResyncs  atomic.Uint64 // full rebuilds applied (including repairs)
 	DriftRepairs atomic.Uint64 // drift found in the kernel and repaired
 	Errors       atomic.Uint64 // batches the kernel refused
+	Collections  atomic.Uint64 // Collect batches applied
 	// LastSync is the duration of the last applied batch, in nanoseconds.
 	LastSync atomic.Int64
 }
@@ -191,35 +192,82 @@ func (d *Dataplane) buildFull(st *state) {
 
 // buildDiff queues only what changed from old to st, in an order the kernel
 // accepts inside one transaction: new sets and chains first, then rules and
-// elements, then deletions of what nothing refers to any more.
+// elements. It deletes only what must go now (map and set elements: a
+// member that left a set must lose its access at once); chains and sets
+// nothing refers to any more stay, unreachable, until Collect, because a
+// transaction that deletes them waits an RCU grace period.
 func (d *Dataplane) buildDiff(old, st *state) {
+	// Carry over what is still in the kernel but unwanted.
+	for name, c := range old.staleChains {
+		if _, wanted := st.chains[name]; !wanted {
+			st.staleChains[name] = c
+		}
+	}
+	for name, s := range old.staleSets {
+		if _, wanted := st.sets[name]; !wanted {
+			st.staleSets[name] = s
+		}
+	}
+	for name, c := range old.chains {
+		if _, wanted := st.chains[name]; !wanted {
+			st.staleChains[name] = c
+		}
+	}
+	for _, name := range sortedKeys(old.sets) {
+		if _, wanted := st.sets[name]; !wanted {
+			st.staleSets[name] = old.sets[name]
+		}
+	}
+	present := func(name string) *setSpec {
+		if s, ok := old.sets[name]; ok {
+			return s
+		}
+		return old.staleSets[name]
+	}
 	for _, name := range sortedKeys(st.sets) {
-		if _, ok := old.sets[name]; !ok {
+		if present(name) == nil {
 			d.addSet(st.sets[name])
 		}
 	}
 	// New chains first, all of them: their rules may jump to each other.
-	for _, name := range sortedKeys(st.chains) {
-		if old.chains[name] == nil {
-			d.addChain(st.chains[name])
+	// A stale chain wanted again is still there, with the same content
+	// (policy chains are named after it).
+	for name, c := range st.chains {
+		if old.chains[name] == nil && old.staleChains[name] == nil {
+			d.addChain(c)
 		}
 	}
-	for _, name := range sortedKeys(st.chains) {
-		c, prev := st.chains[name], old.chains[name]
+	for name, c := range st.chains {
+		prev := old.chains[name]
+		if prev == nil {
+			if revived := old.staleChains[name]; revived != nil {
+				if revived.hash == c.hash && !c.dispatch {
+					continue
+				}
+				prev = revived
+			} else {
+				d.addRules(c)
+				continue
+			}
+		}
 		switch {
-		case prev == nil:
-			d.addRules(c)
-		case prev.hash != c.hash && (prev.device != c.device || prev.hook != c.hook):
+		case prev.hash == c.hash:
+			c.stale = prev.stale
+		case c.dispatch:
+			// The new live rule goes in front; the old ones are shadowed.
+			d.insertHead(c)
+			c.stale = append(liveTags(prev), prev.stale...)
+		case prev.device != c.device || prev.hook != c.hook:
 			d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
 			d.addChain(c)
 			d.addRules(c)
-		case prev.hash != c.hash:
+		default:
 			d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
 			d.addRules(c)
 		}
 	}
 	for _, name := range sortedKeys(st.sets) {
-		s, prev := st.sets[name], old.sets[name]
+		s, prev := st.sets[name], present(name)
 		if prev == nil {
 			if s.kind == kindVmap {
 				d.addElems(s, sortedKeys(s.elems))
@@ -242,24 +290,100 @@ func (d *Dataplane) buildDiff(old, st *state) {
 		d.delElems(prev, del)
 		d.addElems(s, add)
 	}
-	// Stale chains: empty them all first (they may jump to each other),
-	// then delete. Vmap elements pointing at them were removed above.
-	var stale []string
-	for _, name := range sortedKeys(old.chains) {
-		if _, ok := st.chains[name]; !ok {
-			stale = append(stale, name)
-			d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
+	// Map elements of endpoints that are gone were removed above; their
+	// dispatch chains are stale now, but a stale set may still hold
+	// members: empty the maps' stale entries is enough, the rest waits.
+}
+
+// insertHead puts a dispatch chain's live rule in front of its old ones.
+func (d *Dataplane) insertHead(c *chainSpec) {
+	kc := &nftables.Chain{Name: c.name, Table: d.table}
+	for i := len(c.rules) - 1; i >= 0; i-- {
+		d.conn.InsertRule(&nftables.Rule{Table: d.table, Chain: kc, Exprs: c.rules[i].exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, ruleTag(c, i))})
+	}
+}
+
+func liveTags(c *chainSpec) []string {
+	tags := make([]string, len(c.rules))
+	for i := range c.rules {
+		tags[i] = ruleTag(c, i)
+	}
+	return tags
+}
+
+// Garbage reports whether Collect has something to delete.
+func (d *Dataplane) Garbage() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.applied == nil {
+		return false
+	}
+	if len(d.applied.staleChains) > 0 || len(d.applied.staleSets) > 0 {
+		return true
+	}
+	for _, c := range d.applied.chains {
+		if len(c.stale) > 0 {
+			return true
 		}
+	}
+	return false
+}
+
+// Collect deletes, in one batch, what syncs left behind: shadowed rules of
+// dispatch chains, chains and sets nothing refers to. Such a batch waits an
+// RCU grace period in the kernel (milliseconds), which is why syncs leave
+// it for later. Nothing reachable changes.
+func (d *Dataplane) Collect() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.applied
+	if st == nil {
+		return nil
+	}
+	var compact []*chainSpec
+	for _, name := range sortedKeys(st.chains) {
+		if c := st.chains[name]; len(c.stale) > 0 {
+			compact = append(compact, c)
+		}
+	}
+	if len(compact) == 0 && len(st.staleChains) == 0 && len(st.staleSets) == 0 {
+		return nil
+	}
+	if err := d.begin(); err != nil {
+		return err
+	}
+	for _, c := range compact {
+		d.conn.FlushChain(&nftables.Chain{Name: c.name, Table: d.table})
+		d.addRules(c)
+	}
+	stale := sortedKeys(st.staleChains)
+	for _, name := range stale {
+		d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
 	}
 	for _, name := range stale {
 		d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
 	}
-	for _, name := range sortedKeys(old.sets) {
-		if _, ok := st.sets[name]; !ok {
-			d.conn.DelSet(d.kset(old.sets[name]))
-			delete(d.sets, name)
-		}
+	for _, name := range sortedKeys(st.staleSets) {
+		d.conn.DelSet(d.kset(st.staleSets[name]))
 	}
+	if err := d.commit(); err != nil {
+		d.Stats.Errors.Add(1)
+		d.applied, d.sets = nil, nil // unknown: the next sync rebuilds
+		return fmt.Errorf("collect stale objects of inet %s: %w", d.cfg.Table, err)
+	}
+	for _, c := range compact {
+		// A fresh spec: chain specs may be shared with earlier states.
+		cp := *c
+		cp.stale = nil
+		st.chains[c.name] = &cp
+	}
+	for name := range st.staleSets {
+		delete(d.sets, name)
+	}
+	st.staleChains, st.staleSets = map[string]*chainSpec{}, map[string]*setSpec{}
+	d.Stats.Collections.Add(1)
+	return nil
 }
 
 func (d *Dataplane) kset(s *setSpec) *nftables.Set {
@@ -439,13 +563,14 @@ func (d *Dataplane) CheckEndpoint(id string) error {
 }
 
 func sameRules(c *chainSpec, rules []*nftables.Rule) error {
-	if len(rules) != len(c.rules) {
-		return fmt.Errorf("chain %s has %d rules, want %d", c.name, len(rules), len(c.rules))
+	want := append(liveTags(c), c.stale...)
+	if len(rules) != len(want) {
+		return fmt.Errorf("chain %s has %d rules, want %d", c.name, len(rules), len(want))
 	}
 	for i, r := range rules {
 		tag, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-		if tag != ruleTag(c, i) {
-			return fmt.Errorf("chain %s rule %d is %q, want %q", c.name, i, tag, ruleTag(c, i))
+		if tag != want[i] {
+			return fmt.Errorf("chain %s rule %d is %q, want %q", c.name, i, tag, want[i])
 		}
 	}
 	return nil

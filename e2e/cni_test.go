@@ -192,6 +192,9 @@ func TestAgentKilledUnderTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent deletes what syncs left behind after a quiet second; compare
+	// the settled ruleset.
+	time.Sleep(1500 * time.Millisecond)
 	before := n.table()
 	stop := make(chan struct{})
 	done := make(chan error, 1)

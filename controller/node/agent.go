@@ -248,10 +248,19 @@ func (a *Agent) waitSynced(ctx context.Context, ticket uint64) error {
 func (a *Agent) loop(ctx context.Context) {
 	drift := time.NewTicker(a.cfg.DriftInterval)
 	defer drift.Stop()
+	// Deleting what syncs left behind costs the kernel an RCU grace period
+	// per batch: it is done once things have been quiet for a moment.
+	collect := time.NewTimer(time.Hour)
+	collect.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-collect.C:
+			if err := a.dp.Collect(); err != nil {
+				a.log.Error("collect stale nftables objects", "err", err)
+			}
+			continue
 		case <-drift.C:
 			if diff, err := a.dp.CheckDrift(); err != nil {
 				a.log.Error("drift check", "err", err)
@@ -270,6 +279,9 @@ func (a *Agent) loop(ctx context.Context) {
 		a.done, a.doneErr = ticket, err
 		a.cond.Broadcast()
 		a.mu.Unlock()
+		if a.dp.Garbage() {
+			collect.Reset(time.Second)
+		}
 	}
 }
 
