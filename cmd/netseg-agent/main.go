@@ -51,11 +51,11 @@ type flags struct {
 	installCNI   bool
 	uninstallCNI bool
 	cni          cniconf.Options
-	logLevel    string
-	logFormat   string
-	healthAddr  string
-	metricsAddr string
-	unzoned     string
+	logLevel     string
+	logFormat    string
+	healthAddr   string
+	metricsAddr  string
+	unzoned      string
 }
 
 func parse(args []string, stderr io.Writer) (*flags, error) {

@@ -170,8 +170,8 @@ type demo struct {
 	socket            string
 	flowLog, alertLog string
 	mu                sync.Mutex // serializes output lines
-	peers  map[string]*lab.Netns
-	addrs  map[string]netip.Addr
+	peers             map[string]*lab.Netns
+	addrs             map[string]netip.Addr
 }
 
 func (d *demo) say(format string, args ...any) {
