@@ -53,7 +53,7 @@ const (
 // node is a lab node running the real agent binary, with a CNI network
 // whose conflist chains the real netseg plugin after a reference plugin.
 type node struct {
-	t         *testing.T
+	t         testing.TB
 	lab       *lab.Lab
 	ns        *lab.Netns
 	cni       *lab.CNI
@@ -67,7 +67,7 @@ type node struct {
 	agentArgs []string // extra flags for every start
 }
 
-func newNode(t *testing.T, mainPlugin string, agentArgs ...string) *node {
+func newNode(t testing.TB, mainPlugin string, agentArgs ...string) *node {
 	t.Helper()
 	l := lab.New(t)
 	n := &node{t: t, lab: l, ns: l.Node("node"), policyDir: t.TempDir(), stateDir: t.TempDir(), pluginDir: t.TempDir(), agentArgs: agentArgs}
@@ -86,7 +86,7 @@ func newNode(t *testing.T, mainPlugin string, agentArgs ...string) *node {
 	return n
 }
 
-func copyDir(t *testing.T, src, dst string) {
+func copyDir(t testing.TB, src, dst string) {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(src, "*.yaml"))
 	if err != nil || len(files) == 0 {

@@ -39,6 +39,7 @@ func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
 	rs := &dataplane.Ruleset{}
 	var errs []error
 	used := map[string]bool{}
+	memo := map[listsID]memoized{}
 	managed := map[netip.Prefix]bool{}
 	for _, l := range locals {
 		for _, p := range l.IPs {
@@ -50,8 +51,8 @@ func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
 			rs.Quarantine = append(rs.Quarantine, l.Addrs()...)
 			continue
 		}
-		eg, err1 := direction(er.Egress, used)
-		in, err2 := direction(er.Ingress, used)
+		eg, err1 := memoDirection(memo, er.Egress, used)
+		in, err2 := memoDirection(memo, er.Ingress, used)
 		if err := firstErr(err1, err2); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s (%s/%s): %w: quarantined", l.ID, l.Namespace, l.Name, err))
 			rs.Quarantine = append(rs.Quarantine, l.Addrs()...)
@@ -84,6 +85,41 @@ func firstErr(errs ...error) error {
 		}
 	}
 	return nil
+}
+
+// listsID identifies a direction's four rule lists by their backing
+// arrays: the compiler shares lists between endpoints with the same zone
+// and dependencies, so most endpoints map to a handful of IDs.
+type listsID [4]struct {
+	p *policy.Rule
+	n int
+}
+
+type memoized struct {
+	p   dataplane.Policy
+	err error
+}
+
+func idOf(d policy.Direction) (listsID, bool) {
+	var id listsID
+	for i, l := range [][]policy.Rule{d.Enforced.Policy, d.Enforced.Tail, d.Staged.Policy, d.Staged.Tail} {
+		if len(l) > 0 {
+			id[i].p, id[i].n = &l[0], len(l)
+		}
+	}
+	return id, true
+}
+
+// memoDirection is direction, computed once per set of shared lists. The
+// peer sets a memoized policy uses are already marked in used.
+func memoDirection(memo map[listsID]memoized, d policy.Direction, used map[string]bool) (dataplane.Policy, error) {
+	id, _ := idOf(d)
+	if m, ok := memo[id]; ok {
+		return m.p, m.err
+	}
+	p, err := direction(d, used)
+	memo[id] = memoized{p, err}
+	return p, err
 }
 
 // direction maps one direction's two passes. When the staged pass is the

@@ -300,12 +300,17 @@ func (a *Agent) syncOnce() error {
 	in.Config = policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}
 	local := compilerEndpoints(eps)
 	if snap.Enrich != nil {
+		uids := map[string]string{}
+		for _, ep := range eps {
+			uids[ep.Namespace+"/"+ep.Name] = ep.UID
+		}
 		for i := range local {
-			snap.Enrich(&local[i], uidOf(eps, local[i].Namespace, local[i].Name))
+			snap.Enrich(&local[i], uids[local[i].Namespace+"/"+local[i].Name])
 		}
 	}
 	in.Endpoints = append(append([]policy.Endpoint(nil), in.Endpoints...), local...)
 	compiled := policy.Compile(in)
+	compiledAt := time.Now()
 	locals := make([]enforce.Local, 0, len(eps))
 	for _, ep := range eps {
 		locals = append(locals, enforce.Local{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace, Name: ep.Name,
@@ -328,13 +333,15 @@ func (a *Agent) syncOnce() error {
 			warnings = append(warnings, p.String())
 		}
 	}
+	enforcedAt := time.Now()
 	err := a.dp.Sync(rs)
 	a.metrics.SyncDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		a.metrics.SyncErrors.Inc()
 		a.log.Error("sync failed", "err", err)
 	} else {
-		a.log.Debug("synced", "endpoints", len(rs.Endpoints), "sets", len(rs.Sets), "took", time.Since(start))
+		a.log.Debug("synced", "endpoints", len(rs.Endpoints), "sets", len(rs.Sets), "took", time.Since(start),
+			"compile", compiledAt.Sub(start), "ruleset", enforcedAt.Sub(compiledAt), "kernel", time.Since(enforcedAt))
 	}
 	a.metrics.Endpoints.Set(float64(len(eps)))
 	a.setSynced(compiled, err, warnings, len(eps))
@@ -382,15 +389,6 @@ func compilerEndpoints(eps []agent.Endpoint) []policy.Endpoint {
 		}
 	}
 	return out
-}
-
-func uidOf(eps []agent.Endpoint, ns, name string) string {
-	for _, ep := range eps {
-		if ep.Namespace == ns && ep.Name == name {
-			return ep.UID
-		}
-	}
-	return ""
 }
 
 func prefixes(ips []string) []netip.Prefix {

@@ -67,10 +67,6 @@ func (m *model) ownedIPs(e *endpoint, b *netipx.IPSetBuilder) {
 
 func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entry) []Set {
 	var sets []Set
-	add := func(name string, b *netipx.IPSetBuilder) {
-		s, _ := b.IPSet() // errors only for invalid input, which normAddrs removes
-		sets = append(sets, Set{Name: name, Prefixes: s.Prefixes()})
-	}
 	// Zone sets are disjoint: an endpoint's address belongs to its zone
 	// only; a network belongs to the first zone by precedence.
 	var epB, earlierB, zonedB netipx.IPSetBuilder
@@ -78,6 +74,37 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 		epB.Add(a)
 	}
 	eps, _ := epB.IPSet()
+	// A set lists its endpoint addresses one by one (/32, /128) and the
+	// rest as the fewest prefixes: aggregating endpoint addresses would
+	// make an endpoint's arrival rewrite its neighbours' prefixes, where
+	// listing them makes it one added member.
+	add := func(name string, b *netipx.IPSetBuilder) {
+		s, _ := b.IPSet() // errors only for invalid input, which normAddrs removes
+		var rest netipx.IPSetBuilder
+		rest.AddSet(s)
+		rest.RemoveSet(eps)
+		r, _ := rest.IPSet()
+		prefixes := r.Prefixes()
+		var in netipx.IPSetBuilder
+		in.AddSet(s)
+		in.Intersect(eps)
+		own, _ := in.IPSet()
+		for _, rg := range own.Ranges() {
+			for a := rg.From(); ; a = a.Next() {
+				prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
+				if a == rg.To() {
+					break
+				}
+			}
+		}
+		sort.Slice(prefixes, func(i, j int) bool {
+			if c := prefixes[i].Addr().Compare(prefixes[j].Addr()); c != 0 {
+				return c < 0
+			}
+			return prefixes[i].Bits() < prefixes[j].Bits()
+		})
+		sets = append(sets, Set{Name: name, Prefixes: prefixes})
+	}
 	members := map[string]*netipx.IPSetBuilder{}
 	for _, z := range m.zones {
 		b := &netipx.IPSetBuilder{}

@@ -40,7 +40,12 @@ type CNI struct {
 	Path     []string // plugin directories
 	CacheDir string   // libcni's result cache
 	cni      *libcni.CNIConfig
+	exec     *nodeExec
 }
+
+// OnExec, when set, is told each plugin run's binary and wall time (from
+// starting the plugin process to its exit), e.g. for benchmarks.
+func (c *CNI) OnExec(f func(plugin string, took time.Duration)) { c.exec.onExec = f }
 
 // CNI returns a runner for plugins on node n, with a cache in a test
 // temporary directory.
@@ -50,7 +55,7 @@ func (n *Netns) CNI(path ...string) *CNI {
 	}
 	cache := n.lab.t.TempDir()
 	ex := &nodeExec{node: n}
-	return &CNI{Node: n, Path: path, CacheDir: cache, cni: libcni.NewCNIConfigWithCacheDir(path, cache, ex)}
+	return &CNI{Node: n, Path: path, CacheDir: cache, cni: libcni.NewCNIConfigWithCacheDir(path, cache, ex), exec: ex}
 }
 
 // Container is a container namespace attached to networks by CNI.
@@ -175,7 +180,8 @@ func (c *CNI) Config() *libcni.CNIConfig { return c.cni }
 // "nsenter --net=<node>": the plugin's own netns (for the bridge, the
 // host-side veth, sysctls) is the node's.
 type nodeExec struct {
-	node *Netns
+	node   *Netns
+	onExec func(plugin string, took time.Duration)
 	version.PluginDecoder
 }
 
@@ -187,7 +193,12 @@ func (e *nodeExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []by
 	cmd.Env = environ
 	cmd.Stdin = bytes.NewReader(stdin)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	start := time.Now()
+	err := cmd.Run()
+	if e.onExec != nil {
+		e.onExec(filepath.Base(pluginPath), time.Since(start))
+	}
+	if err != nil {
 		return nil, pluginErr(err, stdout.Bytes(), stderr.Bytes())
 	}
 	return stdout.Bytes(), nil
