@@ -88,6 +88,9 @@ func (k *kubeCluster) node(l *lab.Lab, name, subnet string) *kubeNode {
 		if k.t.Failed() {
 			b, _ := os.ReadFile(n.agentLog)
 			k.t.Logf("agent %s log:\n%s", name, tail(string(b), 40))
+			if dir := os.Getenv("NETSEG_E2E_LOGS"); dir != "" { // keep the whole log
+				_ = os.WriteFile(filepath.Join(dir, k.t.Name()+"-"+name+".log"), b, 0o644)
+			}
 		}
 	})
 	return n

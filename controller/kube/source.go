@@ -20,8 +20,10 @@ import (
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -143,13 +145,20 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	// controller-runtime and client-go log through the agent's logger
+	// (both are process-wide settings).
+	lg := logr.FromSlogHandler(log.Handler())
+	ctrllog.SetLogger(lg)
+	klog.SetLogger(lg)
 	rc = rest.CopyConfig(rc)
 	if rc.UserAgent == "" {
 		rc.UserAgent = "netseg-agent/" + cfg.NodeName
 	}
+	s := &Source{cfg: cfg, log: log,
+		dirty: make(chan struct{}, 1), statusKick: make(chan struct{}, 1), misses: map[string]time.Time{}}
 	mgr, err := manager.New(rc, manager.Options{
 		Scheme:                 scheme,
-		Logger:                 logr.FromSlogHandler(log.Handler()),
+		Logger:                 lg,
 		Metrics:                metricsserver.Options{BindAddress: "0"}, // the agent serves its own
 		HealthProbeBindAddress: "0",
 		Cache: cache.Options{
@@ -164,8 +173,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Source, error) {
 	if u, err := url.Parse(rc.Host); err == nil && u.Host != "" {
 		host = u.Host
 	}
-	s := &Source{cfg: cfg, log: log, host: host, mgr: mgr, c: mgr.GetCache(), live: mgr.GetAPIReader(),
-		dirty: make(chan struct{}, 1), statusKick: make(chan struct{}, 1), misses: map[string]time.Time{}}
+	s.host, s.mgr, s.c, s.live = host, mgr, mgr.GetCache(), mgr.GetAPIReader()
 	s.status = newStatusWriter(s, mgr.GetClient(), mgr.GetEventRecorder("netseg-agent"))
 	return s, nil
 }
