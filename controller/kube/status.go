@@ -311,7 +311,7 @@ func representative(in policy.Input, ns string, sel *metav1.LabelSelector, what 
 		if len(names) > 0 {
 			sort.Strings(names)
 			e := byName[names[0]]
-			return policy.Peer{Namespace: e.Namespace, Name: e.Name, Labels: e.Labels, IPs: e.IPs}
+			return policy.Peer(e)
 		}
 	}
 	l := map[string]string{}
