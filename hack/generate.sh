@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 go tool controller-gen object paths=./api/...
 go tool controller-gen crd paths=./api/... output:crd:dir=deploy/crds
+go tool controller-gen rbac:roleName=netseg-agent paths=./controller/kube/... output:rbac:dir=deploy/rbac

@@ -43,3 +43,7 @@ fi
 if [[ ! -d /proc/sys/net/bridge ]] && command -v modprobe >/dev/null; then
 	modprobe br_netfilter 2>/dev/null || true
 fi
+
+# The test control plane's kube-apiserver (e2e/controlplane): built once
+# into a cache outside the repository (several minutes the first time).
+bash "$(dirname "$0")/kube-apiserver.sh" >/dev/null

@@ -1,5 +1,6 @@
 // Command netseg-agent is netseg's node agent: it loads policy (standalone:
-// a directory of YAML files), takes endpoint registrations from the netseg
+// a directory of YAML files; Kubernetes: the CRDs through the API server),
+// takes endpoint registrations from the netseg
 // CNI plugin on a unix socket, and keeps the node's nftables table in step.
 // Stopping it (SIGTERM, SIGINT) leaves the rules in the kernel.
 package main
@@ -18,6 +19,7 @@ import (
 
 	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/controller/cniconf"
+	"github.com/netseg/netseg/controller/kube"
 	"github.com/netseg/netseg/controller/node"
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -30,6 +32,12 @@ Standalone mode (policy from a directory of Zone, ZonePolicy,
 ServiceDependency and Namespace YAML documents, watched for changes):
 
   netseg-agent --policy-dir DIR [flags]
+
+Kubernetes mode (the CRDs, Namespaces, Pods, Services and EndpointSlices
+through the API server; in a pod, the in-cluster configuration is used
+when neither --policy-dir nor --kubeconfig is given):
+
+  netseg-agent --kubeconfig FILE --node-name NAME [flags]
 
 Remove everything netseg made on this node (nftables table, registry,
 socket):
@@ -56,6 +64,13 @@ type flags struct {
 	healthAddr   string
 	metricsAddr  string
 	unzoned      string
+	kube         kube.Config
+	kubeconfig   string
+}
+
+// kubernetes reports whether the flags select Kubernetes mode.
+func (f *flags) kubernetes() bool {
+	return f.kubeconfig != "" || f.cfg.PolicyDir == "" && os.Getenv("KUBERNETES_SERVICE_HOST") != ""
 }
 
 func parse(args []string, stderr io.Writer) (*flags, error) {
@@ -64,6 +79,10 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	fs.StringVar(&f.cfg.PolicyDir, "policy-dir", "", "standalone mode: the policy directory")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Kubernetes mode: the kubeconfig file (default: in-cluster when KUBERNETES_SERVICE_HOST is set)")
+	fs.StringVar(&f.kube.NodeName, "node-name", os.Getenv("NODE_NAME"), "Kubernetes mode: this node's name (default $NODE_NAME)")
+	fs.BoolVar(&f.kube.WriteStatus, "write-status", true, "Kubernetes mode: write the CRDs' status and Events (every agent compares before it writes)")
+	fs.DurationVar(&f.kube.StatusDelay, "status-delay", 0, "Kubernetes mode: wait this long (plus a per-node jitter up to as long again) before writing status (default 500ms)")
 	fs.StringVar(&f.cfg.StateDir, "state-dir", "/var/lib/netseg", "where the endpoint registry survives restarts")
 	fs.StringVar(&f.cfg.Socket, "socket", agent.DefaultSocket, "unix socket for the CNI plugin and netsegctl (created 0600)")
 	fs.StringVar(&f.cfg.NetNS, "netns", "", "program this network namespace (a path under /var/run/netns) instead of the agent's own")
@@ -100,6 +119,10 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	}
 	f.cfg.Dataplane.NFLOGGroup = uint16(group)
 	f.cfg.UnzonedDefault = policy.Action(f.unzoned)
+	f.kube.UnzonedDefault = f.cfg.UnzonedDefault
+	if f.cfg.PolicyDir != "" && f.kubeconfig != "" {
+		return nil, errors.New("--policy-dir (standalone) and --kubeconfig (Kubernetes) exclude each other")
+	}
 	return f, nil
 }
 
@@ -135,12 +158,21 @@ func run(args []string, stderr io.Writer) int {
 	if f.installCNI || f.uninstallCNI {
 		return installCNI(f, log)
 	}
-	if !f.cleanup && f.cfg.PolicyDir == "" {
-		fmt.Fprintln(stderr, "netseg-agent: --policy-dir is required (standalone mode); see --help")
+	if !f.cleanup && f.cfg.PolicyDir == "" && !f.kubernetes() {
+		fmt.Fprintln(stderr, "netseg-agent: give --policy-dir (standalone) or --kubeconfig (Kubernetes); see --help")
 		return 2
 	}
+	var src node.Source // nil: standalone, the agent's directory source
+	if !f.cleanup && f.kubernetes() {
+		ks, err := kubeSource(f, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
+			return 2
+		}
+		src = ks
+	}
 	metrics := node.NewMetrics()
-	a, err := node.New(f.cfg, nil, log, metrics)
+	a, err := node.New(f.cfg, src, log, metrics)
 	if err != nil {
 		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
 		return 2
@@ -161,7 +193,11 @@ func run(args []string, stderr io.Writer) int {
 		log.Error("http", "err", err)
 		return 1
 	}
-	log.Info("netseg-agent starting", "mode", "standalone", "policyDir", f.cfg.PolicyDir, "socket", f.cfg.Socket, "stateDir", f.cfg.StateDir)
+	if src != nil {
+		log.Info("netseg-agent starting", "mode", src.Mode(), "apiServer", src.Name(), "node", f.kube.NodeName, "socket", f.cfg.Socket, "stateDir", f.cfg.StateDir)
+	} else {
+		log.Info("netseg-agent starting", "mode", "standalone", "policyDir", f.cfg.PolicyDir, "socket", f.cfg.Socket, "stateDir", f.cfg.StateDir)
+	}
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent stopped", "err", err)
 		return 1
@@ -187,4 +223,12 @@ func installCNI(f *flags, log *slog.Logger) int {
 	}
 	log.Info("chained netseg last in the node's network configuration", "file", path, "plugin", f.cni.BinDir+"/netseg")
 	return 0
+}
+
+func kubeSource(f *flags, log *slog.Logger) (*kube.Source, error) {
+	rc, err := kube.RESTConfig(f.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return kube.New(f.kube, rc, log)
 }
