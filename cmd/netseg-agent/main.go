@@ -80,7 +80,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	fs.StringVar(&f.cfg.PolicyDir, "policy-dir", "", "standalone mode: the policy directory")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Kubernetes mode: the kubeconfig file (default: in-cluster when KUBERNETES_SERVICE_HOST is set)")
-	fs.StringVar(&f.kube.NodeName, "node-name", os.Getenv("NODE_NAME"), "Kubernetes mode: this node's name (default $NODE_NAME)")
+	fs.StringVar(&f.kube.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name: in flow records, and in Kubernetes mode to find its pods (default $NODE_NAME, else the host name in records)")
 	fs.BoolVar(&f.kube.WriteStatus, "write-status", true, "Kubernetes mode: write the CRDs' status and Events (every agent compares before it writes)")
 	fs.DurationVar(&f.kube.StatusDelay, "status-delay", 0, "Kubernetes mode: wait this long (plus a per-node jitter up to as long again) before writing status (default 500ms)")
 	fs.StringVar(&f.cfg.StateDir, "state-dir", "/var/lib/netseg", "where the endpoint registry survives restarts")
@@ -99,7 +99,6 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.Int64Var(&f.cfg.Flows.MaxBytes, "flow-log-max-bytes", 100<<20, "rotate the flow and alert logs past this size")
 	fs.IntVar(&f.cfg.Flows.Keep, "flow-log-keep", 5, "rotated files kept (FILE.1 ... FILE.N)")
 	fs.DurationVar(&f.cfg.Flows.Interval, "flow-interval", time.Minute, "interim records of long connections, denied aggregates and alert updates at most this often")
-	fs.StringVar(&f.cfg.Flows.Node, "node-name", "", "this node's name in records (default: the host name)")
 	fs.BoolVar(&f.installCNI, "install-cni", false, "copy the plugin into --cni-bin-dir, chain netseg last in the first conflist of --cni-conf-dir, then exit")
 	fs.BoolVar(&f.uninstallCNI, "uninstall-cni", false, "remove netseg from every conflist of --cni-conf-dir and the plugin from --cni-bin-dir, then exit")
 	fs.StringVar(&f.cni.BinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
@@ -119,6 +118,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	}
 	f.cfg.Dataplane.NFLOGGroup = uint16(group)
 	f.cfg.UnzonedDefault = policy.Action(f.unzoned)
+	f.cfg.Flows.Node = f.kube.NodeName
 	f.kube.UnzonedDefault = f.cfg.UnzonedDefault
 	if f.cfg.PolicyDir != "" && f.kubeconfig != "" {
 		return nil, errors.New("--policy-dir (standalone) and --kubeconfig (Kubernetes) exclude each other")
