@@ -182,3 +182,9 @@ func (n *node) ctl(args ...string) (string, error) {
 func (n *node) table() string {
 	return lab.CanonicalTable(n.ns.MustRun("nft", "list", "table", "inet", "netseg"))
 }
+
+// ctlOut runs bin/netsegctl and returns its output.
+func ctlOut(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(binDir, "netsegctl"), args...).CombinedOutput()
+	return string(out), err
+}

@@ -70,11 +70,12 @@ type kubeNode struct {
 	socket   string
 	agent    *exec.Cmd
 	agentLog string
+	extra    []string // more agent flags
 }
 
-func (k *kubeCluster) node(l *lab.Lab, name, subnet string) *kubeNode {
+func (k *kubeCluster) node(l *lab.Lab, name, subnet string, agentArgs ...string) *kubeNode {
 	k.t.Helper()
-	n := &kubeNode{t: k.t, k: k, name: name, ns: l.Node(name), stateDir: k.t.TempDir()}
+	n := &kubeNode{t: k.t, k: k, name: name, ns: l.Node(name), stateDir: k.t.TempDir(), extra: agentArgs}
 	n.socket = filepath.Join(n.stateDir, "agent.sock")
 	n.agentLog = filepath.Join(n.stateDir, "agent.log")
 	n.cni = n.ns.CNI(append([]string{binDir}, lab.CNIPath()...)...)
@@ -103,9 +104,10 @@ func (n *kubeNode) startAgent() {
 		n.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(binDir, "netseg-agent"), "--kubeconfig", n.k.cp.AgentKubeconfig,
-		"--node-name", n.name, "--netns", n.ns.Path, "--state-dir", n.stateDir, "--socket", n.socket,
-		"--health-addr", "", "--metrics-addr", "", "--status-delay", "100ms", "--log-level", "debug")
+	args := append([]string{"--kubeconfig", n.k.cp.AgentKubeconfig,
+		"--node-name", n.name, "--netns", n.ns.Path, "--state-dir", n.stateDir, "--socket", n.socket},
+		append([]string{"--health-addr", "", "--metrics-addr", "", "--status-delay", "100ms", "--log-level", "debug"}, n.extra...)...)
+	cmd := exec.Command(filepath.Join(binDir, "netseg-agent"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		n.t.Fatalf("start agent: %v", err)
