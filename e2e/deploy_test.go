@@ -34,7 +34,7 @@ func TestDeployManifests(t *testing.T) {
 			}
 			for _, o := range objs {
 				o.SetManagedFields(nil)
-				err := c.Patch(ctx, o, client.Apply, client.DryRunAll, client.ForceOwnership, client.FieldOwner("netseg-e2e"))
+				err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.DryRunAll, client.ForceOwnership, client.FieldOwner("netseg-e2e"))
 				if err != nil {
 					t.Errorf("%s: %s %s: server-side dry-run apply: %v", filepath.Join(dir, res), o.GetKind(), o.GetName(), err)
 					continue
