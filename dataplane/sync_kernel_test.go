@@ -56,7 +56,7 @@ func TestLongConnectionSurvivesSyncs(t *testing.T) {
 	var wg sync.WaitGroup
 	var echoed, admitted, probes atomic.Int64
 	var connErr atomic.Value
-	wg.Add(2)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		buf := make([]byte, 16)
@@ -79,20 +79,22 @@ func TestLongConnectionSurvivesSyncs(t *testing.T) {
 			echoed.Add(1)
 		}
 	}()
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
+	for p := 0; p < 4; p++ { // four probers: a denied connection tried about every 15 ms
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				probes.Add(1)
+				if err := n.a.Probe("tcp", denied.Addr, 60*time.Millisecond); err == nil {
+					admitted.Add(1)
+				}
 			}
-			probes.Add(1)
-			if err := n.a.Probe("tcp", denied.Addr, 200*time.Millisecond); err == nil {
-				admitted.Add(1)
-			}
-		}
-	}()
+		}()
+	}
 
 	start := time.Now()
 	for i := 0; i < 100; i++ {

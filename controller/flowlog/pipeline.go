@@ -35,6 +35,9 @@ type Config struct {
 	Labels []string
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// OnRecord, when set, sees every record written (flow, lost, alert),
+	// on the pipeline's goroutine: it must not block.
+	OnRecord func(*Record)
 }
 
 // Defaults fills unset fields.
@@ -383,6 +386,9 @@ func (p *Pipeline) write(r *Record) {
 	if _, err := out.Write(append(b, '\n')); err != nil {
 		p.setErr(fmt.Errorf("write %s record: %w", r.Kind, err))
 		return
+	}
+	if p.cfg.OnRecord != nil {
+		p.cfg.OnRecord(r)
 	}
 	p.statsMu.Lock()
 	switch r.Kind {

@@ -124,6 +124,8 @@ type Source struct {
 
 	missMu sync.Mutex
 	misses map[string]time.Time // namespace/name -> last live lookup that failed
+
+	usage usage // ServiceDependency entries' last use, from the flow log
 }
 
 var _ node.Source = &Source{}
@@ -155,7 +157,8 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Source, error) {
 		rc.UserAgent = "netseg-agent/" + cfg.NodeName
 	}
 	s := &Source{cfg: cfg, log: log,
-		dirty: make(chan struct{}, 1), statusKick: make(chan struct{}, 1), misses: map[string]time.Time{}}
+		dirty: make(chan struct{}, 1), statusKick: make(chan struct{}, 1), misses: map[string]time.Time{},
+		usage: usage{seen: map[string]time.Time{}}}
 	mgr, err := manager.New(rc, manager.Options{
 		Scheme:                 scheme,
 		Logger:                 lg,

@@ -139,6 +139,15 @@ func (w *statusWriter) sync(ctx context.Context) error {
 		want := d.Status.DeepCopy()
 		want.ObservedGeneration = d.Generation
 		want.Dependencies = dependencyStates(c, in, d, d.Status.Dependencies)
+		for j := range want.Dependencies {
+			st := &want.Dependencies[j]
+			// lastSeen only moves forward, and by at least lastSeenStep,
+			// so agents on several nodes converge instead of fighting.
+			if t, ok := w.s.lastSeen(d.Namespace, d.Name, st.Name); ok &&
+				(st.LastSeen == nil || t.Sub(st.LastSeen.Time) >= lastSeenStep) {
+				st.LastSeen = &metav1.Time{Time: t.Truncate(time.Second)}
+			}
+		}
 		msg := setReady(&want.Conditions, d.Generation, problems[objKey("ServiceDependency", d.Namespace, d.Name)])
 		if !equalStatus(&d.Status, want) {
 			d.Status = *want

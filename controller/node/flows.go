@@ -30,6 +30,13 @@ type FlowConfig struct {
 	Node string
 }
 
+// RecordObserver is implemented by sources that act on flow records: in
+// Kubernetes mode, Events on the source Pod for alerts and the last use of
+// each ServiceDependency entry. ObserveRecord must not block.
+type RecordObserver interface {
+	ObserveRecord(*flowlog.Record)
+}
+
 // flowLog runs the readers and the pipeline.
 type flowLog struct {
 	pipe            *flowlog.Pipeline
@@ -69,7 +76,11 @@ func (a *Agent) startFlows(ctx context.Context) (*flowLog, error) {
 		return nil, fmt.Errorf("flow log: %w", err)
 	}
 	empty := flowlog.NewPolicyResolver(policy.Compile(policy.Input{}), nil, nil)
-	f.pipe = flowlog.New(flowlog.Config{Node: fc.Node, FlowInterval: fc.Interval}, f.flowOut, f.alerts, empty,
+	pcfg := flowlog.Config{Node: fc.Node, FlowInterval: fc.Interval}
+	if obs, ok := a.source.(RecordObserver); ok {
+		pcfg.OnRecord = obs.ObserveRecord
+	}
+	f.pipe = flowlog.New(pcfg, f.flowOut, f.alerts, empty,
 		flowlog.Sources{Dump: f.ct.Dump, Counters: a.dp.CounterValues, Overflows: flowlog.ReaderOverflows(f.nl, f.ct)})
 	a.metrics.Registry.MustRegister(f.pipe.Collectors()...)
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
