@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -97,6 +98,9 @@ type state struct {
 	// deletes them in a batch of their own, off the path of changes.
 	staleChains map[string]*chainSpec
 	staleSets   map[string]*setSpec
+	// inputs are the peer sets' prefixes as given, to reuse a set's
+	// rendering when they did not change.
+	inputs map[string][]netip.Prefix
 }
 
 // Config tunes the rendered ruleset.
@@ -185,7 +189,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
 	}
 	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{},
-		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{},
+		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{},
 		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}}
 	if prev != nil {
 		st.cache = prev.made
@@ -205,6 +209,17 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		fillInterval(st.addSetIfMissing(fmt.Sprintf("managed%d", fam), fam, kindInterval), prefixes)
 	}
 	for _, s := range rs.Sets {
+		st.inputs[s.Name] = s.Prefixes
+		if old, ok := prevInputs(prev, s.Name); ok && slices.Equal(old, s.Prefixes) &&
+			prev.sets[peerSetName(s.Name, 4)] != nil && prev.sets[peerSetName(s.Name, 6)] != nil {
+			// Same members as last sync: reuse the rendered elements
+			// (specs are not modified once applied).
+			for _, fam := range []int{4, 6} {
+				name := peerSetName(s.Name, fam)
+				st.sets[name] = prev.sets[name]
+			}
+			continue
+		}
 		byFam := byFamily(s.Prefixes)
 		for _, fam := range []int{4, 6} {
 			fillInterval(st.addSet(peerSetName(s.Name, fam), fam, kindInterval), byFam[fam])
@@ -261,6 +276,14 @@ func (st *state) addSetIfMissing(name string, fam int, kind setKind) *setSpec {
 }
 
 func (st *state) addChain(c *chainSpec) { st.chains[c.name] = c }
+
+func prevInputs(prev *state, name string) ([]netip.Prefix, bool) {
+	if prev == nil || prev.inputs == nil {
+		return nil, false
+	}
+	p, ok := prev.inputs[name]
+	return p, ok
+}
 
 // dispatchChain renders "goto target" in the named dispatch chain, reusing
 // the previous sync's spec when it already went there.

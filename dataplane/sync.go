@@ -507,7 +507,15 @@ var ErrNotProgrammed = errors.New("not programmed")
 
 // CheckEndpoint verifies in the kernel (not in memory) that the endpoint's
 // chains exist with their rules and that its addresses dispatch to them.
-func (d *Dataplane) CheckEndpoint(id string) error {
+func (d *Dataplane) CheckEndpoint(id string) error { return d.checkEndpoint(id, true) }
+
+// CheckEndpointChains is CheckEndpoint without reading the verdict maps
+// back (a read of every element: about 1 ms at 1,000 endpoints): what the
+// agent checks after a sync that committed, where the maps' elements came
+// in the same atomic transaction as the chains.
+func (d *Dataplane) CheckEndpointChains(id string) error { return d.checkEndpoint(id, false) }
+
+func (d *Dataplane) checkEndpoint(id string, maps bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := d.applied
@@ -531,6 +539,9 @@ func (d *Dataplane) CheckEndpoint(id string) error {
 		if err := sameRules(c, rules); err != nil {
 			return fmt.Errorf("endpoint %s: %w: %v", id, ErrNotProgrammed, err)
 		}
+	}
+	if !maps {
+		return nil
 	}
 	for _, fam := range []int{4, 6} {
 		for _, dir := range []string{"egress", "ingress"} {

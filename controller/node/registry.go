@@ -144,7 +144,7 @@ func (r *Registry) Remove() error {
 
 func (r *Registry) save() error {
 	f := regFile{Version: 1, Endpoints: sortedEndpoints(r.endpoints), Quarantined: sortedEndpoints(r.quarantined)}
-	b, err := json.MarshalIndent(f, "", "  ")
+	b, err := json.Marshal(f)
 	if err != nil {
 		return fmt.Errorf("encode registry: %w", err)
 	}
@@ -159,11 +159,15 @@ func (r *Registry) save() error {
 }
 
 func sortedEndpoints(m map[string]agent.Endpoint) []agent.Endpoint {
-	out := make([]agent.Endpoint, 0, len(m))
-	for _, ep := range m {
-		out = append(out, ep)
+	ids := make([]string, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
 	}
-	sort.Slice(out, func(i, j int) bool { return EndpointID(out[i].Attachment) < EndpointID(out[j].Attachment) })
+	sort.Strings(ids)
+	out := make([]agent.Endpoint, len(ids))
+	for i, id := range ids {
+		out[i] = m[id]
+	}
 	return out
 }
 

@@ -159,7 +159,7 @@ func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response
 	if err := a.waitSynced(ctx, a.requestSync()); err != nil {
 		return fail(err)
 	}
-	if err := a.dp.CheckEndpoint(id); err != nil {
+	if err := a.dp.CheckEndpointChains(id); err != nil {
 		return fail(err)
 	}
 	resp.Endpoints = a.withZones([]agent.Endpoint{ep})
