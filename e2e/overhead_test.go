@@ -1,0 +1,105 @@
+package e2e_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/netseg/netseg/e2e/lab"
+)
+
+// BenchmarkAgentOverhead measures, side by side in one run, new TCP
+// connections per second between two containers (8 client workers, one
+// byte echoed, reset) on a node with only the reference bridge plugin, then
+// on a node where the netseg-agent binary enforces the examples' policy
+// (the connection is an expected, ServiceDependency-allowed one) and
+// writes every connection to its flow log. It reports both rates, their
+// ratio, the records and losses the agent counted, and the connections
+// neither recorded nor counted as lost (must be 0).
+func BenchmarkAgentOverhead(b *testing.B) {
+	const per = 10 * time.Second
+	for i := 0; i < b.N; i++ {
+		// Bare: the same bridge network without netseg.
+		l := lab.New(b)
+		bareNode := l.Node("bare")
+		cni := bareNode.CNI()
+		list := cni.ParseConfList(b, lab.Net{Name: "bare", Type: "bridge", Subnet: bridgeSubnet, DataDir: b.TempDir()}.ConfList())
+		c1 := cni.MustAdd("client", list, lab.Attach{})
+		s1 := cni.MustAdd("server", list, lab.Attach{})
+		srv1 := s1.ListenTCP(netip.AddrPortFrom(s1.IP(4), 8443).String())
+		bare, bareFailed, err := c1.ConnRate(srv1.Addr, 8, per)
+		if err != nil || bareFailed > 0 {
+			b.Fatalf("bare: %d ok, %d failed, %v", bare, bareFailed, err)
+		}
+
+		flowLog := filepath.Join(b.TempDir(), "flows.log")
+		n := newNode(b, "bridge", "--flow-log", flowLog, "--flow-interval", "1s")
+		for _, key := range []string{"tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_fin_wait", "tcp_timeout_last_ack", "tcp_timeout_close_wait"} {
+			n.ns.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
+		}
+		checkout := n.pod("checkout", "shop", "checkout", checkoutLabels)
+		payments := n.pod("payments", "pay", "payments", paymentsLabels)
+		srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
+		with, withFailed, err := checkout.ConnRate(srv.Addr, 8, per)
+		if err != nil || withFailed > 0 {
+			b.Fatalf("with netseg: %d ok, %d failed, %v", with, withFailed, err)
+		}
+		// End what is left in the table (a flush sends each entry's
+		// DESTROY), then wait for the records.
+		n.ns.MustRun("conntrack", "-F")
+		var recorded, lost int64
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			recorded, lost = countPairRecords(b, flowLog, checkout.IP(4), payments.IP(4))
+			if recorded+lost >= with || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+		b.ReportMetric(float64(bare)/per.Seconds(), "conn/s-bare")
+		b.ReportMetric(float64(with)/per.Seconds(), "conn/s-netseg")
+		b.ReportMetric(float64(with)/float64(bare), "ratio")
+		b.ReportMetric(float64(lost), "lost")
+		b.ReportMetric(float64(with-recorded-lost), "unaccounted")
+		if recorded+lost != with {
+			b.Errorf("%d connections, %d records, %d counted lost", with, recorded, lost)
+		}
+	}
+}
+
+// countPairRecords counts final flow records from src to dst, and the
+// connections the agent reported lost.
+func countPairRecords(b *testing.B, path string, src, dst netip.Addr) (recorded, lost int64) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r struct {
+			Kind   string `json:"kind"`
+			Report string `json:"report"`
+			Unit   string `json:"unit"`
+			Count  int64  `json:"count"`
+			Src    struct{ IP string } `json:"src"`
+			Dst    struct{ IP string } `json:"dst"`
+		}
+		if json.Unmarshal(sc.Bytes(), &r) != nil {
+			continue
+		}
+		switch {
+		case r.Kind == "flow" && r.Report == "final" && r.Src.IP == src.String() && r.Dst.IP == dst.String():
+			recorded++
+		case r.Kind == "lost" && r.Unit == "connections":
+			lost += r.Count
+		}
+	}
+	return recorded, lost
+}
+
