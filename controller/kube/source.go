@@ -125,7 +125,9 @@ type Source struct {
 	missMu sync.Mutex
 	misses map[string]time.Time // namespace/name -> last live lookup that failed
 
-	usage usage // ServiceDependency entries' last use, from the flow log
+	usage   usage    // ServiceDependency entries' last use, from the flow log
+	rec     recovery // live policy reads after an API server outage
+	hostURL string   // the API server's URL
 }
 
 var _ node.Source = &Source{}
@@ -176,7 +178,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Source, error) {
 	if u, err := url.Parse(rc.Host); err == nil && u.Host != "" {
 		host = u.Host
 	}
-	s.host, s.mgr, s.c, s.live = host, mgr, mgr.GetCache(), mgr.GetAPIReader()
+	s.host, s.hostURL, s.mgr, s.c, s.live = host, rc.Host, mgr, mgr.GetCache(), mgr.GetAPIReader()
 	s.status = newStatusWriter(s, mgr.GetClient(), mgr.GetEventRecorder("netseg-agent"))
 	return s, nil
 }
@@ -219,6 +221,7 @@ func (s *Source) Run(ctx context.Context, changed func()) {
 	if s.cfg.WriteStatus {
 		go s.status.run(ctx, s.statusKick)
 	}
+	go s.watchRecovery(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -335,6 +338,10 @@ func (s *Source) input(ctx context.Context, allPods bool) (policy.Input, error) 
 		if err := s.c.List(ctx, l); err != nil {
 			return in, fmt.Errorf("list %T from the cache: %w", l, err)
 		}
+	}
+	if live := s.rec.current(); live != nil {
+		// Just after an outage: the policy kinds from the API server.
+		zones, zps, sds, nss = live.zones, live.zps, live.sds, live.nss
 	}
 	in.Config = policy.Config{UnzonedDefault: s.cfg.UnzonedDefault}
 	in.Zones, in.ZonePolicies, in.ServiceDependencies = zones.Items, zps.Items, sds.Items
