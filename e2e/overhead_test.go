@@ -83,10 +83,10 @@ func countPairRecords(b *testing.B, path string, src, dst netip.Addr) (recorded,
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var r struct {
-			Kind   string `json:"kind"`
-			Report string `json:"report"`
-			Unit   string `json:"unit"`
-			Count  int64  `json:"count"`
+			Kind   string              `json:"kind"`
+			Report string              `json:"report"`
+			Unit   string              `json:"unit"`
+			Count  int64               `json:"count"`
 			Src    struct{ IP string } `json:"src"`
 			Dst    struct{ IP string } `json:"dst"`
 		}
@@ -102,4 +102,3 @@ func countPairRecords(b *testing.B, path string, src, dst netip.Addr) (recorded,
 	}
 	return recorded, lost
 }
-
