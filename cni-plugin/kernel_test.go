@@ -264,8 +264,8 @@ func TestFailurePolicy(t *testing.T) {
 	matrix(t, func(e *env) {
 		// The agent's table and quarantine sets exist (it ran once); now it is down.
 		for _, cmd := range []string{"add table inet netseg",
-			"add set inet netseg quarantine4 { type ipv4_addr; }",
-			"add set inet netseg quarantine6 { type ipv6_addr; }"} {
+			"add set inet netseg cniquarantine4 { type ipv4_addr; }",
+			"add set inet netseg cniquarantine6 { type ipv6_addr; }"} {
 			e.node.MustRun("nft", cmd)
 		}
 		at := lab.Attach{PodNamespace: "shop", PodName: "web-1"}
@@ -301,7 +301,7 @@ func TestFailurePolicy(t *testing.T) {
 			t.Errorf("ADD error code %d %q: want %d naming the socket and the fix", code, msg, types.ErrTryAgainLater)
 		}
 		addrs := containerAddrs(t, ctr)
-		set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "quarantine4")
+		set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "cniquarantine4")
 		if !strings.Contains(set, addrs[0]) {
 			t.Errorf("address %s not quarantined:\n%s", addrs[0], set)
 		}
@@ -310,7 +310,7 @@ func TestFailurePolicy(t *testing.T) {
 		if err := e.cni.Del(ctr, closed, at); err != nil {
 			t.Errorf("DEL after the failed ADD: %v", err)
 		}
-		if set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "quarantine4"); strings.Contains(set, addrs[0]) {
+		if set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "cniquarantine4"); strings.Contains(set, addrs[0]) {
 			t.Errorf("address %s still quarantined after DEL:\n%s", addrs[0], set)
 		}
 

@@ -72,6 +72,9 @@ func (d *Dataplane) diffKernel(conn *nftables.Conn, st *state) (string, error) {
 	}
 	for _, name := range sortedKeys(st.sets) {
 		s := st.sets[name]
+		if s.foreign {
+			continue // the CNI plugin's quarantine: not ours to compare
+		}
 		got, err := conn.GetSetElements(d.kset(s))
 		if err != nil {
 			return fmt.Sprintf("set %s is missing (%v)", name, err), nil

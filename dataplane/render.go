@@ -55,7 +55,16 @@ type setSpec struct {
 	fam   int
 	kind  setKind
 	elems map[string]elemSpec // key: element identity (address/interval + value)
+	// foreign sets are created by the dataplane but filled by someone else
+	// (the CNI plugin's quarantine): their elements are never diffed,
+	// checked for drift, or lost by a full resync.
+	foreign bool
 }
+
+// CNIQuarantineSet names the set (one per family: 4, 6) where the CNI
+// plugin quarantines the addresses of an interface whose ADD failed while
+// the agent could not record it. The plugin owns its elements.
+func CNIQuarantineSet(fam int) string { return fmt.Sprintf("cniquarantine%d", fam) }
 
 type elemSpec struct {
 	key, keyEnd netip.Addr // keyEnd: exclusive end for intervals (invalid = to the end of the space)
@@ -196,6 +205,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	}
 	for _, fam := range []int{4, 6} {
 		st.addSet(fmt.Sprintf("quarantine%d", fam), fam, kindAddr)
+		st.addSet(CNIQuarantineSet(fam), fam, kindAddr).foreign = true
 		st.addSet(fmt.Sprintf("managed%d", fam), fam, kindInterval)
 		st.addSet(fmt.Sprintf("egress%d", fam), fam, kindVmap)
 		st.addSet(fmt.Sprintf("ingress%d", fam), fam, kindVmap)
@@ -342,12 +352,13 @@ func (st *state) baseChains(cfg Config) {
 	}
 	fwd = append(fwd, rule().ctState("invalid", 1).verdict(expr.VerdictDrop, ""))
 	for _, fam := range []int{4, 6} {
-		q := fmt.Sprintf("quarantine%d", fam)
-		for _, src := range []bool{true, false} {
-			fwd = append(fwd, rule().family(fam).addrIn(src, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
+		for _, q := range []string{fmt.Sprintf("quarantine%d", fam), CNIQuarantineSet(fam)} {
+			for _, src := range []bool{true, false} {
+				fwd = append(fwd, rule().family(fam).addrIn(src, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
+			}
+			in = append(in, rule().family(fam).addrIn(true, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
+			out = append(out, rule().family(fam).addrIn(false, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
 		}
-		in = append(in, rule().family(fam).addrIn(true, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
-		out = append(out, rule().family(fam).addrIn(false, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
 	}
 	for _, fam := range []int{4, 6} {
 		m, local := fmt.Sprintf("managed%d", fam), fmt.Sprintf("local%d", fam)

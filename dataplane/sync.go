@@ -91,11 +91,20 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	if err != nil {
 		return err
 	}
+	var carried map[string][]nftables.SetElement
+	if full || d.applied == nil {
+		carried = d.readForeign(st)
+	}
 	if err := d.begin(); err != nil {
 		return err
 	}
 	if full || d.applied == nil {
 		d.buildFull(st)
+		for _, name := range sortedKeys(carried) {
+			if err := d.conn.SetAddElements(d.kset(st.sets[name]), carried[name]); err != nil {
+				d.errs = append(d.errs, fmt.Errorf("keep elements of %s: %w", name, err))
+			}
+		}
 	} else {
 		d.buildDiff(d.applied, st)
 	}
@@ -118,6 +127,36 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	}
 	d.applied, d.last = st, rs
 	return nil
+}
+
+// readForeign reads the elements of the foreign sets (the CNI plugin's
+// quarantine) so that a full rebuild keeps them. A missing table or set
+// has none.
+func (d *Dataplane) readForeign(st *state) map[string][]nftables.SetElement {
+	conn, err := d.dial()
+	if err != nil {
+		return nil
+	}
+	out := map[string][]nftables.SetElement{}
+	for name, s := range st.sets {
+		if !s.foreign {
+			continue
+		}
+		ks := &nftables.Set{Table: d.table, Name: name, KeyType: nftables.TypeIPAddr}
+		if s.fam == 6 {
+			ks.KeyType = nftables.TypeIP6Addr
+		}
+		got, err := conn.GetSetElements(ks)
+		if err != nil || len(got) == 0 {
+			continue
+		}
+		elems := make([]nftables.SetElement, len(got))
+		for i := range got {
+			elems[i] = nftables.SetElement{Key: got[i].Key}
+		}
+		out[name] = elems
+	}
+	return out
 }
 
 // begin opens the connection that collects one batch.
@@ -268,6 +307,9 @@ func (d *Dataplane) buildDiff(old, st *state) {
 	}
 	for _, name := range sortedKeys(st.sets) {
 		s, prev := st.sets[name], present(name)
+		if s.foreign {
+			continue // created above if missing; its elements are not ours
+		}
 		if prev == nil {
 			if s.kind == kindVmap {
 				d.addElems(s, sortedKeys(s.elems))

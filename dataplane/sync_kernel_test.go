@@ -322,3 +322,34 @@ func TestCollectRemovesWhatSyncsLeft(t *testing.T) {
 	}
 	expectVerdict("opened after Collect", true)
 }
+
+// TestPluginQuarantineSurvives: addresses the CNI plugin put in its own
+// quarantine set stay there across incremental syncs, drift checks and a
+// full rebuild, and are dropped by the base chains.
+func TestPluginQuarantineSurvives(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	srv := n.c.ListenTCP(netip.AddrPortFrom(n.c.IP(4), 8080).String())
+	if err := n.b.Probe("tcp", srv.Addr, probeTimeout); err != nil {
+		t.Fatalf("b -> c before: %v", err)
+	}
+	n.node.MustRun("nft", "add", "element", "inet", "netseg", dataplane.CNIQuarantineSet(4), "{", n.c.IP(4).String(), "}")
+	for i, step := range []func() error{
+		func() error { return n.dp.Sync(withExtraSet(rs, 1)) },
+		func() error { _, err := n.dp.CheckDrift(); return err },
+		func() error { return n.dp.Resync(rs) },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if err := n.b.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+			t.Fatalf("step %d: b -> quarantined c = %v, want dropped", i, err)
+		}
+	}
+	if got := n.dp.Stats.DriftRepairs.Load(); got != 0 {
+		t.Errorf("the plugin's element counted as drift %d times", got)
+	}
+}

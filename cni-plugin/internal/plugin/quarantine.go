@@ -13,20 +13,24 @@ import (
 	"github.com/netseg/netseg/api/agent"
 )
 
-// The agent's table and the sets its forward chain drops:
+// The agent's table and the sets its base chains drop, for the plugin:
 //
 //	table inet netseg {
-//	  set quarantine4 { type ipv4_addr; }
-//	  set quarantine6 { type ipv6_addr; }
-//	  chain forward { ... ip saddr @quarantine4 drop; ip daddr @quarantine4 drop ... }
+//	  set cniquarantine4 { type ipv4_addr; }
+//	  set cniquarantine6 { type ipv6_addr; }
+//	  chain forward { ... ip saddr @cniquarantine4 drop; ip daddr @cniquarantine4 drop ... }
 //	}
+//
+// The plugin owns these sets' elements: the agent creates the sets, never
+// changes their elements, and keeps them across its own rebuilds. (The
+// agent's own quarantine, quarantine4/6, is the agent's alone.)
 const nftTable = "netseg"
 
 func quarantineSet(a netip.Addr) string {
 	if a.Is4() {
-		return "quarantine4"
+		return "cniquarantine4"
 	}
-	return "quarantine6"
+	return "cniquarantine6"
 }
 
 // errNoTable means the agent never created its table on this host: there is
