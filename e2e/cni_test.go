@@ -136,15 +136,21 @@ func TestDelCheckGCStatus(t *testing.T) {
 			t.Fatalf("DEL %d: %v", i+1, err)
 		}
 	}
-	// GC keeps only the valid attachments.
+	// An endpoint of another network on the same node: not this GC's.
+	other := agent.Endpoint{Attachment: agent.Attachment{ContainerID: "other-runtime", IfName: "eth1"}, Network: "other-net",
+		Namespace: "shop", Name: "other", IPs: []string{"10.201.0.5/24"}}
+	if _, err := agent.Call(ctx, n.socket, agent.Request{Op: agent.OpAdd, Endpoint: &other}); err != nil {
+		t.Fatalf("register an endpoint of another network: %v", err)
+	}
+	// GC keeps only the valid attachments (of this network).
 	rt := keepA.RuntimeConf(keep)
 	if err := cfg.GCNetworkList(ctx, n.list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{
 		{ContainerID: rt.ContainerID, IfName: rt.IfName}, {ContainerID: down.ID, IfName: down.IfName}}}); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
 	eps := n.endpoints()
-	if len(eps) != 2 {
-		t.Fatalf("after GC the agent has %d endpoints, want 2: %+v", len(eps), eps)
+	if len(eps) != 3 {
+		t.Fatalf("after GC the agent has %d endpoints, want 3 (keep, down, and the other network's): %+v", len(eps), eps)
 	}
 
 	// Agent down: STATUS fails with code 50, DEL still succeeds; the
@@ -163,8 +169,12 @@ func TestDelCheckGCStatus(t *testing.T) {
 		t.Fatalf("STATUS with the agent up: %v", err)
 	}
 	eps = n.endpoints()
-	if len(eps) != 1 || eps[0].Name != "keep" {
-		t.Fatalf("after restart the agent has %+v, want only shop/keep", eps)
+	names := []string{}
+	for _, ep := range eps {
+		names = append(names, ep.Name)
+	}
+	if strings.Join(names, ",") != "keep,other" && strings.Join(names, ",") != "other,keep" {
+		t.Fatalf("after restart the agent has %v, want shop/keep and the other network's endpoint", names)
 	}
 }
 

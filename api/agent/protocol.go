@@ -56,6 +56,9 @@ type Attachment struct {
 // Endpoint is one container interface and its identity.
 type Endpoint struct {
 	Attachment
+	// Network is the CNI network name (the conflist's "name"): GC of one
+	// network leaves the endpoints of the others alone.
+	Network   string            `json:"network,omitempty"`
 	Netns     string            `json:"netns,omitempty"`
 	Namespace string            `json:"namespace"`        // K8S_POD_NAMESPACE
 	Name      string            `json:"name"`             // K8S_POD_NAME
@@ -74,7 +77,8 @@ type Request struct {
 	Version  int          `json:"version"`
 	Op       Op           `json:"op"`
 	Endpoint *Endpoint    `json:"endpoint,omitempty"`
-	Keep     []Attachment `json:"keep,omitempty"` // OpGC: cni.dev/valid-attachments
+	Keep     []Attachment `json:"keep,omitempty"`    // OpGC: cni.dev/valid-attachments
+	Network  string       `json:"network,omitempty"` // OpGC: the network Keep is for
 	Explain  *Explain     `json:"explain,omitempty"`
 }
 

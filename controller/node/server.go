@@ -112,7 +112,11 @@ func (a *Agent) Handle(ctx context.Context, req agent.Request) (*agent.Response,
 		for _, k := range req.Keep {
 			keep[EndpointID(k)] = true
 		}
-		removed, err := a.reg.Retain(func(ep agent.Endpoint) bool { return keep[EndpointID(ep.Attachment)] })
+		// valid-attachments lists one network's attachments: endpoints of
+		// other networks are not this GC's to remove.
+		removed, err := a.reg.Retain(func(ep agent.Endpoint) bool {
+			return ep.Network != req.Network || keep[EndpointID(ep.Attachment)]
+		})
 		if err != nil {
 			return resp, err
 		}

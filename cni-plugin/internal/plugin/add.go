@@ -55,6 +55,7 @@ func endpoint(conf *Config, args *skel.CmdArgs) (*agent.Endpoint, error) {
 	}
 	return &agent.Endpoint{
 		Attachment: agent.Attachment{ContainerID: args.ContainerID, IfName: args.IfName},
+		Network:    conf.Name,
 		Netns:      args.Netns,
 		Namespace:  ns,
 		Name:       name,

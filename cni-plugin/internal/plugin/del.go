@@ -103,7 +103,7 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		keep = append(keep, agent.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
-	if _, err := callAgent(conf, agent.Request{Op: agent.OpGC, Keep: keep}); err != nil {
+	if _, err := callAgent(conf, agent.Request{Op: agent.OpGC, Keep: keep, Network: conf.Name}); err != nil {
 		return agentError(conf, fmt.Sprintf("garbage-collect endpoints (keeping %d)", len(keep)), err)
 	}
 	return nil
