@@ -43,6 +43,10 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	st := resp.Status
+	if st == nil {
+		fmt.Fprintln(stderr, "netsegctl status: the agent's answer has no status")
+		return 1
+	}
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

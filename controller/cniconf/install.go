@@ -52,10 +52,11 @@ func Install(o Options) (string, error) {
 	kept := withoutNetseg(plugins)
 	conf["plugins"] = append(kept, entry)
 	out := path
-	if strings.HasSuffix(path, ".conf") {
-		// A single-plugin .conf becomes a .conflist; the .conf goes, so the
-		// runtime does not pick it first.
-		out = strings.TrimSuffix(path, ".conf") + ".conflist"
+	if ext := filepath.Ext(path); ext == ".conf" || ext == ".json" {
+		// A single-plugin .conf (or .json, which libcni reads the same way)
+		// becomes a .conflist; the old file goes, so the runtime does not
+		// pick it first.
+		out = strings.TrimSuffix(path, ext) + ".conflist"
 	}
 	if err := writeJSON(out, conf); err != nil {
 		return "", err

@@ -113,3 +113,17 @@ func TestInstallErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestInstallConvertsSingleJSON(t *testing.T) {
+	o := setup(t, map[string]string{"10-bridge.json": `{"cniVersion":"0.4.0","name":"b","type":"bridge","bridge":"cni0"}`})
+	path, err := Install(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(path) != "10-bridge.conflist" {
+		t.Fatalf("wrote %s", path)
+	}
+	if _, err := os.Stat(filepath.Join(o.ConfDir, "10-bridge.json")); !os.IsNotExist(err) {
+		t.Fatalf("the .json is still there: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package flowlog
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -32,7 +33,9 @@ func OpenLog(path string, maxBytes int64, keep int) (*LogFile, error) {
 	}
 	l := &LogFile{path: path, maxBytes: maxBytes, keep: keep}
 	if path == "-" {
-		l.w = bufio.NewWriterSize(os.Stdout, 64<<10)
+		// Shared by every log written to stdout, so that lines of the
+		// flow and the alert logs never interleave mid-line.
+		l.w = stdoutWriter
 		return l, nil
 	}
 	if err := l.open(); err != nil {
@@ -56,11 +59,34 @@ func (l *LogFile) open() error {
 	return nil
 }
 
-// Write appends p, rotating first when it would pass the size limit.
+// stdoutWriter is the one buffer in front of stdout; writes of whole
+// lines go through it under stdoutMu.
+var (
+	stdoutMu     sync.Mutex
+	stdoutWriter = bufio.NewWriterSize(lockedStdout{}, 64<<10)
+)
+
+type lockedStdout struct{}
+
+func (lockedStdout) Write(p []byte) (int, error) { return os.Stdout.Write(p) }
+
+// Write appends p (one or more whole lines), rotating first when it would
+// pass the size limit. A file that could not be reopened after a rotation
+// is reopened on the next write.
 func (l *LogFile) Write(p []byte) (int, error) {
+	if l.path == "-" {
+		stdoutMu.Lock()
+		defer stdoutMu.Unlock()
+		return l.w.Write(p)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f != nil && l.maxBytes > 0 && l.size > 0 && l.size+int64(len(p)) > l.maxBytes {
+	if l.f == nil {
+		if err := l.open(); err != nil {
+			return 0, err
+		}
+	}
+	if l.maxBytes > 0 && l.size > 0 && l.size+int64(len(p)) > l.maxBytes {
 		if err := l.rotate(); err != nil {
 			return 0, err
 		}
@@ -70,12 +96,15 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// rotate renames the files and opens a new one. On failure the log is left
+// closed (l.f nil) and the next write tries to open it again, so one bad
+// moment (a full disk, a renamed directory) does not end the log.
 func (l *LogFile) rotate() error {
-	if err := l.w.Flush(); err != nil {
-		return fmt.Errorf("flush flow log: %w", err)
-	}
-	if err := l.f.Close(); err != nil {
-		return fmt.Errorf("close flow log: %w", err)
+	ferr := l.w.Flush()
+	cerr := l.f.Close()
+	l.f = nil
+	if err := errors.Join(ferr, cerr); err != nil {
+		return fmt.Errorf("rotate flow log: %w", err)
 	}
 	_ = os.Remove(fmt.Sprintf("%s.%d", l.path, l.keep))
 	for i := l.keep - 1; i >= 1; i-- {
@@ -89,15 +118,29 @@ func (l *LogFile) rotate() error {
 
 // Flush writes buffered records to the file.
 func (l *LogFile) Flush() error {
+	if l.path == "-" {
+		stdoutMu.Lock()
+		defer stdoutMu.Unlock()
+		return l.w.Flush()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
 	return l.w.Flush()
 }
 
 // Close flushes and closes the file.
 func (l *LogFile) Close() error {
+	if l.path == "-" {
+		return l.Flush()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
 	err := l.w.Flush()
 	if l.f != nil {
 		if cerr := l.f.Close(); err == nil {

@@ -360,9 +360,9 @@ func (a *Agent) setSynced(c *policy.Compiled, err error, warnings []string, endp
 	}
 	a.syncErr, a.warnings, a.endpoints = err, warnings, endpoints
 	a.lastSync = time.Now()
-	if err == nil {
-		a.ready = true
-	}
+	// Ready follows the last sync: a node whose syncs fail is not ready
+	// for new containers (CNI STATUS, /readyz), though its rules stay.
+	a.ready = err == nil
 }
 
 // Ready reports whether a policy is in force and the kernel was synced.

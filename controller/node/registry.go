@@ -70,9 +70,25 @@ func (r *Registry) Put(ep agent.Endpoint) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	id := EndpointID(ep.Attachment)
+	prevEp, hadEp := r.endpoints[id]
+	prevQ, hadQ := r.quarantined[id]
 	r.endpoints[id] = ep
 	delete(r.quarantined, id)
-	return r.save()
+	if err := r.save(); err != nil {
+		// Not on disk, so not registered: memory follows the disk.
+		restore(r.endpoints, id, prevEp, hadEp)
+		restore(r.quarantined, id, prevQ, hadQ)
+		return err
+	}
+	return nil
+}
+
+func restore(m map[string]agent.Endpoint, id string, ep agent.Endpoint, had bool) {
+	if had {
+		m[id] = ep
+	} else {
+		delete(m, id)
+	}
 }
 
 // Quarantine records an interface whose rules could not be programmed.
@@ -80,9 +96,16 @@ func (r *Registry) Quarantine(ep agent.Endpoint) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	id := EndpointID(ep.Attachment)
+	prevEp, hadEp := r.endpoints[id]
+	prevQ, hadQ := r.quarantined[id]
 	delete(r.endpoints, id)
 	r.quarantined[id] = ep
-	return r.save()
+	if err := r.save(); err != nil {
+		restore(r.endpoints, id, prevEp, hadEp)
+		restore(r.quarantined, id, prevQ, hadQ)
+		return err
+	}
+	return nil
 }
 
 // Delete forgets an attachment; it reports whether it was known.
@@ -95,9 +118,16 @@ func (r *Registry) Delete(a agent.Attachment) (bool, error) {
 	if !known && !q {
 		return false, nil
 	}
+	prevEp, hadEp := r.endpoints[id]
+	prevQ, hadQ := r.quarantined[id]
 	delete(r.endpoints, id)
 	delete(r.quarantined, id)
-	return true, r.save()
+	if err := r.save(); err != nil {
+		restore(r.endpoints, id, prevEp, hadEp)
+		restore(r.quarantined, id, prevQ, hadQ)
+		return true, err
+	}
+	return true, nil
 }
 
 // Get returns a registered endpoint.

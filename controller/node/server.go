@@ -22,8 +22,14 @@ const requestTimeout = 30 * time.Second
 // listen creates the socket: its directory 0700, the socket 0600, owned by
 // the agent's user (root). A socket left by a previous run is replaced.
 func (a *Agent) listen() (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o700); err != nil {
+	dir := filepath.Dir(a.cfg.Socket)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	// MkdirAll leaves an existing directory (made by the plugin or a
+	// hostPath volume) as it was.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("chmod socket directory: %w", err)
 	}
 	if err := removeSocket(a.cfg.Socket); err != nil {
 		return nil, err
