@@ -75,6 +75,7 @@ type flags struct {
 	unzoned      string
 	kube         kube.Config
 	kubeconfig   string
+	cniStateDir  string
 }
 
 // kubernetes reports whether the flags select Kubernetes mode.
@@ -113,6 +114,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.uninstallCNI, "uninstall-cni", false, "remove netseg from every conflist of --cni-conf-dir and the plugin from --cni-bin-dir, then exit")
 	fs.StringVar(&f.cni.BinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	fs.StringVar(&f.cni.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/run/netseg", "the CNI plugin's stateDir: its fail-open counter becomes the metric netseg_cni_fail_open_total")
 	fs.StringVar(&f.cni.Plugin, "plugin", "/usr/local/bin/netseg", "the netseg CNI plugin binary to install")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -197,9 +199,15 @@ func run(args []string, stderr io.Writer) int {
 		return 0
 	}
 	metrics.RegisterKernel(a)
+	metrics.RegisterFailOpen(f.cniStateDir)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := a.ServeHTTP(ctx, f.healthAddr, f.metricsAddr); err != nil {
+	httpCtx, stopHTTP := context.WithCancel(ctx)
+	waitHTTP, err := a.ServeHTTP(httpCtx, f.healthAddr, f.metricsAddr)
+	// Stop the servers and wait for them before a.Close (deferred earlier,
+	// so run later): a scrape in flight reads the kernel's counters.
+	defer func() { stopHTTP(); waitHTTP() }()
+	if err != nil {
 		log.Error("http", "err", err)
 		return 1
 	}

@@ -115,8 +115,9 @@ type Agent struct {
 	reg     *Registry
 	source  Source
 
-	kick  chan struct{}
-	flows *flowLog
+	kick     chan struct{}
+	flows    *flowLog
+	handlers sync.WaitGroup // requests being answered
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -130,6 +131,7 @@ type Agent struct {
 	endpoints int
 	warnings  []string
 	ready     bool
+	flowErr   error // a flow reader that stopped
 }
 
 // New opens the namespace and the registry. src nil means standalone: the
@@ -192,6 +194,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.loop(ctx)
 	srv.Close()
 	wg.Wait()
+	// Answers still being written use the dataplane: wait for them before
+	// the caller closes the namespace.
+	a.handlers.Wait()
 	return nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane/flows"
@@ -86,17 +88,25 @@ func (a *Agent) startFlows(ctx context.Context) (*flowLog, error) {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = cancel
 	f.wg.Add(3)
-	go func() { defer f.wg.Done(); a.logReader("nflog", f.nl.Run(f.pipe.Packet)) }()
-	go func() { defer f.wg.Done(); a.logReader("conntrack", f.ct.Run(f.pipe.Conn)) }()
+	failures := a.metrics.registerFlowReaderErrors()
+	go func() { defer f.wg.Done(); a.readerStopped("nflog", f.nl.Run(f.pipe.Packet), failures) }()
+	go func() { defer f.wg.Done(); a.readerStopped("conntrack", f.ct.Run(f.pipe.Conn), failures) }()
 	go func() { defer f.wg.Done(); _ = f.pipe.Run(pctx) }()
 	a.log.Info("flow log on", "flowLog", fc.FlowLog, "alertLog", fc.AlertLog, "nflogGroup", a.cfg.Dataplane.NFLOGGroup)
 	return f, nil
 }
 
-func (a *Agent) logReader(name string, err error) {
-	if err != nil && !errors.Is(err, context.Canceled) {
-		a.log.Error("flow reader stopped", "reader", name, "err", err)
+// readerStopped records a flow reader that ended with an error: logged,
+// counted, and shown by netsegctl status until the agent restarts.
+func (a *Agent) readerStopped(name string, err error, failures prometheus.Counter) {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return
 	}
+	a.log.Error("flow reader stopped; the flow log misses records until the agent restarts", "reader", name, "err", err)
+	failures.Inc()
+	a.mu.Lock()
+	a.flowErr = fmt.Errorf("flow reader %s stopped: %w", name, err)
+	a.mu.Unlock()
 }
 
 // stop closes the readers first, then lets the pipeline write what it

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -13,8 +14,10 @@ import (
 
 // ServeHTTP serves /healthz and /readyz on healthAddr and /metrics on
 // metricsAddr (the same server when the addresses are equal; "" disables
-// one). It returns once the listeners are open; the servers stop with ctx.
-func (a *Agent) ServeHTTP(ctx context.Context, healthAddr, metricsAddr string) error {
+// one). It returns once the listeners are open; the servers stop with ctx,
+// and the returned wait blocks until they have (a scrape reads the
+// kernel's counters: wait before closing the agent).
+func (a *Agent) ServeHTTP(ctx context.Context, healthAddr, metricsAddr string) (wait func(), err error) {
 	muxes := map[string]*http.ServeMux{}
 	mux := func(addr string) *http.ServeMux {
 		if m, ok := muxes[addr]; ok {
@@ -38,10 +41,11 @@ func (a *Agent) ServeHTTP(ctx context.Context, healthAddr, metricsAddr string) e
 	if metricsAddr != "" {
 		mux(metricsAddr).Handle("/metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}))
 	}
+	var stopped sync.WaitGroup
 	for addr, m := range muxes {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return fmt.Errorf("listen on %s: %w", addr, err)
+			return stopped.Wait, fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		srv := &http.Server{Handler: m, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
@@ -49,12 +53,14 @@ func (a *Agent) ServeHTTP(ctx context.Context, healthAddr, metricsAddr string) e
 				a.log.Error("http server", "addr", addr, "err", err)
 			}
 		}()
+		stopped.Add(1)
 		go func() {
+			defer stopped.Done()
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			_ = srv.Shutdown(sctx)
 		}()
 	}
-	return nil
+	return stopped.Wait, nil
 }

@@ -1,6 +1,11 @@
 package node
 
 import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -64,4 +69,30 @@ func (k kernelCollector) Collect(ch chan<- prometheus.Metric) {
 func (m *Metrics) RegisterKernel(a *Agent) {
 	m.Registry.MustRegister(kernelCollector{a: a, desc: prometheus.NewDesc("netseg_kernel_packets_total",
 		"Packets counted by netseg's named nftables counters.", []string{"counter"}, nil)})
+}
+
+// RegisterFailOpen exports the CNI plugin's fail-open counter: the file
+// <cniStateDir>/cni-fail-open the plugin increments (under a lock) each
+// time it let a container start without its rules because the agent was
+// unreachable and the network's failurePolicy is open.
+func (m *Metrics) RegisterFailOpen(cniStateDir string) {
+	path := filepath.Join(cniStateDir, "cni-fail-open")
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netseg_cni_fail_open_total",
+		Help: "Containers the CNI plugin let start without rules (failurePolicy open, agent unreachable)."},
+		func() float64 {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return 0
+			}
+			n, _ := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+			return n
+		}))
+}
+
+// RegisterFlowReaders exports the flow readers' failures.
+func (m *Metrics) registerFlowReaderErrors() prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_flow_reader_failures_total",
+		Help: "Flow readers (NFLOG, conntrack) that stopped with an error; the flow log misses records until the agent restarts."})
+	m.Registry.MustRegister(c)
+	return c
 }

@@ -58,7 +58,11 @@ func (a *Agent) serve(ctx context.Context, ln net.Listener) {
 		if err != nil {
 			return // closed
 		}
-		go a.handleConn(ctx, conn)
+		a.handlers.Add(1)
+		go func() {
+			defer a.handlers.Done()
+			a.handleConn(ctx, conn)
+		}()
 	}
 }
 
@@ -219,6 +223,9 @@ func (a *Agent) Status() *agent.Status {
 	}
 	if a.syncErr != nil {
 		st.LastSyncError = a.syncErr.Error()
+	}
+	if a.flowErr != nil {
+		st.Warnings = append(append([]string(nil), st.Warnings...), a.flowErr.Error())
 	}
 	return st
 }
