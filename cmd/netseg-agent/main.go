@@ -98,7 +98,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cfg.NetNS, "netns", "", "program this network namespace (a path under /var/run/netns) instead of the agent's own")
 	fs.StringVar(&f.unzoned, "unzoned-default", "Allow", "default action of the implicit zone \"unzoned\": Allow or Deny")
 	var group uint
-	fs.UintVar(&group, "nflog-group", 100, "NFLOG group for denied, would-deny and new accepted connections")
+	fs.UintVar(&group, "nflog-group", 100, "NFLOG group of the first packets of denied connections (and accepted ones with --log-accepted)")
 	fs.BoolVar(&f.cfg.Dataplane.LogAccepted, "log-accepted", false, "also send each accepted connection's first packet to NFLOG (the flow log does not need it: conntrack events carry accepted connections)")
 	fs.BoolVar(&f.cfg.Dataplane.DenyHostAccess, "deny-host-access", false, "make the node's own connections to its containers pass their ingress rules (default: allowed, for kubelet probes)")
 	fs.DurationVar(&f.cfg.PollInterval, "poll-interval", 0, "how often the policy directory is checked (default 200ms)")
