@@ -133,8 +133,8 @@ func TestAddRegistersEndpoint(t *testing.T) {
 			t.Fatal("the agent got no ADD")
 		}
 		want := agent.Endpoint{
-			Attachment: agent.Attachment{ContainerID: ctr.ID, IfName: "eth0"},
-			Netns:      ctr.Path, Namespace: "shop", Name: "web-1", UID: "uid-1",
+			Attachment: agent.Attachment{ContainerID: ctr.ID, IfName: "eth0"}, Network: "labnet",
+			Netns: ctr.Path, Namespace: "shop", Name: "web-1", UID: "uid-1",
 			Labels:    map[string]string{"app": "web", "tier": "front"},
 			HostIface: hostVeth(t, e.node, ctr),
 			IPs:       ipsOf(ctr),
@@ -179,6 +179,9 @@ func TestCheckDelAndGC(t *testing.T) {
 			keep := []types.GCAttachment{{ContainerID: b.ID, IfName: "eth0"}}
 			if err := e.cni.Config().GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: keep}); err != nil {
 				t.Fatalf("GC: %v", err)
+			}
+			if got := e.agent.Last(agent.OpGC).Network; got != "labnet" {
+				t.Errorf("GC is for network %q, want labnet", got)
 			}
 			if diff := cmp.Diff([]agent.Attachment{{ContainerID: b.ID, IfName: "eth0"}}, e.agent.Last(agent.OpGC).Keep); diff != "" {
 				t.Errorf("GC keep (-want +got):\n%s", diff)

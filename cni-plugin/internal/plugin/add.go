@@ -88,8 +88,12 @@ func Add(args *skel.CmdArgs) error {
 		return addFailed(conf, ep, err, result)
 	}
 	// A failed ADD of the same attachment may have quarantined these
-	// addresses; the agent has now programmed them.
-	liftQuarantine(conf, ep.Attachment, ips)
+	// addresses (and recorded it); the agent has now programmed them.
+	// Without a record there is nothing to lift, and no reason to spend
+	// netlink round trips on every ADD.
+	if len(recordedQuarantine(conf.StateDir, ep.Attachment)) > 0 {
+		liftQuarantine(conf, ep.Attachment, ips)
+	}
 	return types.PrintResult(result, conf.CNIVersion)
 }
 
