@@ -1,11 +1,11 @@
 # netseg's build. Every target runs from a clean checkout; "test" and "demo"
-# first install what they need (hack/setup.sh, as root, idempotent).
+# first install what they need (hack/setup.sh [--test], as root, idempotent).
 GO       ?= go
 BIN      := bin
 PKGS     := ./...
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build setup test unit e2e bench fuzz lint generate verify demo clean
+.PHONY: all build setup setup-test test unit e2e bench fuzz lint generate verify demo clean
 
 all: build
 
@@ -17,20 +17,23 @@ build:
 setup:
 	bash hack/setup.sh
 
+setup-test:
+	bash hack/setup.sh --test
+
 # The whole suite: unit, kernel (lab namespaces) and end-to-end tests.
 # -p 1: kernel tests share one machine's CPU and conntrack; serial runs keep
 # their timing honest on 2 cores.
-test: setup build
+test: setup-test build
 	$(GO) test -count=1 -p 1 -timeout 30m $(PKGS)
 
 # Unit tests only: no root, no kernel.
 unit:
 	$(GO) test -count=1 -short $(PKGS)
 
-e2e: setup build
+e2e: setup-test build
 	$(GO) test -count=1 -p 1 -timeout 30m ./e2e/...
 
-bench: setup build
+bench: setup-test build
 	$(GO) test -count=1 -p 1 -run '^$$' -bench . -benchmem $(PKGS)
 
 lint:

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Installs what netseg's build and tests need on a Debian machine, as root.
-# Idempotent and quick when everything is present: it checks before it
-# installs. Called by "make setup" (and so by "make test" and "make demo").
+# Installs what netseg needs on a Debian machine, as root. Idempotent and
+# quick when everything is present: it checks before it installs.
+#   hack/setup.sh          what the demo and the agent need ("make demo")
+#   hack/setup.sh --test   plus what the tests need: podman, etcd and the
+#                          test kube-apiserver ("make test"; the first build
+#                          of kube-apiserver takes several minutes)
 set -euo pipefail
 
 CNI_PLUGINS_VERSION=v1.10.0
 CNI_BIN=${NETSEG_CNI_BIN:-/opt/cni/bin}
-PACKAGES=(nftables conntrack iproute2 util-linux iperf3 etcd-server podman runc)
+PACKAGES=(nftables conntrack iproute2 util-linux)
+TESTS=false
+if [[ ${1:-} == --test ]]; then
+	TESTS=true
+	PACKAGES+=(iperf3 etcd-server podman runc)
+fi
 
 if [[ $(id -u) -ne 0 ]]; then
 	echo "setup: netseg's tests build network namespaces and nftables tables: run as root" >&2
@@ -46,4 +54,6 @@ fi
 
 # The test control plane's kube-apiserver (e2e/controlplane): built once
 # into a cache outside the repository (several minutes the first time).
-bash "$(dirname "$0")/kube-apiserver.sh" >/dev/null
+if $TESTS; then
+	bash "$(dirname "$0")/kube-apiserver.sh" >/dev/null
+fi
