@@ -145,6 +145,7 @@ func Start(t testing.TB) *ControlPlane {
 	if err != nil {
 		t.Fatalf("controlplane: %v", err)
 	}
+	sweepLeftovers()
 	cp := &ControlPlane{t: t, dir: t.TempDir(), apiBin: api, tokens: map[string]string{}}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -318,8 +319,40 @@ func (cp *ControlPlane) run(name, bin string, args ...string) (*proc, error) {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, log: log, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	marker := markProcess(cmd.Process.Pid)
+	go func() { _ = cmd.Wait(); f.Close(); os.Remove(marker); close(p.done) }()
 	return p, nil
+}
+
+// procDir records the control-plane processes of running tests, as
+// "<test pid>-<process pid>", so that a later run can stop the ones a
+// killed test binary left behind (its cleanups never ran).
+var procDir = filepath.Join(os.TempDir(), "netseg-controlplane-procs")
+
+func markProcess(pid int) string {
+	_ = os.MkdirAll(procDir, 0o700)
+	path := filepath.Join(procDir, fmt.Sprintf("%d-%d", os.Getpid(), pid))
+	_ = os.WriteFile(path, nil, 0o600)
+	return path
+}
+
+// sweepLeftovers kills control-plane processes whose test process is gone.
+func sweepLeftovers() {
+	entries, _ := os.ReadDir(procDir)
+	for _, e := range entries {
+		var owner, pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d-%d", &owner, &pid); err != nil {
+			continue
+		}
+		if syscall.Kill(owner, 0) == nil {
+			continue // its test is still running
+		}
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil &&
+			(strings.Contains(string(cmdline), "etcd") || strings.Contains(string(cmdline), "kube-apiserver")) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		_ = os.Remove(filepath.Join(procDir, e.Name()))
+	}
 }
 
 // stop sends SIGTERM, then SIGKILL after grace.
