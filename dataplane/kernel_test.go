@@ -66,22 +66,6 @@ func newNode(t *testing.T, plugin string) *node {
 	return n
 }
 
-// hostIface finds the node-side veth of a container by its peer ifindex.
-func (n *node) hostIface(t *testing.T, c *lab.Container) string {
-	t.Helper()
-	out := c.MustRun("ip", "-o", "link", "show", c.IfName)
-	m := regexp.MustCompile(`@if(\d+):`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no peer ifindex in %q", out)
-	}
-	idx, _ := strconv.Atoi(m[1])
-	link, err := n.ns.Netlink().LinkByIndex(idx)
-	if err != nil {
-		t.Fatalf("host veth of %s: %v", c.Label, err)
-	}
-	return link.Attrs().Name
-}
-
 func addrs(c *lab.Container) []netip.Addr {
 	var out []netip.Addr
 	for _, fam := range []int{4, 6} {
@@ -124,9 +108,9 @@ func (n *node) policyRuleset(t *testing.T) *dataplane.Ruleset {
 	return &dataplane.Ruleset{
 		Sets: []dataplane.Set{{Name: "b", Prefixes: prefixes(addrs(n.b))}, {Name: "c", Prefixes: prefixes(addrs(n.c))}},
 		Endpoints: []dataplane.Endpoint{
-			{ID: "a/eth0", HostIface: n.hostIface(t, n.a), IPs: addrs(n.a), Egress: dataplane.Policy{Enforced: enforced, Staged: staged}, Ingress: allowAll},
-			{ID: "b/eth0", HostIface: n.hostIface(t, n.b), IPs: addrs(n.b), Egress: allowAll, Ingress: allowAll},
-			{ID: "c/eth0", HostIface: n.hostIface(t, n.c), IPs: addrs(n.c), Egress: allowAll, Ingress: allowAll},
+			{ID: "a/eth0", HostIface: n.a.HostVeth(n.node), IPs: addrs(n.a), Egress: dataplane.Policy{Enforced: enforced, Staged: staged}, Ingress: allowAll},
+			{ID: "b/eth0", HostIface: n.b.HostVeth(n.node), IPs: addrs(n.b), Egress: allowAll, Ingress: allowAll},
+			{ID: "c/eth0", HostIface: n.c.HostVeth(n.node), IPs: addrs(n.c), Egress: allowAll, Ingress: allowAll},
 		},
 	}
 }

@@ -22,9 +22,7 @@ func TestKubernetesFlowFeedback(t *testing.T) {
 	k := newKubeCluster(t)
 	l := lab.New(t)
 	n := k.node(l, "node-a", "10.88.1.0/24", "--flow-log", filepath.Join(t.TempDir(), "flows.log"), "--flow-interval", "1s")
-	for _, key := range []string{"tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_fin_wait", "tcp_timeout_last_ack", "tcp_timeout_close_wait"} {
-		n.ns.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
-	}
+	n.ns.ShortConntrackTimeouts()
 	checkout := n.pod("shop", "checkout", checkoutLabels)
 	payments := n.pod("pay", "payments", paymentsLabels)
 	monitoring := n.pod("ops", "monitoring", monitoringLabels)

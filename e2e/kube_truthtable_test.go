@@ -37,10 +37,7 @@ func TestTruthTableKubernetes(t *testing.T) {
 	b.ns.MustRun("ip", "route", "add", "10.88.1.0/24", "via", "192.168.77.1")
 	b.ns.MustRun("ip", "route", "add", "203.0.113.0/24", "via", "192.168.77.1")
 	for _, n := range []*kubeNode{a, b} {
-		for _, key := range []string{"tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_fin_wait", "tcp_timeout_last_ack",
-			"tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream"} {
-			n.ns.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
-		}
+		n.ns.ShortConntrackTimeouts()
 	}
 
 	type kpeer struct {

@@ -38,9 +38,7 @@ func BenchmarkAgentOverhead(b *testing.B) {
 
 		flowLog := filepath.Join(b.TempDir(), "flows.log")
 		n := newNode(b, "bridge", "--flow-log", flowLog, "--flow-interval", "1s")
-		for _, key := range []string{"tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_fin_wait", "tcp_timeout_last_ack", "tcp_timeout_close_wait"} {
-			n.ns.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
-		}
+		n.ns.ShortConntrackTimeouts()
 		checkout := n.pod("checkout", "shop", "checkout", checkoutLabels)
 		payments := n.pod("payments", "pay", "payments", paymentsLabels)
 		srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())

@@ -50,11 +50,7 @@ func TestTruthTableStandalone(t *testing.T) {
 	flowLog := filepath.Join(flowDir, "flows.log")
 	n := newNode(t, "bridge", "--flow-log", flowLog, "--flow-interval", "1s", "--node-name", "lab-node")
 	// Connections end fast in the lab, so their final records come fast.
-	for k, v := range map[string]string{"nf_conntrack_tcp_timeout_time_wait": "1", "nf_conntrack_tcp_timeout_close": "1",
-		"nf_conntrack_tcp_timeout_fin_wait": "1", "nf_conntrack_tcp_timeout_last_ack": "1", "nf_conntrack_tcp_timeout_close_wait": "1",
-		"nf_conntrack_udp_timeout": "1", "nf_conntrack_udp_timeout_stream": "1"} {
-		n.ns.MustSysctl("net.netfilter."+k, v)
-	}
+	n.ns.ShortConntrackTimeouts()
 	peers := []*truthPeer{}
 	for _, w := range []struct{ ns, name, app string }{
 		{"web", "frontend", "frontend"}, {"shop", "checkout", "checkout"}, {"shop", "redis", "redis"},

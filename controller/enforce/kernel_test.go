@@ -86,7 +86,7 @@ func TestExamplesTruthTable(t *testing.T) {
 		labels := map[string]string{"app": w.app}
 		endpoints = append(endpoints, policy.Endpoint{Namespace: w.ns, Name: w.name, Labels: labels, IPs: []netip.Addr{ip}})
 		locals = append(locals, enforce.Local{ID: c.ID + "/eth0", Namespace: w.ns, Name: w.name,
-			HostIface: hostVeth(t, c, ns), IPs: []netip.Prefix{netip.PrefixFrom(ip, 24)}})
+			HostIface: c.HostVeth(node), IPs: []netip.Prefix{netip.PrefixFrom(ip, 24)}})
 		peers = append(peers, peer{c.Netns, ip, policy.Peer{Namespace: w.ns, Name: w.name, Labels: labels, IPs: []netip.Addr{ip}}, w.ns + "/" + w.name})
 	}
 	partner := l.Netns("partner")
@@ -194,21 +194,6 @@ func TestExamplesTruthTable(t *testing.T) {
 			t.Errorf("the truth table has no %s case", v)
 		}
 	}
-}
-
-func hostVeth(t *testing.T, c *lab.Container, ns *dataplane.Namespace) string {
-	t.Helper()
-	out := c.MustRun("ip", "-o", "link", "show", c.IfName)
-	m := regexp.MustCompile(`@if(\d+):`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no peer ifindex in %q", out)
-	}
-	idx, _ := strconv.Atoi(m[1])
-	link, err := ns.Netlink().LinkByIndex(idx)
-	if err != nil {
-		t.Fatalf("host veth of %s: %v", c.Label, err)
-	}
-	return link.Attrs().Name
 }
 
 // conntrackMarks reads the node's conntrack table: "proto src dst dport" ->

@@ -8,10 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -89,16 +87,6 @@ func newNode(t testing.TB) *node {
 	}
 	t.Cleanup(func() { _ = ns.Close() })
 	n.ns = ns
-	hostIface := func(c *lab.Container) string {
-		out := c.MustRun("ip", "-o", "link", "show", c.IfName)
-		m := regexp.MustCompile(`@if(\d+):`).FindStringSubmatch(out)
-		idx, _ := strconv.Atoi(m[1])
-		link, err := ns.Netlink().LinkByIndex(idx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return link.Attrs().Name
-	}
 	port := func(p dataplane.Protocol, n uint16) []dataplane.PortRange {
 		return []dataplane.PortRange{{Proto: p, First: n, Last: n}}
 	}
@@ -117,8 +105,8 @@ func newNode(t testing.TB) *node {
 	rs := &dataplane.Ruleset{
 		Sets: []dataplane.Set{{Name: "b", Prefixes: []netip.Prefix{netip.PrefixFrom(n.b.IP(4), 32)}}},
 		Endpoints: []dataplane.Endpoint{
-			{ID: "a/eth0", HostIface: hostIface(n.a), IPs: []netip.Addr{n.a.IP(4)}, Ingress: any, Egress: dataplane.Policy{Enforced: enforced, Staged: staged}},
-			{ID: "b/eth0", HostIface: hostIface(n.b), IPs: []netip.Addr{n.b.IP(4)}, Egress: any, Ingress: any},
+			{ID: "a/eth0", HostIface: n.a.HostVeth(n.node), IPs: []netip.Addr{n.a.IP(4)}, Ingress: any, Egress: dataplane.Policy{Enforced: enforced, Staged: staged}},
+			{ID: "b/eth0", HostIface: n.b.HostVeth(n.node), IPs: []netip.Addr{n.b.IP(4)}, Egress: any, Ingress: any},
 		},
 	}
 	n.dp = dataplane.New(dataplane.Config{}, ns.Dial, ns.LinkExists)
@@ -126,10 +114,7 @@ func newNode(t testing.TB) *node {
 		t.Fatal(err)
 	}
 	// Short conntrack timeouts after a close, so DESTROY events come soon.
-	for _, key := range []string{"tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_fin_wait", "tcp_timeout_last_ack",
-		"tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream"} {
-		n.node.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
-	}
+	n.node.ShortConntrackTimeouts()
 	return n
 }
 

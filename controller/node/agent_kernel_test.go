@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -115,30 +114,12 @@ func (e *env) call(req agent.Request) (*agent.Response, error) {
 func (e *env) register(c *lab.Container, ns, name string, labels map[string]string) agent.Endpoint {
 	e.t.Helper()
 	ep := agent.Endpoint{Attachment: agent.Attachment{ContainerID: c.ID, IfName: c.IfName}, Netns: c.Path,
-		Namespace: ns, Name: name, Labels: labels, HostIface: hostVeth(e.t, e.node, c),
+		Namespace: ns, Name: name, Labels: labels, HostIface: c.HostVeth(e.node),
 		IPs: []string{netip.PrefixFrom(c.IP(4), 24).String()}}
 	if _, err := e.call(agent.Request{Op: agent.OpAdd, Endpoint: &ep}); err != nil {
 		e.t.Fatalf("register %s/%s: %v", ns, name, err)
 	}
 	return ep
-}
-
-func hostVeth(t *testing.T, nodeNS *lab.Netns, c *lab.Container) string {
-	t.Helper()
-	out := c.MustRun("ip", "-o", "link", "show", c.IfName)
-	m := regexp.MustCompile(`@if(\d+):`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no peer ifindex in %q", out)
-	}
-	out = nodeNS.MustRun("ip", "-o", "link", "show")
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, m[1]+": ") {
-			name := strings.SplitN(strings.TrimPrefix(line, m[1]+": "), "@", 2)[0]
-			return name
-		}
-	}
-	t.Fatalf("no link %s in the node", m[1])
-	return ""
 }
 
 // shop/checkout -> pay/payments 8443 is allowed by a dependency;

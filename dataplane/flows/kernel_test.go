@@ -2,8 +2,6 @@ package flows_test
 
 import (
 	"net/netip"
-	"regexp"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -45,16 +43,6 @@ func newNode(t *testing.T) *node {
 	}
 	t.Cleanup(func() { _ = ns.Close() })
 	n.ns = ns
-	hostIface := func(c *lab.Container) string {
-		out := c.MustRun("ip", "-o", "link", "show", c.IfName)
-		m := regexp.MustCompile(`@if(\d+):`).FindStringSubmatch(out)
-		idx, _ := strconv.Atoi(m[1])
-		link, err := ns.Netlink().LinkByIndex(idx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return link.Attrs().Name
-	}
 	b := n.b.IP(4)
 	tcp := func(p uint16) []dataplane.PortRange {
 		return []dataplane.PortRange{{Proto: dataplane.TCP, First: p, Last: p}}
@@ -63,14 +51,14 @@ func newNode(t *testing.T) *node {
 	rs := &dataplane.Ruleset{
 		Sets: []dataplane.Set{{Name: "b", Prefixes: []netip.Prefix{netip.PrefixFrom(b, 32)}}},
 		Endpoints: []dataplane.Endpoint{
-			{ID: "a/eth0", HostIface: hostIface(n.a), IPs: []netip.Addr{n.a.IP(4)}, Ingress: any, Egress: dataplane.Policy{
+			{ID: "a/eth0", HostIface: n.a.HostVeth(n.node), IPs: []netip.Addr{n.a.IP(4)}, Ingress: any, Egress: dataplane.Policy{
 				Enforced: []dataplane.Rule{{Peer: "b", Ports: tcp(8080), Action: dataplane.Allow, Origin: oAllow},
 					{Peer: "b", Ports: tcp(9090), Action: dataplane.Allow, Origin: oAny},
 					{Action: dataplane.Deny, Origin: oDeny}},
 				Staged: []dataplane.Rule{{Peer: "b", Ports: tcp(8080), Action: dataplane.Allow, Origin: oAllow},
 					{Peer: "b", Ports: tcp(9090), Action: dataplane.Deny, Origin: oStagedDeny},
 					{Action: dataplane.Deny, Origin: oDeny}}}},
-			{ID: "b/eth0", HostIface: hostIface(n.b), IPs: []netip.Addr{b}, Egress: any, Ingress: any},
+			{ID: "b/eth0", HostIface: n.b.HostVeth(n.node), IPs: []netip.Addr{b}, Egress: any, Ingress: any},
 		},
 	}
 	if err := dataplane.New(dataplane.Config{}, ns.Dial, ns.LinkExists).Sync(rs); err != nil {

@@ -191,11 +191,7 @@ func (d *demo) setUp(ctx context.Context) {
 	d.alertLog = filepath.Join(state, "alerts.log")
 	// Lab connections are short: end their conntrack entries fast, so their
 	// flow records come within seconds.
-	for k, v := range map[string]string{"nf_conntrack_tcp_timeout_time_wait": "1", "nf_conntrack_tcp_timeout_close": "1",
-		"nf_conntrack_tcp_timeout_fin_wait": "1", "nf_conntrack_tcp_timeout_last_ack": "1",
-		"nf_conntrack_tcp_timeout_close_wait": "1", "nf_conntrack_udp_timeout": "1", "nf_conntrack_udp_timeout_stream": "1"} {
-		d.node.MustSysctl("net.netfilter."+k, v)
-	}
+	d.node.ShortConntrackTimeouts()
 	agentBin := filepath.Join(d.o.BinDir, "netseg-agent")
 	cmd := d.node.Command(context.Background(), agentBin, "--policy-dir", d.o.PolicyDir, "--state-dir", state,
 		"--socket", d.socket, "--health-addr", "", "--metrics-addr", "", "--log-level", "warn", "--log-format", "text",

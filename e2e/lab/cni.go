@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
 )
 
 // DefaultCNIPath is where .ci/run installs the CNI reference plugins.
@@ -233,4 +234,28 @@ func (c *CNI) Remove(ctr *Container, list *libcni.NetworkConfigList, a Attach) e
 		err = derr
 	}
 	return err
+}
+
+// HostVeth names the node-side end of the container's veth, found the way
+// the netseg plugin finds it: from the container interface's peer ifindex.
+func (c *Container) HostVeth(node *Netns) string {
+	t := c.lab.t
+	t.Helper()
+	var peer int
+	err := c.Do(func() error {
+		l, err := netlink.LinkByName(c.IfName)
+		if err != nil {
+			return err
+		}
+		peer = l.Attrs().ParentIndex
+		return nil
+	})
+	if err != nil || peer == 0 {
+		t.Fatalf("lab: peer ifindex of %s in %s: %v", c.IfName, c.Label, err)
+	}
+	link, err := node.Handle().LinkByIndex(peer)
+	if err != nil {
+		t.Fatalf("lab: host veth of %s (ifindex %d) in %s: %v", c.Label, peer, node.Label, err)
+	}
+	return link.Attrs().Name
 }

@@ -222,3 +222,14 @@ func CanonicalTable(out string) string {
 }
 
 var counterValues = regexp.MustCompile(`packets \d+ bytes \d+`)
+
+// ShortConntrackTimeouts ends the conntrack entries of closed TCP
+// connections and of UDP exchanges after a second inside n (the sysctls
+// are per network namespace), so flow records of lab traffic come fast.
+func (n *Netns) ShortConntrackTimeouts() {
+	n.lab.t.Helper()
+	for _, key := range []string{"tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_fin_wait",
+		"tcp_timeout_last_ack", "tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream"} {
+		n.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
+	}
+}
