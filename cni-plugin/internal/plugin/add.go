@@ -11,6 +11,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/netseg/netseg/api/agent"
 )
@@ -64,6 +65,25 @@ func endpoint(conf *Config, args *skel.CmdArgs) (*agent.Endpoint, error) {
 	}, nil
 }
 
+// attached is the endpoint of an attachment that prevResult describes: its
+// identity, its addresses, and the host side of its veth (ADD and CHECK).
+func attached(conf *Config, result *current.Result, args *skel.CmdArgs) (*agent.Endpoint, error) {
+	iface, ips, err := containerIface(result, args.Netns, args.IfName)
+	if err != nil {
+		return nil, err
+	}
+	host, err := hostVeth(args.Netns, iface.Name)
+	if err != nil {
+		return nil, cniError("find the host side of "+iface.Name, err)
+	}
+	ep, err := endpoint(conf, args)
+	if err != nil {
+		return nil, err
+	}
+	ep.IPs, ep.HostIface = ips, host
+	return ep, nil
+}
+
 // Add registers the container interface with the agent and returns once
 // its rules are in the kernel; it passes the previous result on unchanged.
 func Add(args *skel.CmdArgs) error {
@@ -71,19 +91,11 @@ func Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	iface, ips, err := containerIface(result, args.Netns, args.IfName)
+	ep, err := attached(conf, result, args)
 	if err != nil {
 		return err
 	}
-	host, err := hostVeth(args.Netns, iface.Name)
-	if err != nil {
-		return cniError("find the host side of "+iface.Name, err)
-	}
-	ep, err := endpoint(conf, args)
-	if err != nil {
-		return err
-	}
-	ep.IPs, ep.HostIface = ips, host
+	ips := ep.IPs
 	if _, err := callAgent(conf, agent.Request{Op: agent.OpAdd, Endpoint: ep}); err != nil {
 		return addFailed(conf, ep, err, result)
 	}

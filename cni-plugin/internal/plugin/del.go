@@ -50,19 +50,10 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	iface, ips, err := containerIface(result, args.Netns, args.IfName)
+	ep, err := attached(conf, result, args)
 	if err != nil {
 		return err
 	}
-	host, err := hostVeth(args.Netns, iface.Name)
-	if err != nil {
-		return cniError("find the host side of "+iface.Name, err)
-	}
-	ep, err := endpoint(conf, args)
-	if err != nil {
-		return err
-	}
-	ep.IPs, ep.HostIface = ips, host
 	what := fmt.Sprintf("check container %s interface %s", args.ContainerID, args.IfName)
 	resp, err := callAgent(conf, agent.Request{Op: agent.OpCheck, Endpoint: ep})
 	if err != nil {
@@ -72,9 +63,9 @@ func Check(args *skel.CmdArgs) error {
 		if got.Attachment != ep.Attachment {
 			continue
 		}
-		if got.HostIface != host || !slices.Equal(sorted(got.IPs), sorted(ips)) {
+		if got.HostIface != ep.HostIface || !slices.Equal(sorted(got.IPs), sorted(ep.IPs)) {
 			return types.NewError(types.ErrInternal,
-				fmt.Sprintf("netseg: %s: agent at %s has it as %s %v, the kernel as %s %v: delete and re-add the container", what, conf.Socket, got.HostIface, got.IPs, host, ips), "")
+				fmt.Sprintf("netseg: %s: agent at %s has it as %s %v, the kernel as %s %v: delete and re-add the container", what, conf.Socket, got.HostIface, got.IPs, ep.HostIface, ep.IPs), "")
 		}
 	}
 	return nil
