@@ -110,6 +110,8 @@ type state struct {
 	// inputs are the peer sets' prefixes as given, to reuse a set's
 	// rendering when they did not change.
 	inputs map[string][]netip.Prefix
+	// epHash: endpoint id -> the hash in its dispatch chains' names.
+	epHash map[string]string
 }
 
 // Config tunes the rendered ruleset.
@@ -198,7 +200,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
 	}
 	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{},
-		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{},
+		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epHash: map[string]string{},
 		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}}
 	if prev != nil {
 		st.cache = prev.made
@@ -246,7 +248,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		// Each endpoint dispatches through its own chains, whose one live
 		// rule goes to the (shared) policy chain: a policy change inserts a
 		// new head rule instead of re-pointing the map element.
-		id := endpointHash(ep.ID)
+		id := st.endpointHash(prev, ep.ID)
 		epo, epi := "epo_"+id, "epi_"+id
 		st.addChain(st.dispatchChain(prev, epo, out))
 		st.addChain(st.dispatchChain(prev, epi, in))
@@ -308,14 +310,18 @@ func (st *state) dispatchChain(prev *state, name, target string) *chainSpec {
 	return c
 }
 
-var endpointHashes sync.Map // endpoint id -> short hash; a pure function, memoized
-
-func endpointHash(id string) string {
-	if h, ok := endpointHashes.Load(id); ok {
-		return h.(string)
+// endpointHash is the short hash naming an endpoint's dispatch chains,
+// taken from the previous sync when the endpoint was already there (a
+// memo that lives as long as the endpoints it covers).
+func (st *state) endpointHash(prev *state, id string) string {
+	h, ok := "", false
+	if prev != nil {
+		h, ok = prev.epHash[id]
 	}
-	h := shortHash(id)
-	endpointHashes.Store(id, h)
+	if !ok {
+		h = shortHash(id)
+	}
+	st.epHash[id] = h
 	return h
 }
 

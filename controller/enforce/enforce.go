@@ -100,20 +100,20 @@ type memoized struct {
 	err error
 }
 
-func idOf(d policy.Direction) (listsID, bool) {
+func idOf(d policy.Direction) listsID {
 	var id listsID
 	for i, l := range [][]policy.Rule{d.Enforced.Policy, d.Enforced.Tail, d.Staged.Policy, d.Staged.Tail} {
 		if len(l) > 0 {
 			id[i].p, id[i].n = &l[0], len(l)
 		}
 	}
-	return id, true
+	return id
 }
 
 // memoDirection is direction, computed once per set of shared lists. The
 // peer sets a memoized policy uses are already marked in used.
 func memoDirection(memo map[listsID]memoized, d policy.Direction, used map[string]bool) (dataplane.Policy, error) {
-	id, _ := idOf(d)
+	id := idOf(d)
 	if m, ok := memo[id]; ok {
 		return m.p, m.err
 	}

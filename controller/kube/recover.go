@@ -127,32 +127,23 @@ func (s *Source) readPolicyLive(ctx context.Context) (*policyLists, error) {
 	return l, nil
 }
 
-// samePolicy compares what the compiler reads: specs and namespace labels.
-func samePolicy(a, b *policyLists) bool {
-	if len(a.zones.Items) != len(b.zones.Items) || len(a.zps.Items) != len(b.zps.Items) ||
-		len(a.sds.Items) != len(b.sds.Items) || len(a.nss.Items) != len(b.nss.Items) {
-		return false
+// samePolicy compares what the compiler reads: names, specs, namespace
+// labels.
+func samePolicy(a, b *policyLists) bool { return reflect.DeepEqual(policyView(a), policyView(b)) }
+
+func policyView(l *policyLists) []any {
+	var v []any
+	for _, z := range l.zones.Items {
+		v = append(v, z.Name, z.Spec)
 	}
-	for i := range a.zones.Items {
-		if a.zones.Items[i].Name != b.zones.Items[i].Name || !reflect.DeepEqual(a.zones.Items[i].Spec, b.zones.Items[i].Spec) {
-			return false
-		}
+	for _, p := range l.zps.Items {
+		v = append(v, p.Name, p.Spec)
 	}
-	for i := range a.zps.Items {
-		if a.zps.Items[i].Name != b.zps.Items[i].Name || !reflect.DeepEqual(a.zps.Items[i].Spec, b.zps.Items[i].Spec) {
-			return false
-		}
+	for _, d := range l.sds.Items {
+		v = append(v, d.Namespace, d.Name, d.Spec)
 	}
-	for i := range a.sds.Items {
-		x, y := a.sds.Items[i], b.sds.Items[i]
-		if x.Namespace != y.Namespace || x.Name != y.Name || !reflect.DeepEqual(x.Spec, y.Spec) {
-			return false
-		}
+	for _, n := range l.nss.Items {
+		v = append(v, n.Name, n.Labels)
 	}
-	for i := range a.nss.Items {
-		if a.nss.Items[i].Name != b.nss.Items[i].Name || !reflect.DeepEqual(a.nss.Items[i].Labels, b.nss.Items[i].Labels) {
-			return false
-		}
-	}
-	return true
+	return v
 }

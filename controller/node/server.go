@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -261,7 +262,9 @@ func (a *Agent) explain(x agent.Explain, resp *agent.Response) error {
 // peer resolves "namespace/name" to a registered endpoint (with its
 // labels and addresses), or parses an address.
 func (a *Agent) peer(ref string) (policy.Peer, error) {
-	if ns, name, ok := strings.Cut(ref, "/"); ok && !strings.Contains(name, "/") && !strings.ContainsAny(ref, ":") && !isIPPrefix(ref) {
+	_, addrErr := netip.ParseAddr(ref)
+	_, prefixErr := netip.ParsePrefix(ref)
+	if ns, name, ok := strings.Cut(ref, "/"); ok && addrErr != nil && prefixErr != nil {
 		a.mu.Lock()
 		local := a.local
 		a.mu.Unlock()
@@ -273,9 +276,4 @@ func (a *Agent) peer(ref string) (policy.Peer, error) {
 		return policy.Peer{}, fmt.Errorf("no endpoint %s is registered on this node", ref)
 	}
 	return explain.ParsePeer(ref, "")
-}
-
-func isIPPrefix(s string) bool {
-	addr, _, _ := strings.Cut(s, "/")
-	return strings.Count(addr, ".") == 3
 }
