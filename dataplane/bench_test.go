@@ -137,7 +137,7 @@ func BenchmarkFullResyncDistinct(b *testing.B) {
 // by side in one run, alternating three times. It reports both rates and
 // their ratio (large/small); absolute rates depend on the machine.
 func BenchmarkFirstPacket(b *testing.B) {
-	n := newBenchNode(b)
+	n := newNode(b, "bridge")
 	small := n.withSynthetic(8)
 	large := n.withSynthetic(9998)
 	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
@@ -163,34 +163,9 @@ func BenchmarkFirstPacket(b *testing.B) {
 	b.ReportMetric(rate[1]/rate[0], "ratio")
 }
 
-// newBenchNode is newNode for benchmarks.
-func newBenchNode(b *testing.B) *benchNode { return newBenchNode2(b) }
-
-func newBenchNode2(b testing.TB) *benchNode {
-	l := lab.New(b)
-	bn := &benchNode{node: l.Node("node")}
-	cni := bn.node.CNI()
-	list := cni.ParseConfList(b, lab.Net{Name: "dpnet", Type: "bridge", Subnet: bridgeSubnet, DataDir: b.TempDir()}.ConfList())
-	bn.a = cni.MustAdd("a", list, lab.Attach{})
-	bn.b = cni.MustAdd("b", list, lab.Attach{})
-	ns, err := dataplane.OpenNamespace(bn.node.Path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = ns.Close() })
-	bn.dp = dataplane.New(dataplane.Config{}, ns.Dial, ns.LinkExists)
-	return bn
-}
-
-type benchNode struct {
-	node *lab.Netns
-	a, b *lab.Container
-	dp   *dataplane.Dataplane
-}
-
 // withSynthetic: a and b allowed to talk (a's egress: 20 rules, the match
 // last), plus extra synthetic endpoints in 50 workloads.
-func (bn *benchNode) withSynthetic(extra int) *dataplane.Ruleset {
+func (bn *node) withSynthetic(extra int) *dataplane.Ruleset {
 	rs := synthetic(extra, 50, 20, false)
 	var eg []dataplane.Rule
 	for r := 0; r < 19; r++ {

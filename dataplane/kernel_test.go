@@ -43,7 +43,7 @@ type node struct {
 	ns      *dataplane.Namespace
 }
 
-func newNode(t *testing.T, plugin string) *node {
+func newNode(t testing.TB, plugin string) *node {
 	t.Helper()
 	l := lab.New(t)
 	n := &node{node: l.Node("node")}

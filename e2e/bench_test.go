@@ -55,9 +55,7 @@ func BenchmarkPluginAdd(b *testing.B) {
 
 // preRegister registers size synthetic endpoints (no interface; addresses
 // in 10.200.0.0/16, inside no test network) with the agent.
-func (n *node) preRegister(b *testing.B, size int) { n.preRegisterT(b, size) }
-
-func (n *node) preRegisterT(b testing.TB, size int) {
+func (n *node) preRegister(b testing.TB, size int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for i := 0; i < size; i++ {

@@ -2,12 +2,9 @@ package e2e_test
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -90,29 +87,22 @@ func TestTruthTableKubernetes(t *testing.T) {
 		return true, ""
 	})
 
-	type result struct {
-		src, dst *kpeer
-		port     string
-		decider  *kubeNode
-		log      string
-		explain  explainJSON
-		traffic  error
-	}
-	var results []*result
+	var results []*truthCase
 	for _, src := range peers {
 		for _, dst := range peers {
 			if src == dst {
 				continue
 			}
 			for _, port := range ports {
-				r := &result{src: src, dst: dst, port: port, decider: src.node, log: src.flowLog}
+				decider, r := src.node, &truthCase{src: &src.truthPeer, dst: &dst.truthPeer, port: port, log: src.flowLog}
 				from, to := src.ref, dst.ip.String()
 				if src.node == nil { // the partner: the destination's node decides (ingress)
-					r.decider, r.log, from, to = dst.node, dst.flowLog, src.ip.String(), dst.ref
+					decider, r.log, from, to = dst.node, dst.flowLog, src.ip.String(), dst.ref
 				}
-				out, err := ctlOut("explain", "--socket", r.decider.socket, "--from", from, "--to", to, "--port", port, "-o", "json")
+				r.where = decider.name
+				out, err := ctlOut("explain", "--socket", decider.socket, "--from", from, "--to", to, "--port", port, "-o", "json")
 				if err != nil {
-					t.Fatalf("explain %s -> %s %s on %s: %v: %s", from, to, port, r.decider.name, err, out)
+					t.Fatalf("explain %s -> %s %s on %s: %v: %s", from, to, port, decider.name, err, out)
 				}
 				if err := json.Unmarshal([]byte(out), &r.explain); err != nil {
 					t.Fatalf("explain output: %v: %s", err, out)
@@ -121,75 +111,12 @@ func TestTruthTableKubernetes(t *testing.T) {
 			}
 		}
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, r := range results {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			num, _, _ := strings.Cut(r.port, "/")
-			r.traffic = r.src.netns.Probe("tcp", netip.MustParseAddrPort(r.dst.ip.String()+":"+num), 400*time.Millisecond)
-		}()
-	}
-	wg.Wait()
-	counts := map[string]int{}
-	for _, r := range results {
-		name := fmt.Sprintf("%s -> %s %s (on %s: %s by %s %s %s)", r.src.ref, r.dst.ref, r.port, r.decider.name, r.explain.Verdict,
-			r.explain.Origin.Kind, r.explain.Origin.Name, r.explain.Origin.Rule)
-		counts[r.explain.Verdict]++
-		denied := r.explain.Verdict == "denied"
-		switch {
-		case denied && r.traffic == nil:
-			t.Errorf("%s: traffic passed", name)
-		case denied && !errors.Is(r.traffic, lab.ErrNoReply):
-			t.Errorf("%s: want a silent drop, got %v", name, r.traffic)
-		case !denied && r.traffic != nil:
-			t.Errorf("%s: traffic failed: %v", name, r.traffic)
-		}
-	}
+	probeAll(results, 400*time.Millisecond)
+	counts := checkTraffic(t, results)
 	t.Logf("%d probes across two nodes: %d allowed, %d would-deny, %d denied; explain and traffic agree",
 		len(results), counts["allowed"], counts["would-deny"], counts["denied"])
 	if counts["allowed"] == 0 || counts["denied"] == 0 {
 		t.Fatalf("the truth table lacks a verdict: %v", counts)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	var missing []string
-	for {
-		logs := map[string]map[struct{ src, dst, port string }]flowRec{}
-		missing = missing[:0]
-		for _, r := range results {
-			if logs[r.log] == nil {
-				logs[r.log] = readFlows(t, r.log)
-			}
-			num, proto, _ := strings.Cut(r.port, "/")
-			got, ok := logs[r.log][struct{ src, dst, port string }{r.src.ip.String(), r.dst.ip.String(), num + "/" + proto}]
-			switch {
-			case !ok:
-				missing = append(missing, fmt.Sprintf("%s -> %s %s: no record on %s", r.src.ref, r.dst.ref, r.port, r.decider.name))
-			case got.Verdict != r.explain.Verdict || got.Origin.ID != r.explain.Origin.ID || got.Expected != r.explain.Expected:
-				missing = append(missing, fmt.Sprintf("%s -> %s %s on %s: record says %s by origin %d, expected=%v; explain says %s by %d, expected=%v",
-					r.src.ref, r.dst.ref, r.port, r.decider.name, got.Verdict, got.Origin.ID, got.Expected, r.explain.Verdict, r.explain.Origin.ID, r.explain.Expected))
-			}
-		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	for _, m := range missing {
-		t.Error("flow log: " + m)
-	}
-}
-
-type explainJSON struct {
-	Verdict  string `json:"verdict"`
-	Expected bool   `json:"expected"`
-	Origin   struct {
-		ID   uint16 `json:"id"`
-		Kind string `json:"kind"`
-		Name string `json:"name"`
-		Rule string `json:"rule"`
-	} `json:"origin"`
+	checkFlowLogs(t, results)
 }

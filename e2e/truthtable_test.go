@@ -24,20 +24,105 @@ type truthPeer struct {
 	labels map[string]string
 }
 
-type probeResult struct {
+// truthCase is one (src, dst, port) of a truth table: what explain said,
+// what the traffic did, and the flow log that must record it.
+type truthCase struct {
 	src, dst *truthPeer
 	port     string // "8443/TCP"
-	explain  struct {
-		Verdict  string `json:"verdict"`
-		Expected bool   `json:"expected"`
-		Origin   struct {
-			ID   uint16 `json:"id"`
-			Kind string `json:"kind"`
-			Name string `json:"name"`
-			Rule string `json:"rule"`
-		} `json:"origin"`
+	where    string // the deciding node, for messages ("" with one node)
+	log      string // the flow log that records it
+	explain  explainJSON
+	traffic  error
+}
+
+func (c *truthCase) String() string {
+	s := fmt.Sprintf("%s -> %s %s", c.src.ref, c.dst.ref, c.port)
+	if c.where != "" {
+		s += " on " + c.where
 	}
-	traffic error
+	return s
+}
+
+// probeAll makes every case's connection, eight at a time.
+func probeAll(cases []*truthCase, timeout time.Duration) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, c := range cases {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			num, proto, _ := strings.Cut(c.port, "/")
+			c.traffic = c.src.netns.Probe(strings.ToLower(proto), netip.MustParseAddrPort(c.dst.ip.String()+":"+num), timeout)
+		}()
+	}
+	wg.Wait()
+}
+
+// checkTraffic fails every case whose traffic disagrees with explain, and
+// returns the cases per verdict.
+func checkTraffic(t *testing.T, cases []*truthCase) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	for _, c := range cases {
+		name := fmt.Sprintf("%s (explain: %s by %s %s %s)", c, c.explain.Verdict, c.explain.Origin.Kind, c.explain.Origin.Name, c.explain.Origin.Rule)
+		counts[c.explain.Verdict]++
+		denied := c.explain.Verdict == "denied"
+		switch {
+		case denied && c.traffic == nil:
+			t.Errorf("%s: traffic passed", name)
+		case denied && !errors.Is(c.traffic, lab.ErrNoReply):
+			t.Errorf("%s: want a silent drop, got %v", name, c.traffic)
+		case !denied && c.traffic != nil:
+			t.Errorf("%s: traffic failed: %v", name, c.traffic)
+		}
+	}
+	return counts
+}
+
+// checkFlowLogs waits up to 20 s for each case's record in its flow log,
+// with explain's verdict, origin and expected flag.
+func checkFlowLogs(t *testing.T, cases []*truthCase) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var missing []string
+	for {
+		logs := map[string]map[struct{ src, dst, port string }]flowRec{}
+		missing = missing[:0]
+		for _, c := range cases {
+			if logs[c.log] == nil {
+				logs[c.log] = readFlows(t, c.log)
+			}
+			num, proto, _ := strings.Cut(c.port, "/")
+			got, ok := logs[c.log][struct{ src, dst, port string }{c.src.ip.String(), c.dst.ip.String(), num + "/" + proto}]
+			switch {
+			case !ok:
+				missing = append(missing, fmt.Sprintf("%s: no record", c))
+			case got.Verdict != c.explain.Verdict || got.Origin.ID != c.explain.Origin.ID || got.Expected != c.explain.Expected:
+				missing = append(missing, fmt.Sprintf("%s: record says %s by origin %d (%s %s), expected=%v; explain says %s by %d, expected=%v",
+					c, got.Verdict, got.Origin.ID, got.Origin.Kind, got.Origin.Name, got.Expected, c.explain.Verdict, c.explain.Origin.ID, c.explain.Expected))
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, m := range missing {
+		t.Error("flow log: " + m)
+	}
+}
+
+type explainJSON struct {
+	Verdict  string `json:"verdict"`
+	Expected bool   `json:"expected"`
+	Origin   struct {
+		ID   uint16 `json:"id"`
+		Kind string `json:"kind"`
+		Name string `json:"name"`
+		Rule string `json:"rule"`
+	} `json:"origin"`
 }
 
 // TestTruthTableStandalone: 7 workloads in 4 zones (web, data, payments,
@@ -80,14 +165,14 @@ func TestTruthTableStandalone(t *testing.T) {
 			}
 		}
 	}
-	var results []*probeResult
+	var results []*truthCase
 	for _, src := range peers {
 		for _, dst := range peers {
 			if src == dst {
 				continue
 			}
 			for _, port := range ports {
-				r := &probeResult{src: src, dst: dst, port: port}
+				r := &truthCase{src: src, dst: dst, port: port, log: flowLog}
 				out, err := n.ctl("explain", "--socket", n.socket, "--from", src.ref, "--to", dst.ref, "--port", port, "-o", "json")
 				if err != nil {
 					t.Fatalf("explain %s -> %s %s: %v: %s", src.ref, dst.ref, port, err, out)
@@ -99,66 +184,14 @@ func TestTruthTableStandalone(t *testing.T) {
 			}
 		}
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, r := range results {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			num, proto, _ := strings.Cut(r.port, "/")
-			r.traffic = r.src.netns.Probe(strings.ToLower(proto), netip.MustParseAddrPort(r.dst.ip.String()+":"+num), 300*time.Millisecond)
-		}()
-	}
-	wg.Wait()
-
-	counts := map[string]int{}
-	for _, r := range results {
-		name := fmt.Sprintf("%s -> %s %s (explain: %s by %s %s %s)", r.src.ref, r.dst.ref, r.port, r.explain.Verdict, r.explain.Origin.Kind, r.explain.Origin.Name, r.explain.Origin.Rule)
-		counts[r.explain.Verdict]++
-		denied := r.explain.Verdict == "denied"
-		switch {
-		case denied && r.traffic == nil:
-			t.Errorf("%s: traffic passed", name)
-		case denied && !errors.Is(r.traffic, lab.ErrNoReply):
-			t.Errorf("%s: want a silent drop, got %v", name, r.traffic)
-		case !denied && r.traffic != nil:
-			t.Errorf("%s: traffic failed: %v", name, r.traffic)
-		}
-	}
+	probeAll(results, 300*time.Millisecond)
+	counts := checkTraffic(t, results)
 	t.Logf("%d probes: %d allowed, %d would-deny, %d denied; explain and traffic agree", len(results), counts["allowed"], counts["would-deny"], counts["denied"])
 	if counts["allowed"] == 0 || counts["would-deny"] == 0 || counts["denied"] == 0 {
 		t.Fatalf("the truth table lacks a verdict: %v", counts)
 	}
-
 	// The flow log: one record per probe with the same verdict and origin.
-	type recKey struct{ src, dst, port string }
-	deadline := time.Now().Add(20 * time.Second)
-	var missing []string
-	for {
-		recs := readFlows(t, flowLog)
-		missing = missing[:0]
-		for _, r := range results {
-			num, proto, _ := strings.Cut(r.port, "/")
-			k := recKey{r.src.ip.String(), r.dst.ip.String(), num + "/" + proto}
-			got, ok := recs[k]
-			switch {
-			case !ok:
-				missing = append(missing, fmt.Sprintf("%s -> %s %s: no record", r.src.ref, r.dst.ref, r.port))
-			case got.Verdict != r.explain.Verdict || got.Origin.ID != r.explain.Origin.ID || got.Expected != r.explain.Expected:
-				missing = append(missing, fmt.Sprintf("%s -> %s %s: record says %s by origin %d (%s %s), expected=%v; explain says %s by %d, expected=%v",
-					r.src.ref, r.dst.ref, r.port, got.Verdict, got.Origin.ID, got.Origin.Kind, got.Origin.Name, got.Expected, r.explain.Verdict, r.explain.Origin.ID, r.explain.Expected))
-			}
-		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	for _, m := range missing {
-		t.Error("flow log: " + m)
-	}
+	checkFlowLogs(t, results)
 	out, err := n.ctl("flows", "-f", flowLog, "--unexpected", "--verdict", "denied", "-o", "json")
 	if err != nil {
 		t.Fatalf("netsegctl flows: %v: %s", err, out)
