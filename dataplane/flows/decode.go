@@ -83,7 +83,3 @@ func decodeIP(b []byte, p *Packet) error {
 	}
 	return nil
 }
-
-func netipAddrPort(a netip.Addr, port uint16) netip.AddrPort {
-	return netip.AddrPortFrom(a.Unmap(), port)
-}

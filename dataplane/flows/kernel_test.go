@@ -1,14 +1,17 @@
 package flows_test
 
 import (
+	"maps"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 	"github.com/netseg/netseg/e2e/lab"
+	"github.com/ti-mo/conntrack"
 )
 
 func TestMain(m *testing.M) { lab.Main(m) }
@@ -138,6 +141,7 @@ func TestReaders(t *testing.T) {
 	if !dumped {
 		t.Errorf("dump lacks the open connection: %+v", dump)
 	}
+	checkDumpAgainstLibrary(t, n.ns.Fd(), dump)
 	conn.Close()
 	if err := n.a.Probe("tcp", netip.AddrPortFrom(b, 9090), time.Second); err != nil {
 		t.Fatal(err)
@@ -179,6 +183,45 @@ func TestReaders(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("nflog %+v conntrack %+v", nl.Stats(), ct.Stats())
+}
+
+// checkDumpAgainstLibrary dumps the table with github.com/ti-mo/conntrack
+// and wants the same netseg entries as the reader's own decoding.
+func checkDumpAgainstLibrary(t *testing.T, nsFd int, dump []flows.ConnEvent) {
+	t.Helper()
+	type entry struct {
+		id          uint32
+		src, dst    netip.AddrPort
+		mark        dataplane.Mark
+		orig, reply flows.Counters
+	}
+	ours := map[entry]bool{}
+	for _, e := range dump {
+		ours[entry{e.ID, e.Src, e.Dst, e.Mark, e.Orig, e.Reply}] = true
+	}
+	c, err := conntrack.Dial(&netlink.Config{NetNS: nsFd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fl, err := c.Dump(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := map[entry]bool{}
+	for _, f := range fl {
+		if f.Mark == 0 {
+			continue
+		}
+		o := f.TupleOrig
+		theirs[entry{f.ID, netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
+			netip.AddrPortFrom(o.IP.DestinationAddress.Unmap(), o.Proto.DestinationPort), dataplane.Mark(f.Mark),
+			flows.Counters{Packets: f.CountersOrig.Packets, Bytes: f.CountersOrig.Bytes},
+			flows.Counters{Packets: f.CountersReply.Packets, Bytes: f.CountersReply.Bytes}}] = true
+	}
+	if len(ours) == 0 || !maps.Equal(ours, theirs) {
+		t.Errorf("dump decoded by netseg %v, by ti-mo/conntrack %v", ours, theirs)
+	}
 }
 
 func ioReadFull(c interface{ Read([]byte) (int, error) }, buf []byte) (int, error) {

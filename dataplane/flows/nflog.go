@@ -32,8 +32,6 @@ const (
 	nfulaPayload   = 9
 	nfulaPrefix    = 10
 	nfulaCt        = 18
-
-	ctaMark = 8 // CTA_MARK inside NFULA_CT
 )
 
 // NFLOGConfig configures an NFLOG reader.
