@@ -105,10 +105,11 @@ func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Tim
 
 // describe fills the connection's names, verdict, origin and expected flag.
 func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, connStart time.Time) {
-	res := p.resolverAt(connStart)
+	tr := p.resolverAt(connStart)
+	res := tr.r
 	rec.Protocol = ProtocolName(proto)
-	rec.Src = p.endpoint(res, src)
-	rec.Dst = p.endpoint(res, dst)
+	rec.Src = p.endpoint(tr, src)
+	rec.Dst = p.endpoint(tr, dst)
 	if proto == dataplane.ICMP || proto == dataplane.ICMPv6 {
 		t := icmpType
 		rec.ICMPType = &t
@@ -133,18 +134,44 @@ func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst neti
 	rec.Expected = &expected
 }
 
-func (p *Pipeline) endpoint(res Resolver, ap netip.AddrPort) *Endpoint {
-	peer := res.Resolve(ap.Addr())
-	e := &Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone}
-	for _, k := range p.cfg.Labels {
-		if v, ok := peer.Labels[k]; ok {
-			if e.Labels == nil {
-				e.Labels = map[string]string{}
+func (p *Pipeline) endpoint(tr timedResolver, ap netip.AddrPort) *Endpoint {
+	peer := tr.r.Resolve(ap.Addr())
+	return &Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone,
+		Labels: p.selectedLabels(tr.gen, &peer)}
+}
+
+// labelsKey names a workload under one resolver (its generation).
+type labelsKey struct {
+	gen             uint64
+	namespace, name string
+}
+
+// selectedLabels returns the workload's labels that the config selects,
+// nil when none. The map is shared by every record of the workload under
+// this resolver (records are read-only once built): one map per workload,
+// not two per connection.
+func (p *Pipeline) selectedLabels(gen uint64, peer *Peer) map[string]string {
+	if len(peer.Labels) == 0 {
+		return nil
+	}
+	k := labelsKey{gen, peer.Namespace, peer.Name}
+	if m, ok := p.labels[k]; ok {
+		return m
+	}
+	var m map[string]string
+	for _, l := range p.cfg.Labels {
+		if v, ok := peer.Labels[l]; ok {
+			if m == nil {
+				m = map[string]string{}
 			}
-			e.Labels[k] = v
+			m[l] = v
 		}
 	}
-	return e
+	if len(p.labels) >= 10000 {
+		clear(p.labels) // workloads of old resolvers go
+	}
+	p.labels[k] = m
+	return m
 }
 
 func (p *Pipeline) emitFlow(rec *Record) {

@@ -39,7 +39,8 @@ type Config struct {
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// OnRecord, when set, sees every record written (flow, lost, alert),
-	// on the pipeline's goroutine: it must not block.
+	// on the pipeline's goroutine: it must not block, and must not modify
+	// the record (its label maps are shared).
 	OnRecord func(*Record)
 }
 
@@ -138,6 +139,7 @@ type Pipeline struct {
 	pendingLost  map[lostKey]uint64
 	writeErr     error
 	enc          []byte // the record being written
+	labels       map[labelsKey]map[string]string
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -146,6 +148,7 @@ type Pipeline struct {
 type timedResolver struct {
 	since time.Time
 	r     Resolver
+	gen   uint64 // numbers the resolvers in the order they were set
 }
 
 type lostKey struct{ cause, unit string }
@@ -173,6 +176,7 @@ func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pi
 		alertsByKey: map[alertKey]*alert{},
 		reported:    map[string]uint64{},
 		pendingLost: map[lostKey]uint64{},
+		labels:      map[labelsKey]map[string]string{},
 		stats:       Stats{ByVerdict: map[string]uint64{}, LostByCause: map[string]uint64{}},
 	}
 	p.resolvers = []timedResolver{{r: res}}
@@ -187,22 +191,22 @@ func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pi
 func (p *Pipeline) SetResolver(r Resolver) {
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
-	p.resolvers = append(p.resolvers, timedResolver{since: p.cfg.Now(), r: r})
+	p.resolvers = append(p.resolvers, timedResolver{since: p.cfg.Now(), r: r, gen: p.resolvers[len(p.resolvers)-1].gen + 1})
 	if len(p.resolvers) > 4 {
 		p.resolvers = p.resolvers[len(p.resolvers)-4:]
 	}
 }
 
 // resolverAt returns the resolver in force when a connection began.
-func (p *Pipeline) resolverAt(t time.Time) Resolver {
+func (p *Pipeline) resolverAt(t time.Time) timedResolver {
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
 	for i := len(p.resolvers) - 1; i > 0; i-- {
 		if !t.Before(p.resolvers[i].since) {
-			return p.resolvers[i].r
+			return p.resolvers[i]
 		}
 	}
-	return p.resolvers[0].r
+	return p.resolvers[0]
 }
 
 // Packet queues an NFLOG packet (a flows.NFLOG handler). It never blocks.

@@ -130,7 +130,7 @@ func TestFinalRecords(t *testing.T) {
 			if !ok {
 				o = policy.Origin{ID: tt.origin}
 			}
-			src := p.endpoint(fakeResolver{origins}, tt.ev.Src)
+			src := p.endpoint(timedResolver{r: fakeResolver{origins}}, tt.ev.Src)
 			want := []Record{{Schema: Schema, Kind: KindFlow, Node: "n1", Report: ReportFinal, Start: t0, End: t0.Add(time.Second),
 				Protocol: "TCP", Src: src, Dst: &tt.dst, Direction: tt.dir, Verdict: tt.verdict, Origin: &o, Expected: boolp(tt.expected),
 				PacketsToDst: 10, BytesToDst: 1000, PacketsToSrc: 5, BytesToSrc: 500}}

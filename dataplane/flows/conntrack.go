@@ -43,12 +43,13 @@ type ConntrackConfig struct {
 // Conntrack reads conntrack events of netseg's connections (non-zero
 // mark) inside a network namespace.
 type Conntrack struct {
-	cfg       ConntrackConfig
-	nsFd      int
-	destroy   *netlink.Conn
-	newConn   *netlink.Conn
-	closed    atomic.Bool
-	closeOnce sync.Once
+	cfg     ConntrackConfig
+	nsFd    int
+	destroy *eventSocket
+	newConn *eventSocket
+
+	mu              sync.Mutex
+	running, closed bool
 
 	messages, overflows, errs atomic.Uint64
 }
@@ -114,103 +115,83 @@ func OpenConntrack(nsFd int, cfg ConntrackConfig) (*Conntrack, error) {
 	}
 	if cfg.New {
 		if c.newConn, err = c.subscribe(netfilter.GroupCTNew, false); err != nil {
-			c.destroy.Close()
+			c.destroy.close()
 			return nil, err
 		}
 	}
 	return c, nil
 }
 
-func (c *Conntrack) subscribe(group netfilter.NetlinkGroup, reliable bool) (*netlink.Conn, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: c.nsFd})
+func (c *Conntrack) subscribe(group netfilter.NetlinkGroup, reliable bool) (*eventSocket, error) {
+	s, err := openEventSocket(c.nsFd, eventSocketConfig{proto: unix.NETLINK_NETFILTER, groups: []uint32{uint32(group)},
+		readBuffer: c.cfg.ReadBuffer, reliable: reliable})
 	if err != nil {
-		return nil, fmt.Errorf("conntrack events: dial netlink: %w", err)
+		return nil, fmt.Errorf("conntrack events (group %d): %w", group, err)
 	}
-	fail := func(what string, err error) (*netlink.Conn, error) {
-		conn.Close()
-		return nil, fmt.Errorf("conntrack events (group %d): %s: %w", group, what, err)
+	return s, nil
+}
+
+// sockets lists the open event sockets.
+func (c *Conntrack) sockets() []*eventSocket {
+	if c.newConn == nil {
+		return []*eventSocket{c.destroy}
 	}
-	if err := setReadBuffer(conn, c.cfg.ReadBuffer); err != nil {
-		return fail("receive buffer", err)
-	}
-	if reliable {
-		if err := conn.SetOption(netlink.BroadcastError, true); err != nil {
-			return fail("NETLINK_BROADCAST_ERROR", err)
-		}
-		if err := conn.SetOption(netlink.NoENOBUFS, true); err != nil {
-			return fail("NETLINK_NO_ENOBUFS", err)
-		}
-	}
-	if err := conn.JoinGroup(uint32(group)); err != nil {
-		return fail("join group", err)
-	}
-	return conn, nil
+	return []*eventSocket{c.destroy, c.newConn}
 }
 
 // Run reads events and calls handle for each netseg connection (non-zero
 // mark), until Close. With NEW events, handle is called from two
-// goroutines. It returns nil after Close, or the first other error.
+// goroutines. It returns nil after Close, or the first other error; the
+// sockets are closed when it returns. Call it once.
 func (c *Conntrack) Run(handle func(ConnEvent)) error {
-	if c.newConn == nil {
-		return c.read(c.destroy, handle)
+	c.mu.Lock()
+	if c.closed || c.running {
+		c.mu.Unlock()
+		return nil
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- c.read(c.newConn, handle) }()
-	err := c.read(c.destroy, handle)
-	return errors.Join(err, <-errc)
+	c.running = true
+	c.mu.Unlock()
+	socks := c.sockets()
+	errc := make(chan error, len(socks))
+	for _, s := range socks {
+		go func() { errc <- c.read(s, handle) }()
+	}
+	var err error
+	for range socks {
+		err = errors.Join(err, <-errc)
+	}
+	for _, s := range socks {
+		s.close()
+	}
+	return err
 }
 
-// read hands on the socket's events in batches: it waits until the
-// socket is readable, reads until it is empty (or a batch is full) into
-// one reused buffer, decodes in place, calls handle for each netseg event,
-// then sleeps BatchWait.
-func (c *Conntrack) read(conn *netlink.Conn, handle func(ConnEvent)) error {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("conntrack events: raw conn: %w", err)
-	}
+// read hands on one socket's events in batches: it reads until the socket
+// is empty (or a batch is full) into one reused buffer, decodes in place,
+// calls handle for each netseg event, then waits BatchWait.
+func (c *Conntrack) read(s *eventSocket, handle func(ConnEvent)) error {
 	const maxBatch = 4096
 	buf := make([]byte, 64<<10) // an event is a few hundred bytes
 	batch := make([]ConnEvent, 0, maxBatch)
-	for {
-		var rerr error
-		now := time.Now()
-		err := raw.Read(func(fd uintptr) bool {
-			for len(batch) < maxBatch {
-				n, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-				switch {
-				case err == unix.EINTR:
-					continue
-				case err == unix.EAGAIN:
-					return len(batch) > 0 // false: wait until readable
-				case err == unix.ENOBUFS:
-					c.overflows.Add(1)
-					continue
-				case err != nil:
-					rerr = err
-					return true
-				}
-				batch = c.decode(buf[:n], now, batch)
+	var now time.Time
+	err := s.read(buf, maxBatch, c.cfg.BatchWait,
+		func(b []byte) {
+			if len(batch) == 0 {
+				now = time.Now()
 			}
-			return true
-		})
-		for i := range batch {
-			handle(batch[i])
-		}
-		batch = batch[:0]
-		if c.closed.Load() {
-			return nil
-		}
-		if err == nil {
-			err = rerr
-		}
-		if err != nil {
-			return fmt.Errorf("conntrack events: receive: %w", err)
-		}
-		if c.cfg.BatchWait > 0 {
-			time.Sleep(c.cfg.BatchWait)
-		}
+			batch = c.decode(b, now, batch)
+		},
+		func() {
+			for i := range batch {
+				handle(batch[i])
+			}
+			batch = batch[:0]
+		},
+		func() { c.overflows.Add(1) })
+	if errors.Is(err, errSocketClosed) {
+		return nil
 	}
+	return fmt.Errorf("conntrack events: %w", err)
 }
 
 // decode appends the netseg events (non-zero mark) of one datagram.
@@ -325,15 +306,21 @@ func (c *Conntrack) Stats() Stats {
 	return Stats{Messages: c.messages.Load(), Overflows: c.overflows.Load(), Errors: c.errs.Load()}
 }
 
-// Close closes the sockets; Run returns.
+// Close ends Run (which closes the sockets), or closes them if Run was
+// never called.
 func (c *Conntrack) Close() error {
-	var err error
-	c.closeOnce.Do(func() {
-		c.closed.Store(true)
-		err = c.destroy.Close()
-		if c.newConn != nil {
-			err = errors.Join(err, c.newConn.Close())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	for _, s := range c.sockets() {
+		if c.running {
+			s.Close()
+		} else {
+			s.close()
 		}
-	})
-	return err
+	}
+	return nil
 }

@@ -1,0 +1,148 @@
+package flows
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// eventSocket is a netlink multicast socket read in batches by one
+// blocking thread, outside Go's network poller. The poller registers a
+// socket edge-triggered, so every event the kernel queues wakes a thread
+// of the agent even while the reader sleeps between batches: at ten
+// thousand connections a second that was ten thousand context switches a
+// second, half of the agent's CPU. A blocking poll(2) on the socket and an
+// eventfd (to end it on Close) wakes once per batch instead.
+type eventSocket struct {
+	fd, wake  int
+	closeOnce sync.Once
+}
+
+// eventSocketConfig describes the subscription.
+type eventSocketConfig struct {
+	proto      int      // NETLINK_NETFILTER
+	groups     []uint32 // multicast groups to join
+	readBuffer int      // SO_RCVBUFFORCE bytes
+	reliable   bool     // NETLINK_BROADCAST_ERROR and NETLINK_NO_ENOBUFS
+}
+
+// openEventSocket opens the socket in the network namespace nsFd (a
+// socket stays in the namespace it was created in).
+func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
+	s := &eventSocket{fd: -1, wake: -1}
+	err := inNamespace(nsFd, func() error {
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, cfg.proto)
+		s.fd = fd
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	fail := func(what string, err error) (*eventSocket, error) {
+		s.close()
+		return nil, fmt.Errorf("netlink socket: %s: %w", what, err)
+	}
+	if err := unix.Bind(s.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fail("bind", err)
+	}
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, cfg.readBuffer); err != nil {
+		return fail("receive buffer", err)
+	}
+	if cfg.reliable {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_NETLINK, unix.NETLINK_BROADCAST_ERROR, 1); err != nil {
+			return fail("NETLINK_BROADCAST_ERROR", err)
+		}
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1); err != nil {
+			return fail("NETLINK_NO_ENOBUFS", err)
+		}
+	}
+	for _, g := range cfg.groups {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, int(g)); err != nil {
+			return fail(fmt.Sprintf("join group %d", g), err)
+		}
+	}
+	if s.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return fail("eventfd", err)
+	}
+	return s, nil
+}
+
+// errSocketClosed ends read after Close.
+var errSocketClosed = errors.New("socket closed")
+
+// read waits for datagrams and hands each to datagram, in batches: after
+// the socket runs empty (or max datagrams) it calls batchDone, then waits
+// pause before looking again, letting the next batch gather in the
+// socket. An ENOBUFS error counts an overflow and goes on. It returns
+// errSocketClosed after Close, or the first other error.
+func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram func([]byte), batchDone func(), overflow func()) error {
+	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
+	for {
+		if err := s.poll(fds, -1); err != nil {
+			return err
+		}
+		for n := 0; n < max; n++ {
+			size, _, err := unix.Recvfrom(s.fd, buf, unix.MSG_DONTWAIT)
+			if err == unix.EAGAIN {
+				break
+			}
+			switch err {
+			case nil:
+				datagram(buf[:size])
+			case unix.EINTR:
+			case unix.ENOBUFS:
+				overflow()
+			default:
+				return fmt.Errorf("receive: %w", err)
+			}
+		}
+		batchDone()
+		// A sleep, not a poll with a timeout: Go's sysmon keeps waking
+		// every 20 µs to take the processor from a thread in a long
+		// system call, so a busy reader's poll returns at once (the
+		// next batch is there) and only an idle one blocks in it.
+		time.Sleep(pause)
+	}
+}
+
+// poll waits until one of fds is readable or timeout ms pass (-1: no
+// timeout); it returns errSocketClosed when the eventfd (the last fd)
+// fired.
+func (s *eventSocket) poll(fds []unix.PollFd, timeout int) error {
+	for {
+		_, err := unix.Poll(fds, timeout)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll: %w", err)
+		}
+		if fds[len(fds)-1].Revents != 0 {
+			return errSocketClosed
+		}
+		return nil
+	}
+}
+
+// Close ends a read in progress; the descriptors are closed when it has
+// returned (close(2) does not interrupt a blocked poll).
+func (s *eventSocket) Close() {
+	s.closeOnce.Do(func() {
+		if s.wake >= 0 {
+			_, _ = unix.Write(s.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+	})
+}
+
+// close releases the descriptors; call it once nothing reads.
+func (s *eventSocket) close() {
+	for _, fd := range []int{s.fd, s.wake} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	s.fd, s.wake = -1, -1
+}
