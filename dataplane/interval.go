@@ -2,7 +2,7 @@ package dataplane
 
 import (
 	"net/netip"
-	"sort"
+	"slices"
 )
 
 // fillInterval puts prefixes into an interval set as non-overlapping
@@ -12,8 +12,12 @@ import (
 // pod's /32 its own interval makes adding a pod a pure element addition
 // (no delete, which costs the commit an RCU grace period).
 func fillInterval(s *setSpec, prefixes []netip.Prefix) {
-	for _, iv := range mergePrefixes(prefixes) {
-		s.elems[iv.key.String()+"-"+iv.keyEnd.String()] = iv
+	merged := mergePrefixes(prefixes)
+	if len(s.elems) == 0 {
+		s.elems = make(map[elemKey]elemSpec, len(merged))
+	}
+	for _, iv := range merged {
+		s.elems[elemKey{iv.key, iv.keyEnd}] = iv
 	}
 }
 
@@ -26,7 +30,7 @@ func mergePrefixes(prefixes []netip.Prefix) []elemSpec {
 		p = p.Masked()
 		rs = append(rs, rng{p.Addr(), lastAddr(p)})
 	}
-	sort.Slice(rs, func(i, j int) bool { return rs[i].first.Less(rs[j].first) })
+	slices.SortFunc(rs, func(a, b rng) int { return a.first.Compare(b.first) })
 	var merged []rng
 	for _, r := range rs {
 		if n := len(merged); n > 0 {

@@ -54,7 +54,7 @@ type setSpec struct {
 	name  string
 	fam   int
 	kind  setKind
-	elems map[string]elemSpec // key: element identity (address/interval + value)
+	elems map[elemKey]elemSpec
 	// foreign sets are created by the dataplane but filled by someone else
 	// (the CNI plugin's quarantine): their elements are never diffed,
 	// checked for drift, or lost by a full resync.
@@ -65,6 +65,18 @@ type setSpec struct {
 // plugin quarantines the addresses of an interface whose ADD failed while
 // the agent could not record it. The plugin owns its elements.
 func CNIQuarantineSet(fam int) string { return fmt.Sprintf("cniquarantine%d", fam) }
+
+// elemKey identifies a set element: an address, or an interval [first,
+// end) (end invalid: to the end of the address space). Addresses, not
+// their text: a sync at a thousand endpoints formats no address.
+type elemKey struct{ first, end netip.Addr }
+
+func (k elemKey) compare(o elemKey) int {
+	if c := k.first.Compare(o.first); c != 0 {
+		return c
+	}
+	return k.end.Compare(o.end)
+}
 
 type elemSpec struct {
 	key, keyEnd netip.Addr // keyEnd: exclusive end for intervals (invalid = to the end of the space)
@@ -199,8 +211,9 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	if err := rs.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
 	}
-	st := &state{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}, endpointChains: map[string][]string{},
-		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epHash: map[string]string{},
+	n := len(rs.Endpoints) // maps sized up front: growing them was a tenth of a sync
+	st := &state{sets: map[string]*setSpec{}, chains: make(map[string]*chainSpec, 2*n+64), endpointChains: make(map[string][]string, n),
+		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epHash: make(map[string]string, n),
 		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}}
 	if prev != nil {
 		st.cache = prev.made
@@ -215,7 +228,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	}
 	for _, a := range rs.Quarantine {
 		a = a.Unmap()
-		st.sets[fmt.Sprintf("quarantine%d", famOf(a))].elems[a.String()] = elemSpec{key: a}
+		st.sets[fmt.Sprintf("quarantine%d", famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
 	}
 	for fam, prefixes := range byFamily(rs.Managed) {
 		fillInterval(st.addSetIfMissing(fmt.Sprintf("managed%d", fam), fam, kindInterval), prefixes)
@@ -241,6 +254,9 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	maps := [7][3]*setSpec{}
 	for _, fam := range []int{4, 6} {
 		maps[fam] = [3]*setSpec{st.sets[fmt.Sprintf("egress%d", fam)], st.sets[fmt.Sprintf("ingress%d", fam)], st.sets[fmt.Sprintf("local%d", fam)]}
+		for _, m := range maps[fam] {
+			m.elems = make(map[elemKey]elemSpec, n)
+		}
 	}
 	for _, ep := range rs.Endpoints {
 		out := st.policyChain("out", ep.Egress, false)
@@ -256,7 +272,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		for _, ip := range ep.IPs {
 			ip = ip.Unmap()
 			fam := famOf(ip)
-			k := ip.String()
+			k := elemKey{first: ip}
 			maps[fam][0].elems[k] = elemSpec{key: ip, chain: epo, comment: ep.ID}
 			maps[fam][1].elems[k] = elemSpec{key: ip, chain: epi, comment: ep.ID}
 			maps[fam][2].elems[k] = elemSpec{key: ip}
@@ -275,7 +291,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 }
 
 func (st *state) addSet(name string, fam int, kind setKind) *setSpec {
-	s := &setSpec{name: name, fam: fam, kind: kind, elems: map[string]elemSpec{}}
+	s := &setSpec{name: name, fam: fam, kind: kind, elems: map[elemKey]elemSpec{}}
 	st.sets[name] = s
 	return s
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -21,8 +22,10 @@ type Stats struct {
 	DriftRepairs atomic.Uint64 // drift found in the kernel and repaired
 	Errors       atomic.Uint64 // batches the kernel refused
 	Collections  atomic.Uint64 // Collect batches applied
-	// LastSync is the duration of the last applied batch, in nanoseconds.
-	LastSync atomic.Int64
+	// LastSync is the duration of the last applied batch, in nanoseconds;
+	// LastRender and LastCommit its parts: rendering the ruleset into
+	// chains and sets, and the kernel's transaction.
+	LastSync, LastRender, LastCommit atomic.Int64
 }
 
 // LinkChecker says whether a host interface exists. The dataplane binds an
@@ -91,6 +94,7 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	if err != nil {
 		return err
 	}
+	rendered := time.Now()
 	var carried map[string][]nftables.SetElement
 	if full || d.applied == nil {
 		carried = d.readForeign(st)
@@ -108,6 +112,7 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	} else {
 		d.buildDiff(d.applied, st)
 	}
+	built := time.Now()
 	if err := d.commit(); err != nil {
 		d.Stats.Errors.Add(1)
 		incremental := !full && d.applied != nil
@@ -120,6 +125,8 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		return fmt.Errorf("apply nftables batch to table inet %s: %w", d.cfg.Table, err)
 	}
 	d.Stats.LastSync.Store(int64(time.Since(start)))
+	d.Stats.LastRender.Store(int64(rendered.Sub(start)))
+	d.Stats.LastCommit.Store(int64(time.Since(built)))
 	if full || d.applied == nil {
 		d.Stats.FullResyncs.Add(1)
 	} else {
@@ -224,7 +231,7 @@ func (d *Dataplane) buildFull(st *state) {
 	}
 	for _, name := range sortedKeys(st.sets) {
 		if s := st.sets[name]; s.kind == kindVmap {
-			d.addElems(s, sortedKeys(s.elems))
+			d.addElems(s, sortedElems(s.elems))
 		}
 	}
 }
@@ -312,11 +319,11 @@ func (d *Dataplane) buildDiff(old, st *state) {
 		}
 		if prev == nil {
 			if s.kind == kindVmap {
-				d.addElems(s, sortedKeys(s.elems))
+				d.addElems(s, sortedElems(s.elems))
 			}
 			continue
 		}
-		var del, add []string
+		var del, add []elemKey
 		for k, e := range prev.elems {
 			if n, ok := s.elems[k]; !ok || n != e {
 				del = append(del, k)
@@ -327,8 +334,8 @@ func (d *Dataplane) buildDiff(old, st *state) {
 				add = append(add, k)
 			}
 		}
-		sort.Strings(del)
-		sort.Strings(add)
+		slices.SortFunc(del, elemKey.compare)
+		slices.SortFunc(add, elemKey.compare)
 		d.delElems(prev, del)
 		d.addElems(s, add)
 	}
@@ -451,7 +458,7 @@ func (d *Dataplane) addSet(s *setSpec) {
 		d.errs = append(d.errs, fmt.Errorf("set %s: %w", s.name, err))
 	}
 	if s.kind != kindVmap { // vmap elements need their chains: added later
-		d.addElems(s, sortedKeys(s.elems))
+		d.addElems(s, sortedElems(s.elems))
 	}
 }
 
@@ -459,7 +466,7 @@ func (d *Dataplane) addSet(s *setSpec) {
 // one attribute, and a netlink attribute's length is 16 bits (64 KiB).
 const elemChunk = 256
 
-func (d *Dataplane) elements(s *setSpec, keys []string) []nftables.SetElement {
+func (d *Dataplane) elements(s *setSpec, keys []elemKey) []nftables.SetElement {
 	var out []nftables.SetElement
 	for _, k := range keys {
 		e := s.elems[k]
@@ -479,7 +486,7 @@ func (d *Dataplane) elements(s *setSpec, keys []string) []nftables.SetElement {
 	return out
 }
 
-func (d *Dataplane) addElems(s *setSpec, keys []string) {
+func (d *Dataplane) addElems(s *setSpec, keys []elemKey) {
 	if len(keys) == 0 {
 		return
 	}
@@ -492,7 +499,7 @@ func (d *Dataplane) addElems(s *setSpec, keys []string) {
 	}
 }
 
-func (d *Dataplane) delElems(s *setSpec, keys []string) {
+func (d *Dataplane) delElems(s *setSpec, keys []elemKey) {
 	if len(keys) == 0 {
 		return
 	}
@@ -627,6 +634,16 @@ func sameRules(c *chainSpec, rules []*nftables.Rule) error {
 		}
 	}
 	return nil
+}
+
+// sortedElems lists a set's elements in address order.
+func sortedElems(m map[elemKey]elemSpec) []elemKey {
+	keys := make([]elemKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, elemKey.compare)
+	return keys
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -5,9 +5,11 @@
 package enforce
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 
 	"github.com/netseg/netseg/controller/policy"
@@ -74,8 +76,17 @@ func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
 	for p := range managed {
 		rs.Managed = append(rs.Managed, p)
 	}
-	sort.Slice(rs.Managed, func(i, j int) bool { return rs.Managed[i].String() < rs.Managed[j].String() })
+	slices.SortFunc(rs.Managed, comparePrefixes)
 	return rs, errs
+}
+
+// comparePrefixes orders prefixes by address, then length (a total order
+// without formatting them: the agent sorts every managed address per sync).
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 func firstErr(errs ...error) error {

@@ -346,7 +346,8 @@ func (a *Agent) syncOnce() error {
 		a.log.Error("sync failed", "err", err)
 	} else {
 		a.log.Debug("synced", "endpoints", len(rs.Endpoints), "sets", len(rs.Sets), "took", time.Since(start),
-			"compile", compiledAt.Sub(start), "ruleset", enforcedAt.Sub(compiledAt), "kernel", time.Since(enforcedAt))
+			"compile", compiledAt.Sub(start), "ruleset", enforcedAt.Sub(compiledAt), "dataplane", time.Since(enforcedAt),
+			"render", time.Duration(a.dp.Stats.LastRender.Load()), "commit", time.Duration(a.dp.Stats.LastCommit.Load()))
 	}
 	a.metrics.Endpoints.Set(float64(len(eps)))
 	a.setSynced(compiled, err, warnings, len(eps))

@@ -1,32 +1,48 @@
 package node
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/netseg/netseg/api/agent"
 )
 
 // Registry holds the endpoints the CNI plugin registered on this node. It
-// is persisted in the state directory on every change (write to a
-// temporary file, then rename), so a restarted agent re-programs the same
-// rules without asking the runtime.
+// is persisted in the state directory, one file per endpoint
+// (endpoints/<id>.json, written to a temporary file, then renamed), so a
+// restarted agent re-programs the same rules without asking the runtime,
+// and a change writes one small file whatever the node's size.
 type Registry struct {
-	path string
+	dir    string // state directory
+	epDir  string // dir/endpoints
+	legacy string // dir/endpoints.json: the single-file form of earlier versions
 
 	mu          sync.Mutex
 	endpoints   map[string]agent.Endpoint // by ID
 	quarantined map[string]agent.Endpoint // interfaces whose ADD failed
 }
 
-// regFile is the registry's on-disk form.
-type regFile struct {
+// regEntry is one endpoint's file.
+type regEntry struct {
+	Version int `json:"version"`
+	// Quarantined: the interface's ADD failed and it stays without traffic.
+	Quarantined bool           `json:"quarantined,omitempty"`
+	Endpoint    agent.Endpoint `json:"endpoint"`
+}
+
+// legacyFile is the registry's single-file form before version 2; it is
+// read once, written out as per-endpoint files, and removed.
+type legacyFile struct {
 	Version     int              `json:"version"`
 	Endpoints   []agent.Endpoint `json:"endpoints"`
 	Quarantined []agent.Endpoint `json:"quarantined,omitempty"`
@@ -37,29 +53,109 @@ func EndpointID(a agent.Attachment) string { return a.ContainerID + "/" + a.IfNa
 
 // OpenRegistry loads the registry from dir (creating dir if needed).
 func OpenRegistry(dir string) (*Registry, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
-	}
-	r := &Registry{path: filepath.Join(dir, "endpoints.json"),
+	r := &Registry{dir: dir, epDir: filepath.Join(dir, "endpoints"), legacy: filepath.Join(dir, "endpoints.json"),
 		endpoints: map[string]agent.Endpoint{}, quarantined: map[string]agent.Endpoint{}}
-	b, err := os.ReadFile(r.path)
-	if errors.Is(err, os.ErrNotExist) {
-		return r, nil
+	if err := os.MkdirAll(r.epDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", r.epDir, err)
 	}
+	entries, err := os.ReadDir(r.epDir)
 	if err != nil {
-		return nil, fmt.Errorf("read registry %s: %w", r.path, err)
+		return nil, fmt.Errorf("read registry %s: %w", r.epDir, err)
 	}
-	var f regFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("parse registry %s: %w", r.path, err)
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".json") {
+			_ = os.Remove(filepath.Join(r.epDir, name)) // a temporary file of an interrupted write
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(r.epDir, name))
+		if err != nil {
+			return nil, fmt.Errorf("read registry entry %s: %w", name, err)
+		}
+		var ent regEntry
+		if err := json.Unmarshal(b, &ent); err != nil {
+			return nil, fmt.Errorf("parse registry entry %s: %w", filepath.Join(r.epDir, name), err)
+		}
+		r.mapOf(ent.Quarantined)[EndpointID(ent.Endpoint.Attachment)] = ent.Endpoint
 	}
-	for _, ep := range f.Endpoints {
-		r.endpoints[EndpointID(ep.Attachment)] = ep
-	}
-	for _, ep := range f.Quarantined {
-		r.quarantined[EndpointID(ep.Attachment)] = ep
+	if err := r.migrate(); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// migrate turns an endpoints.json of an earlier version into entries.
+func (r *Registry) migrate() error {
+	b, err := os.ReadFile(r.legacy)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read registry %s: %w", r.legacy, err)
+	}
+	var f legacyFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("parse registry %s: %w", r.legacy, err)
+	}
+	for _, q := range []bool{false, true} {
+		list := f.Endpoints
+		if q {
+			list = f.Quarantined
+		}
+		for _, ep := range list {
+			if err := r.write(ep, q); err != nil {
+				return err
+			}
+			r.mapOf(q)[EndpointID(ep.Attachment)] = ep
+		}
+	}
+	if err := os.Remove(r.legacy); err != nil {
+		return fmt.Errorf("registry: remove %s after moving it to %s: %w", r.legacy, r.epDir, err)
+	}
+	return nil
+}
+
+func (r *Registry) mapOf(quarantined bool) map[string]agent.Endpoint {
+	if quarantined {
+		return r.quarantined
+	}
+	return r.endpoints
+}
+
+// entryPath names an endpoint's file: its ID, escaped (a hash for an ID
+// too long for a file name).
+func (r *Registry) entryPath(id string) string {
+	name := url.PathEscape(id)
+	if len(name) > 200 {
+		sum := sha256.Sum256([]byte(id))
+		name = hex.EncodeToString(sum[:16])
+	}
+	return filepath.Join(r.epDir, name+".json")
+}
+
+// write records ep (as registered or quarantined) in its file.
+func (r *Registry) write(ep agent.Endpoint, quarantined bool) error {
+	b, err := json.Marshal(regEntry{Version: 2, Quarantined: quarantined, Endpoint: ep})
+	if err != nil {
+		return fmt.Errorf("encode registry entry: %w", err)
+	}
+	path := r.entryPath(EndpointID(ep.Attachment))
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write registry entry: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace registry entry: %w", err)
+	}
+	return nil
+}
+
+// erase removes an endpoint's file.
+func (r *Registry) erase(id string) error {
+	if err := os.Remove(r.entryPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove registry entry: %w", err)
+	}
+	return nil
 }
 
 // Put adds or replaces an endpoint (and lifts its quarantine).
@@ -70,41 +166,25 @@ func (r *Registry) Put(ep agent.Endpoint) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	id := EndpointID(ep.Attachment)
-	prevEp, hadEp := r.endpoints[id]
-	prevQ, hadQ := r.quarantined[id]
-	r.endpoints[id] = ep
-	delete(r.quarantined, id)
-	if err := r.save(); err != nil {
+	if err := r.write(ep, false); err != nil {
 		// Not on disk, so not registered: memory follows the disk.
-		restore(r.endpoints, id, prevEp, hadEp)
-		restore(r.quarantined, id, prevQ, hadQ)
 		return err
 	}
+	r.endpoints[id] = ep
+	delete(r.quarantined, id)
 	return nil
-}
-
-func restore(m map[string]agent.Endpoint, id string, ep agent.Endpoint, had bool) {
-	if had {
-		m[id] = ep
-	} else {
-		delete(m, id)
-	}
 }
 
 // Quarantine records an interface whose rules could not be programmed.
 func (r *Registry) Quarantine(ep agent.Endpoint) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id := EndpointID(ep.Attachment)
-	prevEp, hadEp := r.endpoints[id]
-	prevQ, hadQ := r.quarantined[id]
-	delete(r.endpoints, id)
-	r.quarantined[id] = ep
-	if err := r.save(); err != nil {
-		restore(r.endpoints, id, prevEp, hadEp)
-		restore(r.quarantined, id, prevQ, hadQ)
+	if err := r.write(ep, true); err != nil {
 		return err
 	}
+	id := EndpointID(ep.Attachment)
+	delete(r.endpoints, id)
+	r.quarantined[id] = ep
 	return nil
 }
 
@@ -118,15 +198,11 @@ func (r *Registry) Delete(a agent.Attachment) (bool, error) {
 	if !known && !q {
 		return false, nil
 	}
-	prevEp, hadEp := r.endpoints[id]
-	prevQ, hadQ := r.quarantined[id]
-	delete(r.endpoints, id)
-	delete(r.quarantined, id)
-	if err := r.save(); err != nil {
-		restore(r.endpoints, id, prevEp, hadEp)
-		restore(r.quarantined, id, prevQ, hadQ)
+	if err := r.erase(id); err != nil {
 		return true, err
 	}
+	delete(r.endpoints, id)
+	delete(r.quarantined, id)
 	return true, nil
 }
 
@@ -150,42 +226,32 @@ func (r *Registry) Retain(keep func(agent.Endpoint) bool) ([]agent.Endpoint, err
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var removed []agent.Endpoint
+	var errs []error
 	for _, m := range []map[string]agent.Endpoint{r.endpoints, r.quarantined} {
 		for id, ep := range m {
-			if !keep(ep) {
-				removed = append(removed, ep)
-				delete(m, id)
+			if keep(ep) {
+				continue
 			}
+			if err := r.erase(id); err != nil {
+				errs = append(errs, err) // still registered: memory follows the disk
+				continue
+			}
+			removed = append(removed, ep)
+			delete(m, id)
 		}
 	}
-	if len(removed) == 0 {
-		return nil, nil
-	}
-	return removed, r.save()
+	return removed, errors.Join(errs...)
 }
 
-// Remove deletes the registry file (netseg-agent --cleanup).
+// Remove deletes the registry's files (netseg-agent --cleanup).
 func (r *Registry) Remove() error {
-	if err := os.Remove(r.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove registry: %w", err)
+	var errs []error
+	for _, p := range []string{r.epDir, r.legacy} {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, fmt.Errorf("remove registry: %w", err))
+		}
 	}
-	return nil
-}
-
-func (r *Registry) save() error {
-	f := regFile{Version: 1, Endpoints: sortedEndpoints(r.endpoints), Quarantined: sortedEndpoints(r.quarantined)}
-	b, err := json.Marshal(f)
-	if err != nil {
-		return fmt.Errorf("encode registry: %w", err)
-	}
-	tmp := r.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write registry: %w", err)
-	}
-	if err := os.Rename(tmp, r.path); err != nil {
-		return fmt.Errorf("replace registry: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func sortedEndpoints(m map[string]agent.Endpoint) []agent.Endpoint {

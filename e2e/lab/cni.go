@@ -177,9 +177,12 @@ func (c *CNI) Check(ctr *Container, list *libcni.NetworkConfigList, a Attach) er
 // Config exposes libcni for GC and STATUS calls.
 func (c *CNI) Config() *libcni.CNIConfig { return c.cni }
 
-// nodeExec is libcni's invoke.Exec with plugins run under
-// "nsenter --net=<node>": the plugin's own netns (for the bridge, the
-// host-side veth, sysctls) is the node's.
+// nodeExec is libcni's invoke.Exec with plugins started in the node's
+// network namespace, as a runtime on that node starts them: the plugin's
+// own netns (for the bridge, the host-side veth, sysctls) is the node's.
+// The process is started from a thread switched into the namespace (a
+// child inherits its parent thread's namespaces), not through nsenter, so
+// that a plugin's measured time is its own.
 type nodeExec struct {
 	node   *Netns
 	onExec func(plugin string, took time.Duration)
@@ -190,12 +193,15 @@ var _ invoke.Exec = &nodeExec{}
 
 func (e *nodeExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "nsenter", "--net="+e.node.Path, "--", pluginPath)
+	cmd := exec.CommandContext(ctx, pluginPath)
 	cmd.Env = environ
 	cmd.Stdin = bytes.NewReader(stdin)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	err := cmd.Run()
+	err := e.node.Do(cmd.Start)
+	if err == nil {
+		err = cmd.Wait()
+	}
 	if e.onExec != nil {
 		e.onExec(filepath.Base(pluginPath), time.Since(start))
 	}

@@ -1,0 +1,139 @@
+package node
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/netseg/netseg/api/agent"
+)
+
+func testEndpoint(container string) agent.Endpoint {
+	return agent.Endpoint{Attachment: agent.Attachment{ContainerID: container, IfName: "eth0"}, Namespace: "shop", Name: container,
+		Labels: map[string]string{"app": "checkout"}, IPs: []string{"10.88.0.2/32"}}
+}
+
+func mustOpen(t *testing.T, dir string) *Registry {
+	t.Helper()
+	r, err := OpenRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func listed(r *Registry) (eps, q []agent.Endpoint) { return r.List() }
+
+// TestRegistryPersists: every change is on disk, one file per endpoint,
+// and a reopened registry holds what the last one held.
+func TestRegistryPersists(t *testing.T) {
+	dir := t.TempDir()
+	r := mustOpen(t, dir)
+	long := strings.Repeat("c", 300) // too long for a file name: hashed
+	for _, c := range []string{"a", "b", "c/with/slashes", long} {
+		if err := r.Put(testEndpoint(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Quarantine(testEndpoint("b")); err != nil {
+		t.Fatal(err)
+	}
+	if known, err := r.Delete(testEndpoint("a").Attachment); !known || err != nil {
+		t.Fatalf("delete a: known %v, %v", known, err)
+	}
+	if known, err := r.Delete(testEndpoint("a").Attachment); known || err != nil {
+		t.Fatalf("delete a again: known %v, %v", known, err)
+	}
+	removed, err := r.Retain(func(ep agent.Endpoint) bool { return ep.ContainerID != long })
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("retain: removed %d, %v", len(removed), err)
+	}
+	wantEps, wantQ := listed(r)
+	files, _ := os.ReadDir(filepath.Join(dir, "endpoints"))
+	if len(files) != 2 {
+		t.Errorf("%d files in endpoints/, want 2 (one registered, one quarantined)", len(files))
+	}
+	// An interrupted write leaves a temporary file: the next open drops it.
+	if err := os.WriteFile(filepath.Join(dir, "endpoints", "x.json.tmp"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again := mustOpen(t, dir)
+	gotEps, gotQ := listed(again)
+	if diff := cmp.Diff(wantEps, gotEps); diff != "" {
+		t.Errorf("endpoints after reopening (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantQ, gotQ); diff != "" {
+		t.Errorf("quarantined after reopening (-want +got):\n%s", diff)
+	}
+	if len(gotEps) != 1 || gotEps[0].ContainerID != "c/with/slashes" || len(gotQ) != 1 || gotQ[0].ContainerID != "b" {
+		t.Errorf("reopened: %v, quarantined %v", gotEps, gotQ)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "endpoints", "x.json.tmp")); !os.IsNotExist(err) {
+		t.Errorf("temporary file kept: %v", err)
+	}
+	if err := again.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "endpoints")); !os.IsNotExist(err) {
+		t.Errorf("Remove left endpoints/: %v", err)
+	}
+}
+
+// TestRegistryMigrates reads the single endpoints.json of earlier versions
+// into per-endpoint files and removes it.
+func TestRegistryMigrates(t *testing.T) {
+	dir := t.TempDir()
+	old := legacyFile{Version: 1, Endpoints: []agent.Endpoint{testEndpoint("a"), testEndpoint("b")}, Quarantined: []agent.Endpoint{testEndpoint("q")}}
+	b, _ := json.Marshal(old)
+	if err := os.WriteFile(filepath.Join(dir, "endpoints.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := mustOpen(t, dir)
+	eps, q := listed(r)
+	if diff := cmp.Diff(old.Endpoints, eps); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(old.Quarantined, q); diff != "" {
+		t.Errorf("quarantined (-want +got):\n%s", diff)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "endpoints.json")); !os.IsNotExist(err) {
+		t.Errorf("endpoints.json kept: %v", err)
+	}
+	eps2, q2 := listed(mustOpen(t, dir))
+	if !cmp.Equal(eps, eps2) || !cmp.Equal(q, q2) {
+		t.Errorf("reopened after migration: %v %v", eps2, q2)
+	}
+}
+
+// TestRegistryWriteFailure: a change that cannot be written is refused and
+// memory keeps what the disk holds.
+func TestRegistryWriteFailure(t *testing.T) {
+	dir := t.TempDir()
+	r := mustOpen(t, dir)
+	if err := r.Put(testEndpoint("a")); err != nil {
+		t.Fatal(err)
+	}
+	// Replace the directory by a file: every write fails.
+	if err := os.RemoveAll(filepath.Join(dir, "endpoints")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "endpoints"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Put(testEndpoint("b")); err == nil {
+		t.Error("Put succeeded with nowhere to write")
+	}
+	if err := r.Quarantine(testEndpoint("a")); err == nil {
+		t.Error("Quarantine succeeded with nowhere to write")
+	}
+	eps, q := listed(r)
+	if len(eps) != 1 || eps[0].ContainerID != "a" || len(q) != 0 {
+		t.Errorf("after failed writes: %v, quarantined %v; want a registered only", eps, q)
+	}
+	if _, err := OpenRegistry(dir); err == nil {
+		t.Error("OpenRegistry succeeded on a file where its directory should be")
+	}
+}
