@@ -30,7 +30,7 @@ type Config struct {
 	MaxOpenFlows, MaxDenied, MaxAlerts int
 	// BatchWait is how long the pipeline lets events gather after it has
 	// written a burst, so that a busy node wakes it once per batch instead
-	// of once per connection. Default 10 ms; negative: no wait.
+	// of once per connection. Default 50 ms; negative: no wait.
 	BatchWait time.Duration
 	// AlertTTL forgets an alert key not seen for this long. Default 24h.
 	AlertTTL time.Duration
@@ -62,7 +62,7 @@ func (c Config) Defaults() Config {
 		c.MaxAlerts = 10000
 	}
 	if c.BatchWait == 0 {
-		c.BatchWait = 10 * time.Millisecond
+		c.BatchWait = 50 * time.Millisecond
 	}
 	if c.AlertTTL <= 0 {
 		c.AlertTTL = 24 * time.Hour
