@@ -183,6 +183,14 @@ func (rs *Ruleset) Validate() error {
 		sets[s.Name] = true
 	}
 	ids := make(map[string]bool, len(rs.Endpoints))
+	// Endpoints of one workload share their rule lists (the same backing
+	// arrays): each list is checked once.
+	type listRef struct {
+		first *Rule
+		n     int
+		tail  bool
+	}
+	checked := map[listRef]bool{}
 	for _, ep := range rs.Endpoints {
 		if ep.ID == "" {
 			return fmt.Errorf("endpoint with empty id (ips %v)", ep.IPs)
@@ -198,8 +206,16 @@ func (rs *Ruleset) Validate() error {
 			{"egress staged", ep.Egress.Staged}, {"egress staged tail", ep.Egress.StagedTail},
 			{"ingress", ep.Ingress.Enforced}, {"ingress tail", ep.Ingress.EnforcedTail},
 			{"ingress staged", ep.Ingress.Staged}, {"ingress staged tail", ep.Ingress.StagedTail}} {
+			if len(p.rules) == 0 {
+				continue
+			}
+			ref := listRef{&p.rules[0], len(p.rules), strings.HasSuffix(p.name, "tail")}
+			if checked[ref] {
+				continue
+			}
+			checked[ref] = true
 			for i, r := range p.rules {
-				if r.Action == Delegate && strings.HasSuffix(p.name, "tail") {
+				if r.Action == Delegate && ref.tail {
 					return fmt.Errorf("endpoint %s: %s rule %d: delegate in a tail", ep.ID, p.name, i)
 				}
 				if r.Peer != "" && !sets[r.Peer] {

@@ -112,6 +112,7 @@ type state struct {
 	// sync's made, reused instead of rendering again.
 	byKey       map[policyKey]string
 	made, cache map[policyKey][]*chainSpec
+	keys        map[policyLists]policyKey // this render's policy keys by lists
 	// endpointChains: endpoint id -> chains it needs (for CHECK).
 	endpointChains map[string][]string
 	// staleChains and staleSets are still in the kernel but no longer
@@ -122,8 +123,8 @@ type state struct {
 	// inputs are the peer sets' prefixes as given, to reuse a set's
 	// rendering when they did not change.
 	inputs map[string][]netip.Prefix
-	// epHash: endpoint id -> the hash in its dispatch chains' names.
-	epHash map[string]string
+	// epNames: endpoint id -> its dispatch chains' names (epo_, epi_).
+	epNames map[string][2]string
 }
 
 // Config tunes the rendered ruleset.
@@ -213,8 +214,8 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	}
 	n := len(rs.Endpoints) // maps sized up front: growing them was a tenth of a sync
 	st := &state{sets: map[string]*setSpec{}, chains: make(map[string]*chainSpec, 2*n+64), endpointChains: make(map[string][]string, n),
-		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epHash: make(map[string]string, n),
-		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}}
+		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epNames: make(map[string][2]string, n),
+		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}, keys: map[policyLists]policyKey{}}
 	if prev != nil {
 		st.cache = prev.made
 	}
@@ -264,8 +265,8 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		// Each endpoint dispatches through its own chains, whose one live
 		// rule goes to the (shared) policy chain: a policy change inserts a
 		// new head rule instead of re-pointing the map element.
-		id := st.endpointHash(prev, ep.ID)
-		epo, epi := "epo_"+id, "epi_"+id
+		names := st.dispatchNames(prev, ep.ID)
+		epo, epi := names[0], names[1]
 		st.addChain(st.dispatchChain(prev, epo, out))
 		st.addChain(st.dispatchChain(prev, epi, in))
 		st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], epo, epi, out, in)
@@ -326,19 +327,20 @@ func (st *state) dispatchChain(prev *state, name, target string) *chainSpec {
 	return c
 }
 
-// endpointHash is the short hash naming an endpoint's dispatch chains,
-// taken from the previous sync when the endpoint was already there (a
-// memo that lives as long as the endpoints it covers).
-func (st *state) endpointHash(prev *state, id string) string {
-	h, ok := "", false
+// dispatchNames names an endpoint's dispatch chains after a short hash
+// of its id, taken from the previous sync when the endpoint was already
+// there (a memo that lives as long as the endpoints it covers).
+func (st *state) dispatchNames(prev *state, id string) [2]string {
+	names, ok := [2]string{}, false
 	if prev != nil {
-		h, ok = prev.epHash[id]
+		names, ok = prev.epNames[id]
 	}
 	if !ok {
-		h = shortHash(id)
+		h := shortHash(id)
+		names = [2]string{"epo_" + h, "epi_" + h}
 	}
-	st.epHash[id] = h
-	return h
+	st.epNames[id] = names
+	return names
 }
 
 // baseChains renders the hooks and the shared verdict tails.
@@ -436,7 +438,12 @@ func (st *state) baseChains(cfg Config) {
 // A Delegate rule is "goto <tail chain>"; a list that runs out continues
 // with its tail, and a tail that runs out denies (fail closed).
 func (st *state) policyChain(dir string, p Policy, ingress bool) string {
-	key := makePolicyKey(dir, p)
+	id := policyListsOf(dir, p)
+	key, ok := st.keys[id]
+	if !ok {
+		key = makePolicyKey(dir, p)
+		st.keys[id] = key
+	}
 	if name, ok := st.byKey[key]; ok {
 		return name
 	}
@@ -518,6 +525,28 @@ func passRules(rules []Rule, tail string, stagedPass, halfOnly, ingress bool) []
 func shortHash(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:6])
+}
+
+// policyLists identifies a policy by its lists' backing arrays: endpoints
+// of one workload share them, so the policy key is computed once per
+// workload rather than once per endpoint.
+type policyLists struct {
+	dir   string
+	lists [4]struct {
+		first *Rule
+		n     int
+	}
+	staged bool
+}
+
+func policyListsOf(dir string, p Policy) policyLists {
+	id := policyLists{dir: dir, staged: p.Staged != nil}
+	for i, l := range [][]Rule{p.Enforced, p.EnforcedTail, p.Staged, p.StagedTail} {
+		if len(l) > 0 {
+			id.lists[i].first, id.lists[i].n = &l[0], len(l)
+		}
+	}
+	return id
 }
 
 // policyKey identifies a policy's rendering: equal keys give equal chains,

@@ -323,6 +323,9 @@ func (d *Dataplane) buildDiff(old, st *state) {
 			}
 			continue
 		}
+		if prev == s {
+			continue // carried over unchanged by render
+		}
 		var del, add []elemKey
 		for k, e := range prev.elems {
 			if n, ok := s.elems[k]; !ok || n != e {

@@ -309,6 +309,12 @@ func (s *Source) Snapshot() node.Snapshot {
 	if !s.synced.Load() {
 		return node.Snapshot{Err: errors.New("waiting for the Kubernetes caches to sync")}
 	}
+	// The generation is read before the cache: an update lands in the
+	// cache before its handler bumps the generation, so the input is at
+	// least as new as the generation it is reported with, and an input
+	// that changes later comes with a higher one (the agent keeps its
+	// compiler model while the generation stays).
+	gen := s.generation.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	in, err := s.input(ctx, false)
@@ -317,7 +323,7 @@ func (s *Source) Snapshot() node.Snapshot {
 		// (an unwatched kind), not an outage.
 		return node.Snapshot{Valid: false, Err: err}
 	}
-	return node.Snapshot{Input: in, Valid: true, Generation: s.generation.Load(),
+	return node.Snapshot{Input: in, Valid: true, Generation: gen,
 		Locate: func(p policy.Problem) string { return p.String() }, Enrich: s.Enrich}
 }
 

@@ -126,6 +126,7 @@ type Agent struct {
 	doneErr   error  // that sync's error
 	compiled  *policy.Compiled
 	local     []policy.Endpoint // this node's endpoints as compiled (labels completed)
+	model     compileModel      // owned by the sync loop
 	lastSync  time.Time
 	syncErr   error
 	endpoints int
@@ -313,8 +314,8 @@ func (a *Agent) syncOnce() error {
 			snap.Enrich(&local[i], uids[local[i].Namespace+"/"+local[i].Name])
 		}
 	}
+	compiled := a.model.compile(snap, in.Config, local)
 	in.Endpoints = append(append([]policy.Endpoint(nil), in.Endpoints...), local...)
-	compiled := policy.Compile(in)
 	compiledAt := time.Now()
 	locals := make([]enforce.Local, 0, len(eps))
 	for _, ep := range eps {

@@ -37,7 +37,11 @@ type Snapshot struct {
 	Input policy.Input
 	// Valid is false until a first good policy is loaded.
 	Valid bool
-	// Generation counts the good policies applied so far.
+	// Generation counts the good policies applied so far. It rises when
+	// Input changes: a snapshot whose Input is newer than an earlier one's
+	// has a higher Generation, or is followed by a change notification
+	// whose snapshot has (the agent keeps its compiler model for a
+	// generation).
 	Generation int64
 	// Err is the latest load's problem; the last good policy stays in force.
 	Err error

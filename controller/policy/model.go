@@ -20,7 +20,10 @@ type Input struct {
 }
 
 // Compile compiles in.
-func Compile(in Input) *Compiled {
+func Compile(in Input) *Compiled { return NewModelOf(in).Compile() }
+
+// NewModelOf returns a model holding in's objects.
+func NewModelOf(in Input) *Model {
 	m := NewModel(in.Config)
 	for _, z := range in.Zones {
 		m.UpsertZone(z)
@@ -40,7 +43,7 @@ func Compile(in Input) *Compiled {
 	for _, s := range in.Services {
 		m.UpsertService(s)
 	}
-	return m.Compile()
+	return m
 }
 
 type key struct{ ns, name string }
