@@ -426,37 +426,44 @@ func TestFlood(t *testing.T) {
 
 // BenchmarkFlowLogOverhead measures, side by side in one run, the highest
 // new-connection rate the lab produces between two containers (8 workers)
-// with no netseg table, then with connection tracking alone (for scale),
-// then the same load with netseg enforcing and the flow pipeline logging
-// every connection. It reports the rates, the ratio netseg/bare, and the
-// connections neither recorded nor counted as lost (must be 0).
+// with no netseg table, and the same load on a second node with netseg
+// enforcing and the flow pipeline logging every connection; the two
+// alternate in 5 s turns (bare-netseg-netseg-bare-bare-netseg-netseg-bare)
+// so that drift in the machine's speed falls on both alike. Then, for
+// scale, connection tracking alone on the bare node. It reports the rates,
+// the ratio netseg/bare, and the connections neither recorded nor counted
+// as lost (must be 0).
 func BenchmarkFlowLogOverhead(b *testing.B) {
-	const per = 10 * time.Second
+	const turn = 5 * time.Second
 	for i := 0; i < b.N; i++ {
 		n := newNode(b)
 		srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
 		if err := n.dp.Cleanup(); err != nil {
 			b.Fatal(err)
 		}
-		bare, bareFailed, err := n.a.ConnRate(srv.Addr, 8, per)
-		if err != nil || bareFailed > 0 {
-			b.Fatalf("without netseg: %d ok, %d failed, %v", bare, bareFailed, err)
+		n2 := newNode(b) // a fresh node with the ruleset and the pipeline
+		srv2 := n2.b.ListenTCP(netip.AddrPortFrom(n2.b.IP(4), 8080).String())
+		ag := startAgent(b, n2, flowlog.Config{FlowInterval: 2 * time.Second}, false)
+		var bare, with int64
+		for _, netseg := range []bool{false, true, true, false, false, true, true, false} {
+			c, addr, total := n.a, srv.Addr, &bare
+			if netseg {
+				c, addr, total = n2.a, srv2.Addr, &with
+			}
+			ok, failed, err := c.ConnRate(addr, 8, turn)
+			if err != nil || failed > 0 {
+				b.Fatalf("netseg %v: %d ok, %d failed, %v", netseg, ok, failed, err)
+			}
+			*total += ok
 		}
 		// For scale: connection tracking alone (one table that only
 		// accepts established traffic), the floor of any stateful firewall.
 		n.node.MustRun("nft", "add table inet ctonly; add chain inet ctonly f { type filter hook forward priority 0; policy accept; }; add rule inet ctonly f ct state established,related accept")
-		ctOnly, _, err := n.a.ConnRate(srv.Addr, 8, per)
+		ctOnly, _, err := n.a.ConnRate(srv.Addr, 8, 2*turn)
 		if err != nil {
 			b.Fatal(err)
 		}
 		n.node.MustRun("nft", "delete table inet ctonly")
-		n2 := newNode(b) // a fresh node with the ruleset and the pipeline
-		srv2 := n2.b.ListenTCP(netip.AddrPortFrom(n2.b.IP(4), 8080).String())
-		ag := startAgent(b, n2, flowlog.Config{FlowInterval: 2 * time.Second}, false)
-		with, withFailed, err := n2.a.ConnRate(srv2.Addr, 8, per)
-		if err != nil || withFailed > 0 {
-			b.Fatalf("with netseg: %d ok, %d failed, %v", with, withFailed, err)
-		}
 		n2.node.MustRun("conntrack", "-F")
 		deadline := time.Now().Add(60 * time.Second)
 		for ag.ct.Stats().Messages < uint64(with) || ag.p.QueueLen() > 0 {
@@ -478,9 +485,10 @@ func BenchmarkFlowLogOverhead(b *testing.B) {
 			lost += v
 		}
 		unaccounted := with - int64(recorded) - int64(lost)
-		b.ReportMetric(float64(bare)/per.Seconds(), "conn/s-bare")
-		b.ReportMetric(float64(ctOnly)/per.Seconds(), "conn/s-conntrack-only")
-		b.ReportMetric(float64(with)/per.Seconds(), "conn/s-netseg")
+		per := 4 * turn.Seconds()
+		b.ReportMetric(float64(bare)/per, "conn/s-bare")
+		b.ReportMetric(float64(ctOnly)/(2*turn.Seconds()), "conn/s-conntrack-only")
+		b.ReportMetric(float64(with)/per, "conn/s-netseg")
 		b.ReportMetric(float64(with)/float64(bare), "ratio")
 		b.ReportMetric(float64(lost), "lost")
 		b.ReportMetric(float64(unaccounted), "unaccounted")
