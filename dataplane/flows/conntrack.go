@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,9 +46,6 @@ type Conntrack struct {
 	nsFd    int
 	destroy *eventSocket
 	newConn *eventSocket
-
-	mu              sync.Mutex
-	running, closed bool
 
 	messages, overflows, errs atomic.Uint64
 }
@@ -115,7 +111,7 @@ func OpenConntrack(nsFd int, cfg ConntrackConfig) (*Conntrack, error) {
 	}
 	if cfg.New {
 		if c.newConn, err = c.subscribe(netfilter.GroupCTNew, false); err != nil {
-			c.destroy.close()
+			c.destroy.Close()
 			return nil, err
 		}
 	}
@@ -144,13 +140,6 @@ func (c *Conntrack) sockets() []*eventSocket {
 // goroutines. It returns nil after Close, or the first other error; the
 // sockets are closed when it returns. Call it once.
 func (c *Conntrack) Run(handle func(ConnEvent)) error {
-	c.mu.Lock()
-	if c.closed || c.running {
-		c.mu.Unlock()
-		return nil
-	}
-	c.running = true
-	c.mu.Unlock()
 	socks := c.sockets()
 	errc := make(chan error, len(socks))
 	for _, s := range socks {
@@ -158,10 +147,10 @@ func (c *Conntrack) Run(handle func(ConnEvent)) error {
 	}
 	var err error
 	for range socks {
-		err = errors.Join(err, <-errc)
-	}
-	for _, s := range socks {
-		s.close()
+		if e := <-errc; e != nil {
+			err = errors.Join(err, e)
+			c.Close() // one socket failed: end the other's read too
+		}
 	}
 	return err
 }
@@ -196,14 +185,9 @@ func (c *Conntrack) read(s *eventSocket, handle func(ConnEvent)) error {
 
 // decode appends the netseg events (non-zero mark) of one datagram.
 func (c *Conntrack) decode(b []byte, now time.Time, batch []ConnEvent) []ConnEvent {
-	for len(b) >= nlmsgHdrLen {
-		l := int(binary.NativeEndian.Uint32(b[0:4]))
-		if l < nlmsgHdrLen || l > len(b) {
-			c.errs.Add(1)
-			return batch
-		}
+	err := eachMessage(b, func(msg []byte) {
 		var ev ConnEvent
-		ok, err := decodeCtMessage(b[:l], now, &ev, false)
+		ok, err := decodeCtMessage(msg, now, &ev, false)
 		switch {
 		case err != nil:
 			c.errs.Add(1)
@@ -213,11 +197,9 @@ func (c *Conntrack) decode(b []byte, now time.Time, batch []ConnEvent) []ConnEve
 				batch = append(batch, ev)
 			}
 		}
-		if adv := (l + 3) &^ 3; adv < len(b) {
-			b = b[adv:]
-		} else {
-			break
-		}
+	})
+	if err != nil {
+		c.errs.Add(1)
 	}
 	return batch
 }
@@ -264,38 +246,31 @@ func (c *Conntrack) Dump() ([]ConnEvent, error) {
 		if rerr != nil {
 			return nil, fmt.Errorf("conntrack dump: receive: %w", rerr)
 		}
-		for b := buf[:n]; len(b) >= nlmsgHdrLen; {
-			l := int(binary.NativeEndian.Uint32(b[0:4]))
-			if l < nlmsgHdrLen || l > len(b) {
-				return nil, fmt.Errorf("conntrack dump: %w", errCtMessage)
+		if err := eachMessage(buf[:n], func(msg []byte) {
+			if binary.NativeEndian.Uint32(msg[8:12]) != sent.Header.Sequence {
+				return
 			}
-			msg := b[:l]
-			if seq := binary.NativeEndian.Uint32(msg[8:12]); seq == sent.Header.Sequence {
-				switch binary.NativeEndian.Uint16(msg[4:6]) {
-				case unix.NLMSG_DONE:
-					done = true
-				case unix.NLMSG_ERROR:
-					if l >= nlmsgHdrLen+4 {
-						if code := int32(binary.NativeEndian.Uint32(msg[16:20])); code != 0 {
-							derr = fmt.Errorf("conntrack dump: %w", unix.Errno(-code))
-						}
-					}
-					done = true
-				default:
-					var ev ConnEvent
-					ok, err := decodeCtMessage(msg, now, &ev, true)
-					if err != nil {
-						c.errs.Add(1)
-					} else if ok && ev.Mark != 0 {
-						out = append(out, ev)
+			switch binary.NativeEndian.Uint16(msg[4:6]) {
+			case unix.NLMSG_DONE:
+				done = true
+			case unix.NLMSG_ERROR:
+				if len(msg) >= nlmsgHdrLen+4 {
+					if code := int32(binary.NativeEndian.Uint32(msg[16:20])); code != 0 {
+						derr = fmt.Errorf("conntrack dump: %w", unix.Errno(-code))
 					}
 				}
+				done = true
+			default:
+				var ev ConnEvent
+				ok, err := decodeCtMessage(msg, now, &ev, true)
+				if err != nil {
+					c.errs.Add(1)
+				} else if ok && ev.Mark != 0 {
+					out = append(out, ev)
+				}
 			}
-			if adv := (l + 3) &^ 3; adv < len(b) {
-				b = b[adv:]
-			} else {
-				break
-			}
+		}); err != nil {
+			return nil, fmt.Errorf("conntrack dump: %w", err)
 		}
 	}
 	return out, derr
@@ -309,18 +284,8 @@ func (c *Conntrack) Stats() Stats {
 // Close ends Run (which closes the sockets), or closes them if Run was
 // never called.
 func (c *Conntrack) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return nil
-	}
-	c.closed = true
 	for _, s := range c.sockets() {
-		if c.running {
-			s.Close()
-		} else {
-			s.close()
-		}
+		s.Close()
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ const (
 	ctaTimestampStop  = 2
 )
 
-var errCtMessage = errors.New("malformed ctnetlink message")
+var errCtMessage = errors.New("malformed netlink message")
 
 // walk calls f with each netlink attribute's type (flags masked off) and
 // payload, in order, until f returns an error.
@@ -65,6 +65,24 @@ func walk(b []byte, f func(typ uint16, data []byte) error) error {
 		if err := f(binary.NativeEndian.Uint16(b[2:4])&nlaTypeMask, b[4:l]); err != nil {
 			return err
 		}
+		if adv := (l + 3) &^ 3; adv < len(b) {
+			b = b[adv:]
+		} else {
+			break
+		}
+	}
+	return nil
+}
+
+// eachMessage calls f with each netlink message of a datagram (header
+// included); a length that runs past the datagram ends it with an error.
+func eachMessage(b []byte, f func(msg []byte)) error {
+	for len(b) >= nlmsgHdrLen {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		if l < nlmsgHdrLen || l > len(b) {
+			return errCtMessage
+		}
+		f(b[:l])
 		if adv := (l + 3) &^ 3; adv < len(b) {
 			b = b[adv:]
 		} else {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,8 +18,10 @@ import (
 // second, half of the agent's CPU. A blocking poll(2) on the socket and an
 // eventfd (to end it on Close) wakes once per batch instead.
 type eventSocket struct {
-	fd, wake  int
-	closeOnce sync.Once
+	fd, wake int
+
+	mu              sync.Mutex
+	running, closed bool
 }
 
 // eventSocketConfig describes the subscription.
@@ -42,7 +45,7 @@ func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
 	fail := func(what string, err error) (*eventSocket, error) {
-		s.close()
+		s.release()
 		return nil, fmt.Errorf("netlink socket: %s: %w", what, err)
 	}
 	if err := unix.Bind(s.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
@@ -70,6 +73,33 @@ func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
 	return s, nil
 }
 
+// detachEventSocket takes over the socket of c, which its owner has set
+// up (bound, subscribed): the descriptor is duplicated and c closed, which
+// takes the socket out of Go's poller while the duplicate keeps it open.
+func detachEventSocket(c *netlink.Conn) (*eventSocket, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("raw conn: %w", err)
+	}
+	s := &eventSocket{fd: -1, wake: -1}
+	var derr error
+	if err := raw.Control(func(fd uintptr) { s.fd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, fmt.Errorf("raw conn: %w", err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("duplicate netlink socket: %w", derr)
+	}
+	if err := c.Close(); err != nil {
+		s.release()
+		return nil, fmt.Errorf("close netlink conn: %w", err)
+	}
+	if s.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		s.release()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return s, nil
+}
+
 // errSocketClosed ends read after Close.
 var errSocketClosed = errors.New("socket closed")
 
@@ -78,7 +108,16 @@ var errSocketClosed = errors.New("socket closed")
 // pause before looking again, letting the next batch gather in the
 // socket. An ENOBUFS error counts an overflow and goes on. It returns
 // errSocketClosed after Close, or the first other error.
+// The descriptors are released when it returns. Call it once.
 func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram func([]byte), batchDone func(), overflow func()) error {
+	s.mu.Lock()
+	if s.closed || s.running {
+		s.mu.Unlock()
+		return errSocketClosed
+	}
+	s.running = true
+	s.mu.Unlock()
+	defer s.release()
 	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
 	for {
 		if err := s.poll(fds, -1); err != nil {
@@ -127,18 +166,25 @@ func (s *eventSocket) poll(fds []unix.PollFd, timeout int) error {
 	}
 }
 
-// Close ends a read in progress; the descriptors are closed when it has
-// returned (close(2) does not interrupt a blocked poll).
+// Close ends a read in progress (its descriptors are released when it
+// has returned: close(2) does not interrupt a blocked poll), or releases
+// the descriptors at once if no read runs.
 func (s *eventSocket) Close() {
-	s.closeOnce.Do(func() {
-		if s.wake >= 0 {
-			_, _ = unix.Write(s.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-		}
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if s.running {
+		_, _ = unix.Write(s.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		return
+	}
+	s.release()
 }
 
-// close releases the descriptors; call it once nothing reads.
-func (s *eventSocket) close() {
+// release closes the descriptors.
+func (s *eventSocket) release() {
 	for _, fd := range []int{s.fd, s.wake} {
 		if fd >= 0 {
 			unix.Close(fd)

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +42,8 @@ type NFLOGConfig struct {
 	CopyRange uint32
 	// ReadBuffer is the socket receive buffer in bytes. Default 32 MiB.
 	ReadBuffer int
+	// BatchWait: as ConntrackConfig.BatchWait. Default 50 ms.
+	BatchWait time.Duration
 }
 
 func (c NFLOGConfig) defaults() NFLOGConfig {
@@ -55,16 +56,18 @@ func (c NFLOGConfig) defaults() NFLOGConfig {
 	if c.ReadBuffer == 0 {
 		c.ReadBuffer = 32 << 20
 	}
+	if c.BatchWait == 0 {
+		c.BatchWait = 50 * time.Millisecond
+	}
 	return c
 }
 
 // NFLOG reads one NFLOG group inside a network namespace.
 type NFLOG struct {
 	cfg    NFLOGConfig
-	conn   *netlink.Conn
+	conn   *netlink.Conn // while binding
+	sock   *eventSocket  // then
 	withCt bool
-	closed atomic.Bool
-	once   sync.Once
 
 	messages, overflows, errs atomic.Uint64
 }
@@ -86,9 +89,16 @@ func OpenNFLOG(nsFd int, cfg NFLOGConfig) (*NFLOG, error) {
 		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
 	}
 	if err := setReadBuffer(conn, cfg.ReadBuffer); err != nil {
-		r.Close()
+		conn.Close()
 		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
 	}
+	// Read in batches on a blocking thread, like the conntrack reader: a
+	// flood of denied packets then wakes the agent once per batch.
+	if r.sock, err = detachEventSocket(conn); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
+	}
+	r.conn = nil
 	return r, nil
 }
 
@@ -131,35 +141,43 @@ func (r *NFLOG) bind() error {
 func (r *NFLOG) ConntrackAttached() bool { return r.withCt }
 
 // Run reads messages and calls handle for each decoded packet, on the
-// calling goroutine, until Close. After an overflow it counts it and keeps
-// reading. It returns nil after Close, or the first other receive error.
+// calling goroutine, in batches (see NFLOGConfig.BatchWait), until
+// Close. After an overflow it counts it and keeps reading. It returns nil
+// after Close, or the first other receive error.
 func (r *NFLOG) Run(handle func(Packet)) error {
-	for {
-		msgs, err := r.conn.Receive()
-		if err != nil {
-			if r.closed.Load() {
-				return nil
-			}
-			if errors.Is(err, unix.ENOBUFS) {
-				r.overflows.Add(1)
-				continue
-			}
-			return fmt.Errorf("nflog group %d: receive: %w", r.cfg.Group, err)
-		}
-		now := time.Now()
-		for _, m := range msgs {
-			if m.Header.Type != netlink.HeaderType(uint16(netfilter.NFSubsysULOG)<<8|nfulnlMsgPacket) {
-				continue
-			}
-			p, err := decodeNFLOG(m.Data, now)
+	const maxBatch = 4096
+	buf := make([]byte, 1<<20) // the kernel packs several messages per datagram
+	batch := make([]Packet, 0, 256)
+	packetType := uint16(netfilter.NFSubsysULOG)<<8 | nfulnlMsgPacket
+	err := r.sock.read(buf, maxBatch, r.cfg.BatchWait,
+		func(b []byte) {
+			now := time.Now()
+			err := eachMessage(b, func(msg []byte) {
+				if binary.NativeEndian.Uint16(msg[4:6]) != packetType {
+					return
+				}
+				if p, err := decodeNFLOG(msg[nlmsgHdrLen:], now); err != nil {
+					r.errs.Add(1)
+				} else {
+					r.messages.Add(1)
+					batch = append(batch, p)
+				}
+			})
 			if err != nil {
 				r.errs.Add(1)
-				continue
 			}
-			r.messages.Add(1)
-			handle(p)
-		}
+		},
+		func() {
+			for i := range batch {
+				handle(batch[i])
+			}
+			batch = batch[:0]
+		},
+		func() { r.overflows.Add(1) })
+	if errors.Is(err, errSocketClosed) {
+		return nil
 	}
+	return fmt.Errorf("nflog group %d: %w", r.cfg.Group, err)
 }
 
 // decodeNFLOG decodes an NFULNL_MSG_PACKET body (after the netlink header).
@@ -214,15 +232,11 @@ func (r *NFLOG) Stats() Stats {
 	return Stats{Messages: r.messages.Load(), Overflows: r.overflows.Load(), Errors: r.errs.Load()}
 }
 
-// Close closes the socket, which releases the group (the kernel destroys
-// the instances of a released netlink port); Run returns.
+// Close ends Run, whose end closes the socket, which releases the group
+// (the kernel destroys the instances of a released netlink port).
 func (r *NFLOG) Close() error {
-	var err error
-	r.once.Do(func() {
-		r.closed.Store(true)
-		err = r.conn.Close()
-	})
-	return err
+	r.sock.Close()
+	return nil
 }
 
 // setReadBuffer sizes the receive buffer past net.core.rmem_max
