@@ -7,6 +7,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // containerIface finds the container interface in the previous result: the
@@ -64,7 +65,7 @@ func hostVeth(netnsPath, ifName string) (string, error) {
 		return "", fmt.Errorf("open container netns %s: %w", netnsPath, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // one socket, not one per netlink family
 	if err != nil {
 		return "", fmt.Errorf("netlink in container netns %s: %w", netnsPath, err)
 	}
