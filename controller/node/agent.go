@@ -304,23 +304,23 @@ func (a *Agent) syncOnce() error {
 	eps, quarantined := a.reg.List()
 	in := snap.Input
 	in.Config = policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}
-	local := compilerEndpoints(eps)
+	addrs := make([][]netip.Prefix, len(eps)) // parsed once per sync
+	for i, ep := range eps {
+		addrs[i] = prefixes(ep.IPs)
+	}
+	local, uids := compilerEndpoints(eps, addrs)
 	if snap.Enrich != nil {
-		uids := map[string]string{}
-		for _, ep := range eps {
-			uids[ep.Namespace+"/"+ep.Name] = ep.UID
-		}
 		for i := range local {
-			snap.Enrich(&local[i], uids[local[i].Namespace+"/"+local[i].Name])
+			snap.Enrich(&local[i], uids[i])
 		}
 	}
 	compiled := a.model.compile(snap, in.Config, local)
 	in.Endpoints = append(append([]policy.Endpoint(nil), in.Endpoints...), local...)
 	compiledAt := time.Now()
 	locals := make([]enforce.Local, 0, len(eps))
-	for _, ep := range eps {
+	for i, ep := range eps {
 		locals = append(locals, enforce.Local{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace, Name: ep.Name,
-			HostIface: ep.HostIface, IPs: prefixes(ep.IPs)})
+			HostIface: ep.HostIface, IPs: addrs[i]})
 	}
 	rs, errs := enforce.Ruleset(compiled, locals)
 	for _, ep := range quarantined {
@@ -379,23 +379,28 @@ func (a *Agent) Ready() bool {
 	return a.ready
 }
 
-// compilerEndpoints merges interfaces of one pod into one endpoint.
-func compilerEndpoints(eps []agent.Endpoint) []policy.Endpoint {
-	index := map[string]int{}
-	var out []policy.Endpoint
-	for _, ep := range eps {
-		key := ep.Namespace + "/" + ep.Name
+// compilerEndpoints merges interfaces of one pod into one endpoint (addrs:
+// each registration's parsed addresses); uids holds each merged endpoint's
+// pod UID.
+func compilerEndpoints(eps []agent.Endpoint, addrs [][]netip.Prefix) (out []policy.Endpoint, uids []string) {
+	index := make(map[[2]string]int, len(eps))
+	out = make([]policy.Endpoint, 0, len(eps))
+	uids = make([]string, 0, len(eps))
+	for k, ep := range eps {
+		key := [2]string{ep.Namespace, ep.Name}
 		i, ok := index[key]
 		if !ok {
 			i = len(out)
 			index[key] = i
 			out = append(out, policy.Endpoint{Namespace: ep.Namespace, Name: ep.Name, Labels: ep.Labels})
+			uids = append(uids, "")
 		}
-		for _, p := range prefixes(ep.IPs) {
+		uids[i] = ep.UID
+		for _, p := range addrs[k] {
 			out[i].IPs = append(out[i].IPs, p.Addr())
 		}
 	}
-	return out
+	return out, uids
 }
 
 func prefixes(ips []string) []netip.Prefix {
