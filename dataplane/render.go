@@ -252,11 +252,17 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		}
 	}
 	st.baseChains(cfg)
+	var perFam [7]int
+	for _, ep := range rs.Endpoints {
+		for _, ip := range ep.IPs {
+			perFam[famOf(ip.Unmap())]++
+		}
+	}
 	maps := [7][3]*setSpec{}
 	for _, fam := range []int{4, 6} {
 		maps[fam] = [3]*setSpec{st.sets[fmt.Sprintf("egress%d", fam)], st.sets[fmt.Sprintf("ingress%d", fam)], st.sets[fmt.Sprintf("local%d", fam)]}
 		for _, m := range maps[fam] {
-			m.elems = make(map[elemKey]elemSpec, n)
+			m.elems = make(map[elemKey]elemSpec, perFam[fam])
 		}
 	}
 	for _, ep := range rs.Endpoints {
