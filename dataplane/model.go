@@ -183,12 +183,11 @@ func (rs *Ruleset) Validate() error {
 		sets[s.Name] = true
 	}
 	ids := make(map[string]bool, len(rs.Endpoints))
-	// Endpoints of one workload share their rule lists (the same backing
-	// arrays): each list is checked once.
+	// Endpoints of one workload share their rule lists: each list is
+	// checked once (as a tail and as a head, which differ).
 	type listRef struct {
-		first *Rule
-		n     int
-		tail  bool
+		id   listID
+		tail bool
 	}
 	checked := map[listRef]bool{}
 	for _, ep := range rs.Endpoints {
@@ -209,7 +208,7 @@ func (rs *Ruleset) Validate() error {
 			if len(p.rules) == 0 {
 				continue
 			}
-			ref := listRef{&p.rules[0], len(p.rules), strings.HasSuffix(p.name, "tail")}
+			ref := listRef{idOfList(p.rules), strings.HasSuffix(p.name, "tail")}
 			if checked[ref] {
 				continue
 			}

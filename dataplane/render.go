@@ -533,26 +533,32 @@ func shortHash(s string) string {
 	return hex.EncodeToString(sum[:6])
 }
 
-// policyLists identifies a policy by its lists' backing arrays: endpoints
-// of one workload share them, so the policy key is computed once per
-// workload rather than once per endpoint.
-type policyLists struct {
-	dir   string
-	lists [4]struct {
-		first *Rule
-		n     int
+// listID identifies a rule list by its backing array: the endpoints of a
+// workload share their lists, so work done once per list (validating it,
+// keying its policy) is not repeated per endpoint.
+type listID struct {
+	first *Rule
+	n     int
+}
+
+func idOfList(l []Rule) listID {
+	if len(l) == 0 {
+		return listID{}
 	}
+	return listID{&l[0], len(l)}
+}
+
+// policyLists identifies a policy by its lists: its key is computed once
+// per workload rather than once per endpoint.
+type policyLists struct {
+	dir    string
+	lists  [4]listID
 	staged bool
 }
 
 func policyListsOf(dir string, p Policy) policyLists {
-	id := policyLists{dir: dir, staged: p.Staged != nil}
-	for i, l := range [][]Rule{p.Enforced, p.EnforcedTail, p.Staged, p.StagedTail} {
-		if len(l) > 0 {
-			id.lists[i].first, id.lists[i].n = &l[0], len(l)
-		}
-	}
-	return id
+	return policyLists{dir: dir, staged: p.Staged != nil,
+		lists: [4]listID{idOfList(p.Enforced), idOfList(p.EnforcedTail), idOfList(p.Staged), idOfList(p.StagedTail)}}
 }
 
 // policyKey identifies a policy's rendering: equal keys give equal chains,

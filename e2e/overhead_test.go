@@ -46,17 +46,9 @@ func BenchmarkAgentOverhead(b *testing.B) {
 		payments := n.pod("payments", "pay", "payments", paymentsLabels)
 		srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
 
-		var bare, with int64
-		for _, netseg := range []bool{false, true, true, false, false, true, true, false} {
-			c, addr, total := c1, srv1.Addr, &bare
-			if netseg {
-				c, addr, total = checkout, srv.Addr, &with
-			}
-			ok, failed, err := c.ConnRate(addr, 8, turn)
-			if err != nil || failed > 0 {
-				b.Fatalf("netseg %v: %d ok, %d failed, %v", netseg, ok, failed, err)
-			}
-			*total += ok
+		bare, with, err := lab.ConnRatesSideBySide(lab.Load{Client: c1.Netns, Addr: srv1.Addr}, lab.Load{Client: checkout.Netns, Addr: srv.Addr}, turn)
+		if err != nil {
+			b.Fatal(err)
 		}
 		// End what is left in the table (a flush sends each entry's
 		// DESTROY), then wait for the records.

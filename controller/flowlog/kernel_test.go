@@ -444,17 +444,9 @@ func BenchmarkFlowLogOverhead(b *testing.B) {
 		n2 := newNode(b) // a fresh node with the ruleset and the pipeline
 		srv2 := n2.b.ListenTCP(netip.AddrPortFrom(n2.b.IP(4), 8080).String())
 		ag := startAgent(b, n2, flowlog.Config{FlowInterval: 2 * time.Second}, false)
-		var bare, with int64
-		for _, netseg := range []bool{false, true, true, false, false, true, true, false} {
-			c, addr, total := n.a, srv.Addr, &bare
-			if netseg {
-				c, addr, total = n2.a, srv2.Addr, &with
-			}
-			ok, failed, err := c.ConnRate(addr, 8, turn)
-			if err != nil || failed > 0 {
-				b.Fatalf("netseg %v: %d ok, %d failed, %v", netseg, ok, failed, err)
-			}
-			*total += ok
+		bare, with, err := lab.ConnRatesSideBySide(lab.Load{Client: n.a.Netns, Addr: srv.Addr}, lab.Load{Client: n2.a.Netns, Addr: srv2.Addr}, turn)
+		if err != nil {
+			b.Fatal(err)
 		}
 		// For scale: connection tracking alone (one table that only
 		// accepts established traffic), the floor of any stateful firewall.

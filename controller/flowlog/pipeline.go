@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -252,15 +253,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			p.process(it)
 			// Drain what is there, then flush, so that readers of the
 			// file see records soon without a write per record.
-			for n := 0; n < 4096; n++ {
-				select {
-				case it := <-p.queue:
-					p.process(it)
-					continue
-				default:
-				}
-				break
-			}
+			p.drain(4096)
 			p.flush()
 			if p.cfg.BatchWait > 0 {
 				time.Sleep(p.cfg.BatchWait)
@@ -268,17 +261,21 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-ticker.C:
 			p.tick(p.cfg.Now(), true)
 		case <-ctx.Done():
-			for {
-				select {
-				case it := <-p.queue:
-					p.process(it)
-					continue
-				default:
-				}
-				break
-			}
+			p.drain(math.MaxInt)
 			p.tick(p.cfg.Now(), false)
 			return p.writeErr
+		}
+	}
+}
+
+// drain processes up to max queued events, without waiting for more.
+func (p *Pipeline) drain(max int) {
+	for n := 0; n < max; n++ {
+		select {
+		case it := <-p.queue:
+			p.process(it)
+		default:
+			return
 		}
 	}
 }

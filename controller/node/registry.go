@@ -23,7 +23,6 @@ import (
 // restarted agent re-programs the same rules without asking the runtime,
 // and a change writes one small file whatever the node's size.
 type Registry struct {
-	dir    string // state directory
 	epDir  string // dir/endpoints
 	legacy string // dir/endpoints.json: the single-file form of earlier versions
 
@@ -53,7 +52,7 @@ func EndpointID(a agent.Attachment) string { return a.ContainerID + "/" + a.IfNa
 
 // OpenRegistry loads the registry from dir (creating dir if needed).
 func OpenRegistry(dir string) (*Registry, error) {
-	r := &Registry{dir: dir, epDir: filepath.Join(dir, "endpoints"), legacy: filepath.Join(dir, "endpoints.json"),
+	r := &Registry{epDir: filepath.Join(dir, "endpoints"), legacy: filepath.Join(dir, "endpoints.json"),
 		endpoints: map[string]agent.Endpoint{}, quarantined: map[string]agent.Endpoint{}}
 	if err := os.MkdirAll(r.epDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", r.epDir, err)

@@ -51,7 +51,7 @@ func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
 	if err := unix.Bind(s.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fail("bind", err)
 	}
-	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, cfg.readBuffer); err != nil {
+	if err := s.setReadBuffer(cfg.readBuffer); err != nil {
 		return fail("receive buffer", err)
 	}
 	if cfg.reliable {
@@ -98,6 +98,16 @@ func detachEventSocket(c *netlink.Conn) (*eventSocket, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	return s, nil
+}
+
+// setReadBuffer sizes the receive buffer past net.core.rmem_max
+// (SO_RCVBUFFORCE, root): a burst of events then waits in the socket
+// instead of overflowing it.
+func (s *eventSocket) setReadBuffer(size int) error {
+	if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size); err != nil {
+		return fmt.Errorf("set receive buffer to %d bytes: %w", size, err)
+	}
+	return nil
 }
 
 // errSocketClosed ends read after Close.

@@ -88,10 +88,6 @@ func OpenNFLOG(nsFd int, cfg NFLOGConfig) (*NFLOG, error) {
 		conn.Close()
 		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
 	}
-	if err := setReadBuffer(conn, cfg.ReadBuffer); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
-	}
 	// Read in batches on a blocking thread, like the conntrack reader: a
 	// flood of denied packets then wakes the agent once per batch.
 	if r.sock, err = detachEventSocket(conn); err != nil {
@@ -99,6 +95,10 @@ func OpenNFLOG(nsFd int, cfg NFLOGConfig) (*NFLOG, error) {
 		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
 	}
 	r.conn = nil
+	if err := r.sock.setReadBuffer(cfg.ReadBuffer); err != nil {
+		r.sock.Close()
+		return nil, fmt.Errorf("nflog group %d: %w", cfg.Group, err)
+	}
 	return r, nil
 }
 
@@ -236,25 +236,5 @@ func (r *NFLOG) Stats() Stats {
 // (the kernel destroys the instances of a released netlink port).
 func (r *NFLOG) Close() error {
 	r.sock.Close()
-	return nil
-}
-
-// setReadBuffer sizes the receive buffer past net.core.rmem_max
-// (SO_RCVBUFFORCE, root): a burst of events then waits in the socket
-// instead of overflowing it.
-func setReadBuffer(c *netlink.Conn, size int) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("raw conn: %w", err)
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-	}); err != nil {
-		return fmt.Errorf("raw conn: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("set receive buffer to %d bytes: %w", size, serr)
-	}
 	return nil
 }

@@ -252,3 +252,30 @@ func (n *Netns) ConnRate(addr netip.AddrPort, workers int, d time.Duration) (ok,
 	}
 	return okN.Load(), failN.Load(), err
 }
+
+// Load is one side of a connection-rate comparison: a client and the
+// address it connects to.
+type Load struct {
+	Client *Netns
+	Addr   netip.AddrPort
+}
+
+// ConnRatesSideBySide runs ConnRate (8 workers) for two loads in
+// alternating turns, a b b a a b b a, so that drift in the machine's speed
+// during the run (several percent within a minute on 2 vCPUs) falls on
+// both alike. It returns each load's completed connections over its four
+// turns, and fails on any error or failed connection.
+func ConnRatesSideBySide(a, b Load, turn time.Duration) (okA, okB int64, err error) {
+	for _, second := range []bool{false, true, true, false, false, true, true, false} {
+		load, total := a, &okA
+		if second {
+			load, total = b, &okB
+		}
+		ok, failed, err := load.Client.ConnRate(load.Addr, 8, turn)
+		if err != nil || failed > 0 {
+			return okA, okB, fmt.Errorf("%s -> %s: %d ok, %d failed, %v", load.Client.Label, load.Addr, ok, failed, err)
+		}
+		*total += ok
+	}
+	return okA, okB, nil
+}
