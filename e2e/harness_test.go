@@ -88,18 +88,8 @@ func newNode(t testing.TB, mainPlugin string, agentArgs ...string) *node {
 
 func copyDir(t testing.TB, src, dst string) {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(src, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("copy %s: %v (%d files)", src, err, len(files))
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, filepath.Base(f)), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatalf("copy %s: %v", src, err)
 	}
 }
 
@@ -127,17 +117,24 @@ func (n *node) startAgent() {
 			n.t.Logf("agent log:\n%s", tail(string(b), 40))
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
+	waitAgentReady(n.t, n.socket, 10*time.Second, logf.Name())
+}
+
+// waitAgentReady polls the agent at socket until it reports ready, and
+// fails t after timeout with the tail of its log.
+func waitAgentReady(t testing.TB, socket string, timeout time.Duration, logPath string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := agent.Call(ctx, n.socket, agent.Request{Op: agent.OpStatus})
+		resp, err := agent.Call(ctx, socket, agent.Request{Op: agent.OpStatus})
 		cancel()
 		if err == nil && resp.Ready {
 			return
 		}
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logf.Name())
-			n.t.Fatalf("agent not ready after 10s: %v\n%s", err, tail(string(b), 20))
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("agent at %s not ready after %v: %v\n%s", socket, timeout, err, tail(string(b), 30))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/e2e/controlplane"
 	"github.com/netseg/netseg/e2e/lab"
 )
@@ -113,20 +112,7 @@ func (n *kubeNode) startAgent() {
 		n.t.Fatalf("start agent: %v", err)
 	}
 	n.agent = cmd
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := agent.Call(ctx, n.socket, agent.Request{Op: agent.OpStatus})
-		cancel()
-		if err == nil && resp.Ready {
-			return
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(n.agentLog)
-			n.t.Fatalf("agent %s not ready after 20s: %v\n%s", n.name, err, tail(string(b), 30))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitAgentReady(n.t, n.socket, 20*time.Second, n.agentLog)
 }
 
 func (n *kubeNode) stopAgent() {

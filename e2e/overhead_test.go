@@ -1,14 +1,13 @@
 package e2e_test
 
 import (
-	"bufio"
-	"encoding/json"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/e2e/lab"
 )
 
@@ -86,40 +85,13 @@ func BenchmarkAgentOverhead(b *testing.B) {
 // countPairRecords counts final flow records from src to dst, and the
 // connections the agent reported lost, in the log and its rotated files.
 func countPairRecords(b *testing.B, path string, src, dst netip.Addr) (recorded, lost int64) {
-	rotated, _ := filepath.Glob(path + ".*")
-	for _, p := range append(rotated, path) {
-		r, l := countPairRecordsIn(p, src, dst)
-		recorded, lost = recorded+r, lost+l
-	}
-	return recorded, lost
-}
-
-func countPairRecordsIn(path string, src, dst netip.Addr) (recorded, lost int64) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var r struct {
-			Kind   string              `json:"kind"`
-			Report string              `json:"report"`
-			Unit   string              `json:"unit"`
-			Count  int64               `json:"count"`
-			Src    struct{ IP string } `json:"src"`
-			Dst    struct{ IP string } `json:"dst"`
-		}
-		if json.Unmarshal(sc.Bytes(), &r) != nil {
-			continue
-		}
+	_ = flowquery.Read(path, &flowquery.Filter{}, func(r *flowlog.Record) {
 		switch {
-		case r.Kind == "flow" && r.Report == "final" && r.Src.IP == src.String() && r.Dst.IP == dst.String():
+		case r.Kind == flowlog.KindFlow && r.Report == flowlog.ReportFinal && r.Src.IP == src.String() && r.Dst.IP == dst.String():
 			recorded++
-		case r.Kind == "lost" && r.Unit == "connections":
-			lost += r.Count
+		case r.Kind == flowlog.KindLost && r.Unit == flowlog.UnitConnections:
+			lost += int64(r.Count)
 		}
-	}
+	}, nil)
 	return recorded, lost
 }

@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/e2e/lab"
 )
 
@@ -88,20 +89,20 @@ func checkFlowLogs(t *testing.T, cases []*truthCase) {
 	deadline := time.Now().Add(20 * time.Second)
 	var missing []string
 	for {
-		logs := map[string]map[struct{ src, dst, port string }]flowRec{}
+		logs := map[string]map[struct{ src, dst, port string }]*flowlog.Record{}
 		missing = missing[:0]
 		for _, c := range cases {
 			if logs[c.log] == nil {
-				logs[c.log] = readFlows(t, c.log)
+				logs[c.log] = readFlows(c.log)
 			}
 			num, proto, _ := strings.Cut(c.port, "/")
 			got, ok := logs[c.log][struct{ src, dst, port string }{c.src.ip.String(), c.dst.ip.String(), num + "/" + proto}]
 			switch {
 			case !ok:
 				missing = append(missing, fmt.Sprintf("%s: no record", c))
-			case got.Verdict != c.explain.Verdict || got.Origin.ID != c.explain.Origin.ID || got.Expected != c.explain.Expected:
+			case got.Verdict != c.explain.Verdict || got.Origin.ID != c.explain.Origin.ID || got.IsExpected() != c.explain.Expected:
 				missing = append(missing, fmt.Sprintf("%s: record says %s by origin %d (%s %s), expected=%v; explain says %s by %d, expected=%v",
-					c, got.Verdict, got.Origin.ID, got.Origin.Kind, got.Origin.Name, got.Expected, c.explain.Verdict, c.explain.Origin.ID, c.explain.Expected))
+					c, got.Verdict, got.Origin.ID, got.Origin.Kind, got.Origin.Name, got.IsExpected(), c.explain.Verdict, c.explain.Origin.ID, c.explain.Expected))
 			}
 		}
 		if len(missing) == 0 || time.Now().After(deadline) {
@@ -205,42 +206,13 @@ func TestTruthTableStandalone(t *testing.T) {
 	}
 }
 
-type flowRec struct {
-	Kind     string `json:"kind"`
-	Protocol string `json:"protocol"`
-	Src      struct {
-		IP   string `json:"ip"`
-		Port uint16 `json:"port"`
-	} `json:"src"`
-	Dst struct {
-		IP   string `json:"ip"`
-		Port uint16 `json:"port"`
-	} `json:"dst"`
-	Verdict  string `json:"verdict"`
-	Expected bool   `json:"expected"`
-	Origin   struct {
-		ID   uint16 `json:"id"`
-		Kind string `json:"kind"`
-		Name string `json:"name"`
-	} `json:"origin"`
-}
-
 // readFlows indexes the flow records by (src ip, dst ip, "port/PROTO").
-func readFlows(t *testing.T, path string) map[struct{ src, dst, port string }]flowRec {
-	out := map[struct{ src, dst, port string }]flowRec{}
-	f, err := os.Open(path)
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var r flowRec
-		if json.Unmarshal(sc.Bytes(), &r) != nil || r.Kind != "flow" {
-			continue
+func readFlows(path string) map[struct{ src, dst, port string }]*flowlog.Record {
+	out := map[struct{ src, dst, port string }]*flowlog.Record{}
+	_ = flowquery.Read(path, &flowquery.Filter{}, func(r *flowlog.Record) {
+		if r.Kind == flowlog.KindFlow && r.Src != nil && r.Dst != nil && r.Origin != nil {
+			out[struct{ src, dst, port string }{r.Src.IP, r.Dst.IP, fmt.Sprintf("%d/%s", r.Dst.Port, r.Protocol)}] = r
 		}
-		out[struct{ src, dst, port string }{r.Src.IP, r.Dst.IP, fmt.Sprintf("%d/%s", r.Dst.Port, r.Protocol)}] = r
-	}
+	}, nil)
 	return out
 }

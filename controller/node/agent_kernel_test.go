@@ -40,18 +40,8 @@ type env struct {
 
 func copyExamples(t *testing.T, dst string) {
 	t.Helper()
-	files, err := filepath.Glob("../../examples/*.yaml")
-	if err != nil || len(files) == 0 {
+	if err := os.CopyFS(dst, os.DirFS("../../examples")); err != nil {
 		t.Fatalf("examples: %v", err)
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, filepath.Base(f)), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
