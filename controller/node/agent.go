@@ -302,8 +302,6 @@ func (a *Agent) syncOnce() error {
 		return err
 	}
 	eps, quarantined := a.reg.List()
-	in := snap.Input
-	in.Config = policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}
 	addrs := make([][]netip.Prefix, len(eps)) // parsed once per sync
 	for i, ep := range eps {
 		addrs[i] = prefixes(ep.IPs)
@@ -314,8 +312,7 @@ func (a *Agent) syncOnce() error {
 			snap.Enrich(&local[i], uids[i])
 		}
 	}
-	compiled := a.model.compile(snap, in.Config, local)
-	in.Endpoints = append(append([]policy.Endpoint(nil), in.Endpoints...), local...)
+	compiled := a.model.compile(snap, policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}, local)
 	compiledAt := time.Now()
 	locals := make([]enforce.Local, 0, len(eps))
 	for i, ep := range eps {
@@ -355,7 +352,7 @@ func (a *Agent) syncOnce() error {
 	a.mu.Lock()
 	a.local = local
 	a.mu.Unlock()
-	a.flows.setResolver(compiled, in.Endpoints, local)
+	a.flows.setResolver(compiled, snap.Input.Endpoints, local)
 	return err
 }
 

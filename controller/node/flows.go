@@ -138,8 +138,9 @@ func (f *flowLog) close() {
 	}
 }
 
-// setResolver gives the pipeline the policy and endpoints of a sync.
-func (f *flowLog) setResolver(c *policy.Compiled, all []policy.Endpoint, local []policy.Endpoint) {
+// setResolver gives the pipeline the policy and endpoints of a sync
+// (remote: the snapshot's endpoints of other nodes; local: this node's).
+func (f *flowLog) setResolver(c *policy.Compiled, remote, local []policy.Endpoint) {
 	if f == nil || c == nil {
 		return
 	}
@@ -147,5 +148,6 @@ func (f *flowLog) setResolver(c *policy.Compiled, all []policy.Endpoint, local [
 	for _, ep := range local {
 		ips = append(ips, ep.IPs...)
 	}
+	all := append(append([]policy.Endpoint(nil), remote...), local...)
 	f.pipe.SetResolver(flowlog.NewPolicyResolver(c, all, ips))
 }
