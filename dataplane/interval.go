@@ -13,6 +13,7 @@ import (
 // (no delete, which costs the commit an RCU grace period).
 func fillInterval(s *setSpec, prefixes []netip.Prefix) {
 	merged := mergePrefixes(prefixes)
+	s.disjoint = len(merged) == len(prefixes)
 	if len(s.elems) == 0 {
 		s.elems = make(map[elemKey]elemSpec, len(merged))
 	}
@@ -63,4 +64,108 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+// setDelta is how a set's rendering differs from the one it was derived
+// from: the sync sends these elements instead of comparing the two sets.
+type setDelta struct {
+	from     *setSpec
+	add, del []elemKey // sorted
+}
+
+// keyCursor walks the interval keys of one family's prefixes in a list,
+// normalized as byFamily does (unmapped, masked), and checks they are
+// sorted and pairwise disjoint: each is then one element of the set.
+type keyCursor struct {
+	ps      []netip.Prefix
+	fam     int
+	i       int
+	prevEnd netip.Addr // exclusive end of the last key (invalid: none yet, or the end of the space)
+	started bool
+	bad     bool // not sorted and disjoint
+}
+
+// next returns the next key; ok is false at the end or when the keys are
+// not sorted and disjoint (then c.bad).
+func (c *keyCursor) next() (k elemKey, ok bool) {
+	for c.i < len(c.ps) {
+		p := c.ps[c.i]
+		c.i++
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
+		if famOf(p.Addr()) != c.fam {
+			continue
+		}
+		if c.started && (!c.prevEnd.IsValid() || p.Addr().Less(c.prevEnd)) {
+			c.bad = true
+			return elemKey{}, false
+		}
+		k = elemKey{first: p.Addr(), end: lastAddr(p).Next()}
+		c.started, c.prevEnd = true, k.end
+		return k, true
+	}
+	return elemKey{}, false
+}
+
+// deltaOf compares the keys of family fam in old and now when both are
+// sorted and disjoint (one element per prefix); ok false otherwise.
+func deltaOf(old, now []netip.Prefix, fam int) (add, del []elemKey, ok bool) {
+	o, n := keyCursor{ps: old, fam: fam}, keyCursor{ps: now, fam: fam}
+	ok1, ok2 := false, false
+	var ko, kn elemKey
+	ko, ok1 = o.next()
+	kn, ok2 = n.next()
+	for ok1 || ok2 {
+		switch c := ko.compare(kn); {
+		case !ok2 || (ok1 && c < 0):
+			del = append(del, ko)
+			ko, ok1 = o.next()
+		case !ok1 || c > 0:
+			add = append(add, kn)
+			kn, ok2 = n.next()
+		default:
+			ko, ok1 = o.next()
+			kn, ok2 = n.next()
+		}
+	}
+	return add, del, !o.bad && !n.bad
+}
+
+// deriveIntervals renders the interval sets prev[4] and prev[6], rendered
+// for the inputs old, for the inputs now, when old and now are sorted and
+// disjoint and prev's sets had one element per prefix: the sets change by
+// the prefixes that came and went, and the sync sends only those. A
+// zone's set at a thousand endpoints is otherwise sorted, merged and
+// compared whole on every pod's arrival. The new sets take over prev's
+// element maps (a set's previous rendering is not used once the next is
+// derived: a failed sync rebuilds the table). It returns false, changing
+// nothing, when the shortcut does not apply.
+func deriveIntervals(prev [7]*setSpec, old, now []netip.Prefix) (out [7]*setSpec, ok bool) {
+	var deltas [7]setDelta
+	for _, fam := range []int{4, 6} {
+		if prev[fam] == nil || !prev[fam].disjoint {
+			return out, false
+		}
+		add, del, ok := deltaOf(old, now, fam)
+		if !ok {
+			return out, false
+		}
+		deltas[fam] = setDelta{from: prev[fam], add: add, del: del}
+	}
+	for _, fam := range []int{4, 6} {
+		d, p := deltas[fam], prev[fam]
+		if len(d.add) == 0 && len(d.del) == 0 {
+			out[fam] = p
+			continue
+		}
+		s := &setSpec{name: p.name, fam: p.fam, kind: p.kind, elems: p.elems, disjoint: true, delta: &d}
+		p.elems = nil
+		for _, k := range d.del {
+			delete(s.elems, k)
+		}
+		for _, k := range d.add {
+			s.elems[k] = elemSpec{key: k.first, keyEnd: k.end}
+		}
+		out[fam] = s
+	}
+	return out, true
 }

@@ -59,6 +59,11 @@ type setSpec struct {
 	// (the CNI plugin's quarantine): their elements are never diffed,
 	// checked for drift, or lost by a full resync.
 	foreign bool
+	// disjoint interval sets have one element per input prefix (none
+	// merged), so the next rendering can be derived from this one.
+	disjoint bool
+	// delta, when set, is the difference from delta.from (deriveInterval).
+	delta *setDelta
 }
 
 // CNIQuarantineSet names the set (one per family: 4, 6) where the CNI
@@ -222,7 +227,6 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	for _, fam := range []int{4, 6} {
 		st.addSet(fmt.Sprintf("quarantine%d", fam), fam, kindAddr)
 		st.addSet(CNIQuarantineSet(fam), fam, kindAddr).foreign = true
-		st.addSet(fmt.Sprintf("managed%d", fam), fam, kindInterval)
 		st.addSet(fmt.Sprintf("egress%d", fam), fam, kindVmap)
 		st.addSet(fmt.Sprintf("ingress%d", fam), fam, kindVmap)
 		st.addSet(fmt.Sprintf("local%d", fam), fam, kindAddr)
@@ -231,25 +235,9 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		a = a.Unmap()
 		st.sets[fmt.Sprintf("quarantine%d", famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
 	}
-	for fam, prefixes := range byFamily(rs.Managed) {
-		fillInterval(st.addSetIfMissing(fmt.Sprintf("managed%d", fam), fam, kindInterval), prefixes)
-	}
+	st.intervalSets(prev, managedInputs, rs.Managed, [7]string{4: "managed4", 6: "managed6"})
 	for _, s := range rs.Sets {
-		st.inputs[s.Name] = s.Prefixes
-		if old, ok := prevInputs(prev, s.Name); ok && slices.Equal(old, s.Prefixes) &&
-			prev.sets[peerSetName(s.Name, 4)] != nil && prev.sets[peerSetName(s.Name, 6)] != nil {
-			// Same members as last sync: reuse the rendered elements
-			// (specs are not modified once applied).
-			for _, fam := range []int{4, 6} {
-				name := peerSetName(s.Name, fam)
-				st.sets[name] = prev.sets[name]
-			}
-			continue
-		}
-		byFam := byFamily(s.Prefixes)
-		for _, fam := range []int{4, 6} {
-			fillInterval(st.addSet(peerSetName(s.Name, fam), fam, kindInterval), byFam[fam])
-		}
+		st.intervalSets(prev, s.Name, s.Prefixes, [7]string{4: peerSetName(s.Name, 4), 6: peerSetName(s.Name, 6)})
 	}
 	st.baseChains(cfg)
 	var perFam [7]int
@@ -297,17 +285,37 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	return st, nil
 }
 
+// managedInputs keys the managed prefixes in state.inputs (peer set names
+// are never empty).
+const managedInputs = ""
+
+// intervalSets renders the interval sets names[4] and names[6] holding
+// prefixes (input: their key in state.inputs). Sets whose prefixes did not
+// change since prev are reused (specs are not modified once applied);
+// sets whose prefixes changed by a few are derived from prev's.
+func (st *state) intervalSets(prev *state, input string, prefixes []netip.Prefix, names [7]string) {
+	st.inputs[input] = prefixes
+	if old, known := prevInputs(prev, input); known {
+		before := [7]*setSpec{4: prev.sets[names[4]], 6: prev.sets[names[6]]}
+		if before[4] != nil && before[6] != nil && slices.Equal(old, prefixes) {
+			st.sets[names[4]], st.sets[names[6]] = before[4], before[6]
+			return
+		}
+		if sets, ok := deriveIntervals(before, old, prefixes); ok {
+			st.sets[names[4]], st.sets[names[6]] = sets[4], sets[6]
+			return
+		}
+	}
+	byFam := byFamily(prefixes)
+	for _, fam := range []int{4, 6} {
+		fillInterval(st.addSet(names[fam], fam, kindInterval), byFam[fam])
+	}
+}
+
 func (st *state) addSet(name string, fam int, kind setKind) *setSpec {
 	s := &setSpec{name: name, fam: fam, kind: kind, elems: map[elemKey]elemSpec{}}
 	st.sets[name] = s
 	return s
-}
-
-func (st *state) addSetIfMissing(name string, fam int, kind setKind) *setSpec {
-	if s, ok := st.sets[name]; ok {
-		return s
-	}
-	return st.addSet(name, fam, kind)
 }
 
 func (st *state) addChain(c *chainSpec) { st.chains[c.name] = c }

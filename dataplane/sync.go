@@ -100,6 +100,7 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		carried = d.readForeign(st)
 	}
 	if err := d.begin(); err != nil {
+		d.applied, d.sets = nil, nil // render may have taken over its sets' elements: the next sync rebuilds
 		return err
 	}
 	if full || d.applied == nil {
@@ -131,6 +132,9 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		d.Stats.FullResyncs.Add(1)
 	} else {
 		d.Stats.Syncs.Add(1)
+	}
+	for _, s := range st.sets {
+		s.delta = nil // applied: holding on to delta.from would keep every earlier rendering
 	}
 	d.applied, d.last = st, rs
 	return nil
@@ -326,6 +330,11 @@ func (d *Dataplane) buildDiff(old, st *state) {
 		if prev == s {
 			continue // carried over unchanged by render
 		}
+		if s.delta != nil && s.delta.from == prev {
+			d.delElems(prev, s.delta.del)
+			d.addElems(s, s.delta.add)
+			continue
+		}
 		var del, add []elemKey
 		for k, e := range prev.elems {
 			if n, ok := s.elems[k]; !ok || n != e {
@@ -403,6 +412,7 @@ func (d *Dataplane) Collect() error {
 		return nil
 	}
 	if err := d.begin(); err != nil {
+		d.applied, d.sets = nil, nil // render may have taken over its sets' elements: the next sync rebuilds
 		return err
 	}
 	for _, c := range compact {
@@ -474,10 +484,10 @@ func (d *Dataplane) elements(s *setSpec, keys []elemKey) []nftables.SetElement {
 	for _, k := range keys {
 		e := s.elems[k]
 		switch s.kind {
-		case kindInterval:
-			out = append(out, nftables.SetElement{Key: e.key.AsSlice()})
-			if e.keyEnd.IsValid() {
-				out = append(out, nftables.SetElement{Key: e.keyEnd.AsSlice(), IntervalEnd: true})
+		case kindInterval: // the key is the element (a derived set's predecessor has no map)
+			out = append(out, nftables.SetElement{Key: k.first.AsSlice()})
+			if k.end.IsValid() {
+				out = append(out, nftables.SetElement{Key: k.end.AsSlice(), IntervalEnd: true})
 			}
 		case kindVmap:
 			out = append(out, nftables.SetElement{Key: e.key.AsSlice(), Comment: e.comment,
@@ -543,6 +553,7 @@ func (d *Dataplane) Cleanup() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.begin(); err != nil {
+		d.applied, d.sets = nil, nil // render may have taken over its sets' elements: the next sync rebuilds
 		return err
 	}
 	d.conn.AddTable(d.table)

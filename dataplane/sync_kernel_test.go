@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/netip"
 	"regexp"
 	"sync"
@@ -351,5 +352,43 @@ func TestPluginQuarantineSurvives(t *testing.T) {
 	}
 	if got := n.dp.Stats.DriftRepairs.Load(); got != 0 {
 		t.Errorf("the plugin's element counted as drift %d times", got)
+	}
+}
+
+// TestSetChurnReachesKernel changes a peer set's members 80 times, by a
+// few pod addresses at a time (the sync sends only those) and sometimes
+// by a network that absorbs some of them (the set is rendered whole):
+// after every sync the kernel's sets hold exactly what was rendered.
+func TestSetChurnReachesKernel(t *testing.T) {
+	n := newNode(t, "bridge")
+	base := n.policyRuleset(t)
+	r := rand.New(rand.NewSource(7))
+	in := map[int]bool{}
+	for step := 0; step < 80; step++ {
+		for k := 0; k < 3; k++ {
+			i := r.Intn(60)
+			in[i] = !in[i]
+		}
+		var ps []netip.Prefix
+		for i := 0; i < 60; i++ {
+			if in[i] {
+				ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, 0, byte(i)}), 32))
+			}
+		}
+		if step%10 == 9 {
+			ps = append(ps, netip.MustParsePrefix("10.77.0.0/28"))
+		}
+		rs := withExtraSet(base, 0)
+		rs.Sets[len(rs.Sets)-1].Prefixes = ps
+		if err := n.dp.Sync(rs); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		diff, err := n.dp.CheckDrift()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff != "" {
+			t.Fatalf("step %d: kernel differs from the rendering: %s", step, diff)
+		}
 	}
 }

@@ -38,11 +38,11 @@ func (l Local) Addrs() []netip.Addr {
 // endpoint that c does not know, or whose rules cannot be expressed, is
 // quarantined and reported; the others are unaffected.
 func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
-	rs := &dataplane.Ruleset{}
+	rs := &dataplane.Ruleset{Endpoints: make([]dataplane.Endpoint, 0, len(locals))}
 	var errs []error
 	used := map[string]bool{}
 	memo := map[listsID]memoized{}
-	managed := map[netip.Prefix]bool{}
+	managed := make(map[netip.Prefix]bool, len(locals))
 	for _, l := range locals {
 		for _, p := range l.IPs {
 			managed[p.Masked()] = true
@@ -73,6 +73,7 @@ func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
 		}
 	}
 	sort.Slice(rs.Sets, func(i, j int) bool { return rs.Sets[i].Name < rs.Sets[j].Name })
+	rs.Managed = make([]netip.Prefix, 0, len(managed))
 	for p := range managed {
 		rs.Managed = append(rs.Managed, p)
 	}

@@ -20,6 +20,7 @@ func (m *model) compile() *Compiled {
 	c.Zones = m.zoneInfo()
 
 	lists := listCache{m: m, memo: map[string]Direction{}}
+	c.Endpoints = make([]EndpointRules, 0, len(m.endpoints))
 	for _, e := range m.endpoints {
 		var clientOf []*entry
 		for _, sd := range m.sdsByNS[e.Namespace] {

@@ -1,0 +1,119 @@
+package dataplane
+
+import (
+	"maps"
+	"math/rand"
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+// randomMembers draws a set's prefixes: mostly pod addresses (/32, /128)
+// from a small pool, sometimes a network that covers some of them, in
+// sorted order or not.
+func randomMembers(r *rand.Rand) []netip.Prefix {
+	var ps []netip.Prefix
+	for i := 0; i < 40; i++ {
+		if r.Intn(3) == 0 {
+			continue
+		}
+		if r.Intn(2) == 0 {
+			ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 16), byte(i)}), 32))
+		} else {
+			ps = append(ps, netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 15: byte(i)}), 128))
+		}
+	}
+	switch r.Intn(6) {
+	case 0: // a network around some members: they merge
+		ps = append(ps, netip.MustParsePrefix("10.1.0.0/28"))
+	case 1: // a network beside them
+		ps = append(ps, netip.MustParsePrefix("10.9.0.0/16"))
+	case 2: // a duplicate
+		if len(ps) > 0 {
+			ps = append(ps, ps[0])
+		}
+	case 3: // a v4-mapped address
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff, 12: 10, 13: 1, 14: 0, 15: 77}), 128))
+	}
+	if r.Intn(4) != 0 {
+		slices.SortFunc(ps, func(a, b netip.Prefix) int {
+			if c := a.Addr().Compare(b.Addr()); c != 0 {
+				return c
+			}
+			return a.Bits() - b.Bits()
+		})
+	}
+	return ps
+}
+
+// TestDerivedSetsMatchFreshRender renders 500 random changes of a node's
+// peer sets and managed prefixes, each from the previous rendering: every
+// set holds exactly what a render from nothing gives, and each derived
+// set's delta is exactly the difference a full comparison finds.
+func TestDerivedSetsMatchFreshRender(t *testing.T) {
+	r := rand.New(rand.NewSource(1))
+	cfg := Config{}.Defaults()
+	var prev *state
+	derived := 0
+	for step := 0; step < 500; step++ {
+		rs := &Ruleset{Managed: randomMembers(r)}
+		for _, name := range []string{"zone/a", "zone/b", "dep/x"} {
+			if r.Intn(5) != 0 || prev == nil {
+				rs.Sets = append(rs.Sets, Set{Name: name, Prefixes: randomMembers(r)})
+			} else {
+				rs.Sets = append(rs.Sets, Set{Name: name, Prefixes: prev.inputs[name]})
+			}
+		}
+		before := map[string]map[elemKey]elemSpec{} // render takes over derived sets' maps
+		if prev != nil {
+			for name, s := range prev.sets {
+				before[name] = maps.Clone(s.elems)
+			}
+		}
+		got, err := render(cfg, rs, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fresh, err := render(cfg, rs, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range fresh.sets {
+			s := got.sets[name]
+			if s == nil || !maps.Equal(s.elems, want.elems) {
+				t.Fatalf("step %d: set %s differs from a fresh render:\n got %v\nwant %v", step, name, s, want.elems)
+			}
+			if s.delta == nil {
+				continue
+			}
+			derived++
+			if s.delta.from != prev.sets[name] {
+				t.Fatalf("step %d: set %s derived from another rendering", step, name)
+			}
+			var add, del []elemKey
+			for k := range before[name] {
+				if _, ok := s.elems[k]; !ok {
+					del = append(del, k)
+				}
+			}
+			for k := range s.elems {
+				if _, ok := before[name][k]; !ok {
+					add = append(add, k)
+				}
+			}
+			slices.SortFunc(add, elemKey.compare)
+			slices.SortFunc(del, elemKey.compare)
+			if !slices.Equal(add, s.delta.add) || !slices.Equal(del, s.delta.del) {
+				t.Fatalf("step %d: set %s delta +%v -%v, want +%v -%v", step, name, s.delta.add, s.delta.del, add, del)
+			}
+		}
+		for _, s := range got.sets {
+			s.delta = nil // as Sync does once applied
+		}
+		prev = got
+	}
+	if derived < 100 {
+		t.Fatalf("only %d sets were derived: the shortcut is not exercised", derived)
+	}
+	t.Logf("%d sets derived", derived)
+}
