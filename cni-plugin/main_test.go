@@ -42,6 +42,7 @@ func build(dir string) error {
 		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 	}
 	cmd := exec.Command(gobin, "build", "-o", filepath.Join(dir, "netseg"), ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build and the image
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build the plugin: %w: %s", err, out)
 	}

@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 	}
 	for name, pkg := range map[string]string{"netseg-agent": "./cmd/netseg-agent", "netseg": "./cni-plugin", "netsegctl": "./cmd/netsegctl"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Dir = ".."
+		cmd.Dir, cmd.Env = "..", append(os.Environ(), "CGO_ENABLED=0") // static, as make build and the image
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v: %s\n", name, err, out)
 			os.RemoveAll(dir)
