@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net/netip"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -390,5 +391,39 @@ func TestSetChurnReachesKernel(t *testing.T) {
 		if diff != "" {
 			t.Fatalf("step %d: kernel differs from the rendering: %s", step, diff)
 		}
+	}
+}
+
+// TestUnusedSetIsEmptied: a peer set nothing uses any more is emptied by
+// the sync that stops using it, so the sync that uses it again (a pod's
+// ADD, often) only adds elements, and deletes none.
+func TestUnusedSetIsEmptied(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	without := *rs // a (the only user of set b) and set b are gone
+	without.Sets = []dataplane.Set{rs.Sets[1]}
+	without.Endpoints = rs.Endpoints[1:]
+	if err := n.dp.Sync(&without); err != nil {
+		t.Fatal(err)
+	}
+	out := n.node.MustRun("nft", "list", "table", "inet", "netseg")
+	m := regexp.MustCompile(`set (p_b(?:_[0-9a-f]+)?_4) \{[^}]*\}`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("the unused set b is not in the kernel until collected:\n%s", out)
+	}
+	if strings.Contains(m[0], "elements") {
+		t.Fatalf("the unused set b still holds elements:\n%s", m[0])
+	}
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if diff, err := n.dp.CheckDrift(); err != nil || diff != "" {
+		t.Fatalf("set b used again: drift %q, %v", diff, err)
+	}
+	if got := n.node.MustRun("nft", "list", "set", "inet", "netseg", m[1]); !strings.Contains(got, n.b.IP(4).String()) {
+		t.Fatalf("set b used again lacks b's address %s:\n%s", n.b.IP(4), got)
 	}
 }
