@@ -135,7 +135,7 @@ func build(src *Model) *model {
 	for _, k := range sortedKeys(src.deps, keyLess) {
 		m.addDependency(src.deps[k], src.services)
 	}
-	for _, k := range sortedKeys(src.endpoints, keyLess) {
+	for _, k := range src.endpointKeys() {
 		m.addEndpoint(src.endpoints[k])
 	}
 	m.assignOrigins()
