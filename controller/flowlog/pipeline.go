@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -31,7 +30,7 @@ type Config struct {
 	MaxOpenFlows, MaxDenied, MaxAlerts int
 	// BatchWait is how long the pipeline lets events gather after it has
 	// written a burst, so that a busy node wakes it once per batch instead
-	// of once per connection. Default 50 ms; negative: no wait.
+	// of once per connection. Default 200 ms; negative: no wait.
 	BatchWait time.Duration
 	// AlertTTL forgets an alert key not seen for this long. Default 24h.
 	AlertTTL time.Duration
@@ -63,7 +62,7 @@ func (c Config) Defaults() Config {
 		c.MaxAlerts = 10000
 	}
 	if c.BatchWait == 0 {
-		c.BatchWait = 50 * time.Millisecond
+		c.BatchWait = 200 * time.Millisecond
 	}
 	if c.AlertTTL <= 0 {
 		c.AlertTTL = 24 * time.Hour
@@ -119,8 +118,17 @@ type Pipeline struct {
 	src     Sources
 	flowOut io.Writer
 	alerts  io.Writer
-	queue   chan item
 	m       *metrics
+
+	// The queue: readers append to pending, Run takes it whole (swapping
+	// in the slice it has processed) and is woken through ready. Two
+	// slices reused, not a channel of QueueSize events: a channel's ring
+	// of 65,536 events (20 MB) is written all round, so every slot is
+	// cold by the time it comes back (page faults once the kernel has
+	// reclaimed it) and the collector scans all of it on every cycle.
+	qMu     sync.Mutex
+	pending []item
+	ready   chan struct{} // capacity 1: pending is not empty
 
 	resMu     sync.Mutex
 	resolvers []timedResolver // newest last
@@ -170,7 +178,7 @@ func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pi
 	cfg = cfg.Defaults()
 	p := &Pipeline{
 		cfg: cfg, src: src, flowOut: flowOut, alerts: alertOut,
-		queue:       make(chan item, cfg.QueueSize),
+		ready:       make(chan struct{}, 1),
 		open:        map[connKey]*openFlow{},
 		missing:     map[connKey]int{},
 		denied:      map[tupleKey]*aggregate{},
@@ -212,9 +220,7 @@ func (p *Pipeline) resolverAt(t time.Time) timedResolver {
 
 // Packet queues an NFLOG packet (a flows.NFLOG handler). It never blocks.
 func (p *Pipeline) Packet(pkt flows.Packet) {
-	select {
-	case p.queue <- item{pkt: pkt}:
-	default:
+	if !p.enqueue(item{pkt: pkt}) {
 		if pkt.Prefix == flows.PrefixDeny {
 			p.droppedPackets.Add(1)
 		} else {
@@ -226,15 +232,42 @@ func (p *Pipeline) Packet(pkt flows.Packet) {
 // Conn queues a conntrack event (a flows.Conntrack handler). It never
 // blocks.
 func (p *Pipeline) Conn(ev flows.ConnEvent) {
-	select {
-	case p.queue <- item{conn: ev, isCt: true}:
-	default:
+	if !p.enqueue(item{conn: ev, isCt: true}) {
 		if ev.Type == flows.ConnDestroy {
 			p.droppedConns.Add(1)
 		} else {
 			p.droppedOther.Add(1)
 		}
 	}
+}
+
+// enqueue queues it unless QueueSize events wait already.
+func (p *Pipeline) enqueue(it item) bool {
+	p.qMu.Lock()
+	if len(p.pending) >= p.cfg.QueueSize {
+		p.qMu.Unlock()
+		return false
+	}
+	p.pending = append(p.pending, it)
+	first := len(p.pending) == 1
+	p.qMu.Unlock()
+	if first {
+		select {
+		case p.ready <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// take returns the queued events, handing the queue spare (emptied) to
+// fill next.
+func (p *Pipeline) take(spare []item) []item {
+	p.qMu.Lock()
+	defer p.qMu.Unlock()
+	got := p.pending
+	p.pending = spare[:0]
+	return got
 }
 
 // Run processes events until ctx ends, then drains the queue, writes the
@@ -247,13 +280,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.baseline()
 	ticker := time.NewTicker(p.cfg.FlowInterval)
 	defer ticker.Stop()
+	var spare []item
 	for {
 		select {
-		case it := <-p.queue:
-			p.process(it)
-			// Drain what is there, then flush, so that readers of the
+		case <-p.ready:
+			// Everything queued, then a flush, so that readers of the
 			// file see records soon without a write per record.
-			p.drain(4096)
+			spare = p.drain(spare)
 			p.flush()
 			if p.cfg.BatchWait > 0 {
 				time.Sleep(p.cfg.BatchWait)
@@ -261,23 +294,22 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-ticker.C:
 			p.tick(p.cfg.Now(), true)
 		case <-ctx.Done():
-			p.drain(math.MaxInt)
+			p.drain(spare)
 			p.tick(p.cfg.Now(), false)
 			return p.writeErr
 		}
 	}
 }
 
-// drain processes up to max queued events, without waiting for more.
-func (p *Pipeline) drain(max int) {
-	for n := 0; n < max; n++ {
-		select {
-		case it := <-p.queue:
-			p.process(it)
-		default:
-			return
-		}
+// drain processes the queued events, without waiting for more, and
+// returns the emptied slice for reuse.
+func (p *Pipeline) drain(spare []item) []item {
+	got := p.take(spare)
+	for i := range got {
+		p.process(got[i])
 	}
+	clear(got) // no references kept past their records
+	return got[:0]
 }
 
 // baseline reads the counters' current values so that only later
@@ -446,6 +478,10 @@ func (p *Pipeline) Stats() Stats {
 }
 
 // QueueLen is the number of events waiting.
-func (p *Pipeline) QueueLen() int { return len(p.queue) }
+func (p *Pipeline) QueueLen() int {
+	p.qMu.Lock()
+	defer p.qMu.Unlock()
+	return len(p.pending)
+}
 
 func addrString(a netip.Addr) string { return a.Unmap().String() }

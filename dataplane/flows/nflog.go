@@ -42,7 +42,7 @@ type NFLOGConfig struct {
 	CopyRange uint32
 	// ReadBuffer is the socket receive buffer in bytes. Default 32 MiB.
 	ReadBuffer int
-	// BatchWait: as ConntrackConfig.BatchWait. Default 50 ms.
+	// BatchWait: as ConntrackConfig.BatchWait. Default 200 ms.
 	BatchWait time.Duration
 }
 
@@ -57,7 +57,7 @@ func (c NFLOGConfig) defaults() NFLOGConfig {
 		c.ReadBuffer = 32 << 20
 	}
 	if c.BatchWait == 0 {
-		c.BatchWait = 50 * time.Millisecond
+		c.BatchWait = 200 * time.Millisecond
 	}
 	return c
 }
