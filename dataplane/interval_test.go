@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"maps"
 	"math/rand"
 	"net/netip"
@@ -47,9 +48,11 @@ func randomMembers(r *rand.Rand) []netip.Prefix {
 }
 
 // TestDerivedSetsMatchFreshRender renders 500 random changes of a node's
-// peer sets and managed prefixes, each from the previous rendering: every
-// set holds exactly what a render from nothing gives, and each derived
-// set's delta is exactly the difference a full comparison finds.
+// endpoints, peer sets and managed prefixes, each from the previous
+// rendering (derived sets, maps reused from earlier renderings): every set
+// and map holds exactly what a render from nothing gives, every chain is
+// the same, and each derived set's delta is exactly the difference a full
+// comparison finds.
 func TestDerivedSetsMatchFreshRender(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
 	cfg := Config{}.Defaults()
@@ -57,6 +60,13 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 	derived := 0
 	for step := 0; step < 500; step++ {
 		rs := &Ruleset{Managed: randomMembers(r)}
+		for i := 0; i < 30; i++ { // endpoints come and go, and change address
+			if r.Intn(3) != 0 {
+				ip := netip.AddrFrom4([4]byte{10, 2, 0, byte(i + r.Intn(2)*100)})
+				rs.Endpoints = append(rs.Endpoints, Endpoint{ID: fmt.Sprintf("ep%d/eth0", i), IPs: []netip.Addr{ip},
+					Egress: Policy{Enforced: []Rule{{Action: Allow, Origin: 1}}}, Ingress: Policy{Enforced: []Rule{{Action: Action(1 + r.Intn(2)), Origin: 2}}}})
+			}
+		}
 		for _, name := range []string{"zone/a", "zone/b", "dep/x"} {
 			if r.Intn(5) != 0 || prev == nil {
 				rs.Sets = append(rs.Sets, Set{Name: name, Prefixes: randomMembers(r)})
@@ -106,6 +116,17 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 			if !slices.Equal(add, s.delta.add) || !slices.Equal(del, s.delta.del) {
 				t.Fatalf("step %d: set %s delta +%v -%v, want +%v -%v", step, name, s.delta.add, s.delta.del, add, del)
 			}
+		}
+		if len(got.chains) != len(fresh.chains) {
+			t.Fatalf("step %d: %d chains, a fresh render has %d", step, len(got.chains), len(fresh.chains))
+		}
+		for name, c := range fresh.chains {
+			if got.chains[name] == nil || got.chains[name].hash != c.hash {
+				t.Fatalf("step %d: chain %s differs from a fresh render", step, name)
+			}
+		}
+		if !maps.EqualFunc(got.endpointChains, fresh.endpointChains, slices.Equal) || !maps.Equal(got.epNames, fresh.epNames) {
+			t.Fatalf("step %d: endpoint chains differ from a fresh render", step)
 		}
 		for _, s := range got.sets {
 			s.delta = nil // as Sync does once applied
