@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,39 +57,72 @@ func (m *model) coverage(byNS map[string][]*endpoint) map[*endpoint][]*entry {
 	return cov
 }
 
-// ownedIPs are the addresses that resolve to e (a duplicate address goes
-// to the first endpoint by name).
-func (m *model) ownedIPs(e *endpoint, b *netipx.IPSetBuilder) {
+// ownedIPs appends the addresses that resolve to e (a duplicate address
+// goes to the first endpoint by name).
+func (m *model) ownedIPs(e *endpoint, to []netip.Addr) []netip.Addr {
 	for _, a := range e.IPs {
 		if m.epByIP[a] == e {
-			b.Add(a)
+			to = append(to, a)
 		}
 	}
+	return to
+}
+
+// members is what a set holds: networks (nil: none) and endpoint
+// addresses.
+type members struct {
+	nets  *netipx.IPSetBuilder
+	addrs []netip.Addr
 }
 
 func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entry) []Set {
 	var sets []Set
 	// Zone sets are disjoint: an endpoint's address belongs to its zone
 	// only; a network belongs to the first zone by precedence.
-	var epB, earlierB, zonedB netipx.IPSetBuilder
-	for a := range m.epByIP {
-		epB.Add(a)
+	var eps *netipx.IPSet // every endpoint address; made when a set has networks
+	allEndpoints := func() *netipx.IPSet {
+		if eps == nil {
+			var b netipx.IPSetBuilder
+			for a := range m.epByIP {
+				b.Add(a)
+			}
+			eps, _ = b.IPSet()
+		}
+		return eps
 	}
-	eps, _ := epB.IPSet()
 	// A set lists its endpoint addresses one by one (/32, /128) and the
 	// rest as the fewest prefixes: aggregating endpoint addresses would
 	// make an endpoint's arrival rewrite its neighbours' prefixes, where
 	// listing them makes it one added member.
-	add := func(name string, b *netipx.IPSetBuilder) {
+	add := func(name string, ms members) {
+		var prefixes []netip.Prefix
+		if ms.nets == nil {
+			// Endpoint addresses only (most sets): sorted, without the
+			// range arithmetic networks need.
+			slices.SortFunc(ms.addrs, netip.Addr.Compare)
+			ms.addrs = slices.Compact(ms.addrs)
+			for _, a := range ms.addrs {
+				if prefixes == nil {
+					prefixes = make([]netip.Prefix, 0, len(ms.addrs))
+				}
+				prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
+			}
+			sets = append(sets, Set{Name: name, Prefixes: prefixes})
+			return
+		}
+		b := ms.nets
+		for _, a := range ms.addrs {
+			b.Add(a)
+		}
 		s, _ := b.IPSet() // errors only for invalid input, which normAddrs removes
 		var rest netipx.IPSetBuilder
 		rest.AddSet(s)
-		rest.RemoveSet(eps)
+		rest.RemoveSet(allEndpoints())
 		r, _ := rest.IPSet()
-		prefixes := r.Prefixes()
+		prefixes = r.Prefixes()
 		var in netipx.IPSetBuilder
 		in.AddSet(s)
-		in.Intersect(eps)
+		in.Intersect(allEndpoints())
 		own, _ := in.IPSet()
 		for _, rg := range own.Ranges() {
 			for a := rg.From(); ; a = a.Next() {
@@ -106,53 +140,64 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 		})
 		sets = append(sets, Set{Name: name, Prefixes: prefixes})
 	}
-	members := map[string]*netipx.IPSetBuilder{}
+	var earlierB netipx.IPSetBuilder
+	zoneMembers := map[string]*members{}
 	for _, z := range m.zones {
-		b := &netipx.IPSetBuilder{}
+		ms := &members{}
 		if len(z.cidrs) > 0 {
 			earlier, _ := earlierB.IPSet()
+			ms.nets = &netipx.IPSetBuilder{}
 			for _, p := range z.cidrs {
-				b.AddPrefix(p)
+				ms.nets.AddPrefix(p)
 				earlierB.AddPrefix(p)
 			}
-			b.RemoveSet(earlier)
-			b.RemoveSet(eps)
+			ms.nets.RemoveSet(earlier)
+			ms.nets.RemoveSet(allEndpoints())
 		}
-		members[z.name] = b
+		zoneMembers[z.name] = ms
 	}
 	for _, e := range m.endpoints {
-		if b := members[e.zone]; b != nil {
-			m.ownedIPs(e, b)
+		if ms := zoneMembers[e.zone]; ms != nil {
+			ms.addrs = m.ownedIPs(e, ms.addrs)
 		}
 	}
+	var zoned members
 	for _, z := range m.zones {
-		s, _ := members[z.name].IPSet()
-		zonedB.AddSet(s)
-		add(ZoneSet(z.name), members[z.name])
+		ms := zoneMembers[z.name]
+		zoned.addrs = append(zoned.addrs, ms.addrs...)
+		if ms.nets != nil {
+			if zoned.nets == nil {
+				zoned.nets = &netipx.IPSetBuilder{}
+			}
+			n, _ := ms.nets.IPSet()
+			zoned.nets.AddSet(n)
+		}
+		add(ZoneSet(z.name), *ms)
 	}
-	add(ZonedSet, &zonedB)
+	add(ZonedSet, zoned)
 	for _, en := range m.entries {
-		var b netipx.IPSetBuilder
+		var ms members
 		if en.cidr.IsValid() {
-			b.AddPrefix(en.cidr)
+			ms.nets = &netipx.IPSetBuilder{}
+			ms.nets.AddPrefix(en.cidr)
 		} else {
 			for _, e := range byNS[en.targetNS] {
 				if en.coversEndpoint(e.Namespace, e.labels, e.IPs) {
-					m.ownedIPs(e, &b)
+					ms.addrs = m.ownedIPs(e, ms.addrs)
 				}
 			}
 		}
-		add(DependencySet(en.sd.ns, en.sd.name, en.name), &b)
+		add(DependencySet(en.sd.ns, en.sd.name, en.name), ms)
 	}
 	for _, sds := range m.sdsByNS {
 		for _, sd := range sds {
-			var b netipx.IPSetBuilder
+			var ms members
 			for _, e := range byNS[sd.ns] {
 				if sd.isClient(e.Namespace, e.labels) {
-					m.ownedIPs(e, &b)
+					ms.addrs = m.ownedIPs(e, ms.addrs)
 				}
 			}
-			add(WorkloadSet(sd.ns, sd.name), &b)
+			add(WorkloadSet(sd.ns, sd.name), ms)
 		}
 	}
 	sort.Slice(sets, func(i, j int) bool { return sets[i].Name < sets[j].Name })
