@@ -73,32 +73,37 @@ func (m *model) ownedIPs(e *endpoint, to []netip.Addr) []netip.Addr {
 type members struct {
 	nets  *netipx.IPSetBuilder
 	addrs []netip.Addr
+	// clean: nets holds no endpoint address (a zone's networks, less its
+	// endpoints'), so the networks and the addresses are listed apart.
+	clean bool
+}
+
+// comparePrefixes orders prefixes by address, then length.
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entry) []Set {
 	var sets []Set
 	// Zone sets are disjoint: an endpoint's address belongs to its zone
 	// only; a network belongs to the first zone by precedence.
-	var eps *netipx.IPSet // every endpoint address; made when a set has networks
-	allEndpoints := func() *netipx.IPSet {
-		if eps == nil {
-			var b netipx.IPSetBuilder
-			for a := range m.epByIP {
-				b.Add(a)
-			}
-			eps, _ = b.IPSet()
-		}
-		return eps
-	}
 	// A set lists its endpoint addresses one by one (/32, /128) and the
 	// rest as the fewest prefixes: aggregating endpoint addresses would
 	// make an endpoint's arrival rewrite its neighbours' prefixes, where
 	// listing them makes it one added member.
 	add := func(name string, ms members) {
 		var prefixes []netip.Prefix
-		if ms.nets == nil {
-			// Endpoint addresses only (most sets): sorted, without the
-			// range arithmetic networks need.
+		if ms.nets == nil || ms.clean {
+			// Endpoint addresses sorted, without the range arithmetic
+			// networks need (most sets have no networks); networks that
+			// hold no endpoint address, as the fewest prefixes.
+			if ms.nets != nil {
+				n, _ := ms.nets.IPSet()
+				prefixes = n.Prefixes()
+			}
 			slices.SortFunc(ms.addrs, netip.Addr.Compare)
 			ms.addrs = slices.Compact(ms.addrs)
 			for _, a := range ms.addrs {
@@ -107,37 +112,34 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 				}
 				prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
 			}
+			if ms.nets != nil {
+				slices.SortFunc(prefixes, comparePrefixes)
+			}
 			sets = append(sets, Set{Name: name, Prefixes: prefixes})
 			return
 		}
+		// Networks that may hold endpoint addresses (a dependency's
+		// CIDR): those addresses are listed one by one, the rest of the
+		// networks as the fewest prefixes.
 		b := ms.nets
 		for _, a := range ms.addrs {
 			b.Add(a)
 		}
-		s, _ := b.IPSet() // errors only for invalid input, which normAddrs removes
-		var rest netipx.IPSetBuilder
-		rest.AddSet(s)
-		rest.RemoveSet(allEndpoints())
-		r, _ := rest.IPSet()
-		prefixes = r.Prefixes()
-		var in netipx.IPSetBuilder
-		in.AddSet(s)
-		in.Intersect(allEndpoints())
-		own, _ := in.IPSet()
-		for _, rg := range own.Ranges() {
-			for a := rg.From(); ; a = a.Next() {
-				prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
-				if a == rg.To() {
-					break
-				}
+		all, _ := b.IPSet() // errors only for invalid input, which normAddrs removes
+		var own []netip.Addr
+		for a := range m.epByIP {
+			if all.Contains(a) {
+				own = append(own, a)
+				b.Remove(a)
 			}
 		}
-		sort.Slice(prefixes, func(i, j int) bool {
-			if c := prefixes[i].Addr().Compare(prefixes[j].Addr()); c != 0 {
-				return c < 0
-			}
-			return prefixes[i].Bits() < prefixes[j].Bits()
-		})
+		rest, _ := b.IPSet()
+		prefixes = rest.Prefixes()
+		slices.SortFunc(own, netip.Addr.Compare)
+		for _, a := range own {
+			prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
+		}
+		slices.SortFunc(prefixes, comparePrefixes)
 		sets = append(sets, Set{Name: name, Prefixes: prefixes})
 	}
 	var earlierB netipx.IPSetBuilder
@@ -152,7 +154,12 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 				earlierB.AddPrefix(p)
 			}
 			ms.nets.RemoveSet(earlier)
-			ms.nets.RemoveSet(allEndpoints())
+			for a := range m.epByIP { // the endpoint addresses inside: usually few
+				if slices.ContainsFunc(z.cidrs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+					ms.nets.Remove(a)
+				}
+			}
+			ms.clean = true
 		}
 		zoneMembers[z.name] = ms
 	}
@@ -161,7 +168,7 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 			ms.addrs = m.ownedIPs(e, ms.addrs)
 		}
 	}
-	var zoned members
+	zoned := members{clean: true}
 	for _, z := range m.zones {
 		ms := zoneMembers[z.name]
 		zoned.addrs = append(zoned.addrs, ms.addrs...)

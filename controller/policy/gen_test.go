@@ -155,3 +155,36 @@ func checkTracer(c *Compiled, in Input) []string {
 	}
 	return bad
 }
+
+// checkSetShapes checks the form of every set: prefixes sorted by address
+// and length and pairwise disjoint, an endpoint address in a set listed as
+// its own /32 (/128), never inside a wider prefix (the dataplane renders
+// such a set as one element per prefix, and a pod's arrival as one more).
+func checkSetShapes(c *Compiled) []string {
+	endpoint := map[netip.Addr]bool{}
+	for _, e := range c.Endpoints {
+		for _, a := range e.IPs {
+			endpoint[a] = true
+		}
+	}
+	var bad []string
+	for _, s := range c.Sets {
+		for i, p := range s.Prefixes {
+			if i > 0 {
+				q := s.Prefixes[i-1]
+				if comparePrefixes(q, p) >= 0 || q.Overlaps(p) {
+					bad = append(bad, fmt.Sprintf("set %s: %s then %s: not sorted and disjoint", s.Name, q, p))
+				}
+			}
+			if p.Bits() == p.Addr().BitLen() {
+				continue
+			}
+			for a := range endpoint {
+				if p.Contains(a) {
+					bad = append(bad, fmt.Sprintf("set %s: endpoint address %s inside %s", s.Name, a, p))
+				}
+			}
+		}
+	}
+	return bad
+}

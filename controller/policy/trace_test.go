@@ -10,7 +10,8 @@ func TestTraceAgreesWithDecideShop(t *testing.T) {
 	for _, unzoned := range []Action{Allow, Deny} {
 		in := shopInput()
 		in.Config.UnzonedDefault = unzoned
-		if bad := checkTracer(Compile(in), in); len(bad) > 0 {
+		c := Compile(in)
+		if bad := append(checkTracer(c, in), checkSetShapes(c)...); len(bad) > 0 {
 			t.Errorf("unzoned %s:\n%s", unzoned, strings.Join(bad, "\n"))
 		}
 	}
@@ -24,7 +25,8 @@ func TestTraceAgreesWithDecideRandom(t *testing.T) {
 			b[j] = byte(r.UintN(256))
 		}
 		in := genInput(b)
-		if bad := checkTracer(Compile(in), in); len(bad) > 0 {
+		c := Compile(in)
+		if bad := append(checkTracer(c, in), checkSetShapes(c)...); len(bad) > 0 {
 			t.Fatalf("input %d (%x):\n%s", i, b, strings.Join(bad, "\n"))
 		}
 	}
