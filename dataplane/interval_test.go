@@ -138,3 +138,29 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 	}
 	t.Logf("%d sets derived", derived)
 }
+
+// TestBaseChainsFollowConfig: base chains are reused from the previous
+// rendering only under the same config.
+func TestBaseChainsFollowConfig(t *testing.T) {
+	rs := &Ruleset{}
+	cfg := Config{}.Defaults()
+	prev, err := render(cfg, rs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := cfg
+	other.DenyHostAccess = true
+	got, err := render(other, rs, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := render(other, rs, nil)
+	for _, name := range baseChainNames {
+		if got.chains[name].hash != fresh.chains[name].hash {
+			t.Errorf("chain %s rendered for the previous config", name)
+		}
+	}
+	if got.chains[chainOutput].hash == prev.chains[chainOutput].hash {
+		t.Error("the output chain does not depend on DenyHostAccess")
+	}
+}

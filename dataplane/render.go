@@ -133,7 +133,12 @@ type state struct {
 	// own are the maps above that a render fills from nothing, and spare
 	// the previous rendering's, which the next render reuses.
 	own, spare renderMaps
+	// cfg is the config the base chains were rendered for.
+	cfg Config
 }
+
+// baseChainNames are the chains baseChains renders, from the config alone.
+var baseChainNames = []string{chainForward, chainInput, chainOutput, chainAllow, chainDeny}
 
 // renderMaps are the maps a render fills from nothing: the chains, the
 // endpoints' names and chains, and the elements of the address maps. A
@@ -288,7 +293,14 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	for _, s := range rs.Sets {
 		st.intervalSets(prev, s.Name, s.Prefixes, [7]string{4: peerSetName(s.Name, 4), 6: peerSetName(s.Name, 6)})
 	}
-	st.baseChains(cfg)
+	st.cfg = cfg
+	if prev != nil && prev.cfg == cfg {
+		for _, name := range baseChainNames { // specs are not modified once applied
+			st.chains[name] = prev.chains[name]
+		}
+	} else {
+		st.baseChains(cfg)
+	}
 	maps := [7][3]*setSpec{}
 	for _, fam := range []int{4, 6} {
 		maps[fam] = [3]*setSpec{st.sets[fmt.Sprintf("egress%d", fam)], st.sets[fmt.Sprintf("ingress%d", fam)], st.sets[fmt.Sprintf("local%d", fam)]}
