@@ -566,7 +566,6 @@ func (d *Dataplane) Cleanup() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.begin(); err != nil {
-		d.applied, d.sets = nil, nil // render may have taken over its sets' elements: the next sync rebuilds
 		return err
 	}
 	d.conn.AddTable(d.table)
