@@ -123,7 +123,7 @@ func OpenConntrack(nsFd int, cfg ConntrackConfig) (*Conntrack, error) {
 
 func (c *Conntrack) subscribe(group netfilter.NetlinkGroup, reliable bool) (*eventSocket, error) {
 	s, err := openEventSocket(c.nsFd, eventSocketConfig{proto: unix.NETLINK_NETFILTER, groups: []uint32{uint32(group)},
-		readBuffer: c.cfg.ReadBuffer, reliable: reliable})
+		readBuffer: c.cfg.ReadBuffer, reliable: reliable, slot: ctDatagram})
 	if err != nil {
 		return nil, fmt.Errorf("conntrack events (group %d): %w", group, err)
 	}
@@ -158,12 +158,16 @@ func (c *Conntrack) Run(handle func(ConnEvent)) error {
 	return err
 }
 
+// ctDatagram bounds a conntrack event datagram (one message of a few
+// hundred bytes).
+const ctDatagram = 8 << 10
+
 // read hands on one socket's events in batches: it reads until the socket
 // is empty (or a batch is full) into one reused buffer, decodes in place,
 // calls handle for each netseg event, then waits BatchWait.
 func (c *Conntrack) read(s *eventSocket, handle func(ConnEvent)) error {
 	const maxBatch = 4096
-	buf := make([]byte, 64<<10) // an event is a few hundred bytes
+	buf := make([]byte, 64*ctDatagram) // 64 events per receive call
 	batch := make([]ConnEvent, 0, maxBatch)
 	var now time.Time
 	err := s.read(buf, maxBatch, c.cfg.BatchWait,

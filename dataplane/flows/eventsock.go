@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -19,6 +20,10 @@ import (
 // eventfd (to end it on Close) wakes once per batch instead.
 type eventSocket struct {
 	fd, wake int
+	// slot is the largest datagram expected; recv reads as many as fit
+	// the read buffer in one call.
+	slot int
+	bufs *recvBuffers
 
 	mu              sync.Mutex
 	running, closed bool
@@ -29,13 +34,14 @@ type eventSocketConfig struct {
 	proto      int      // NETLINK_NETFILTER
 	groups     []uint32 // multicast groups to join
 	readBuffer int      // SO_RCVBUFFORCE bytes
+	slot       int      // the largest datagram expected (0: the whole read buffer)
 	reliable   bool     // NETLINK_BROADCAST_ERROR and NETLINK_NO_ENOBUFS
 }
 
 // openEventSocket opens the socket in the network namespace nsFd (a
 // socket stays in the namespace it was created in).
 func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
-	s := &eventSocket{fd: -1, wake: -1}
+	s := &eventSocket{fd: -1, wake: -1, slot: cfg.slot}
 	err := inNamespace(nsFd, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, cfg.proto)
 		s.fd = fd
@@ -110,6 +116,35 @@ func (s *eventSocket) setReadBuffer(size int) error {
 	return nil
 }
 
+// mmsghdr is struct mmsghdr of recvmmsg(2).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// recvBuffers are the slots one recvmmsg(2) call fills.
+type recvBuffers struct {
+	slots [][]byte
+	iovs  []unix.Iovec
+	hdrs  []mmsghdr
+	got   [][]byte
+}
+
+// newRecvBuffers cuts buf into n slots.
+func newRecvBuffers(buf []byte, n int) *recvBuffers {
+	size := len(buf) / n
+	r := &recvBuffers{slots: make([][]byte, n), iovs: make([]unix.Iovec, n), hdrs: make([]mmsghdr, n), got: make([][]byte, 0, n)}
+	for i := range n {
+		r.slots[i] = buf[i*size : (i+1)*size]
+		r.iovs[i].Base = &r.slots[i][0]
+		r.iovs[i].SetLen(size)
+		r.hdrs[i].hdr.Iov = &r.iovs[i]
+		r.hdrs[i].hdr.SetIovlen(1)
+	}
+	return r
+}
+
 // errSocketClosed ends read after Close.
 var errSocketClosed = errors.New("socket closed")
 
@@ -133,14 +168,17 @@ func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram fu
 		if err := s.poll(fds, -1); err != nil {
 			return err
 		}
-		for n := 0; n < max; n++ {
-			size, _, err := unix.Recvfrom(s.fd, buf, unix.MSG_DONTWAIT)
+		for n := 0; n < max; {
+			got, err := s.recv(buf)
 			if err == unix.EAGAIN {
 				break
 			}
 			switch err {
 			case nil:
-				datagram(buf[:size])
+				for _, d := range got {
+					datagram(d)
+				}
+				n += len(got)
 			case unix.EINTR:
 			case unix.ENOBUFS:
 				overflow()
@@ -155,6 +193,29 @@ func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram fu
 		// next batch is there) and only an idle one blocks in it.
 		time.Sleep(pause)
 	}
+}
+
+// recv receives what the socket holds, up to the batch's slots, in one
+// system call: a busy node's conntrack events come one datagram each.
+func (s *eventSocket) recv(buf []byte) ([][]byte, error) {
+	if s.bufs == nil || &s.bufs.slots[0][0] != &buf[0] {
+		n := 1
+		if s.slot > 0 {
+			n = max(1, len(buf)/s.slot)
+		}
+		s.bufs = newRecvBuffers(buf, n)
+	}
+	r := s.bufs
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)),
+		unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return nil, errno
+	}
+	r.got = r.got[:0]
+	for i := range int(n) {
+		r.got = append(r.got, r.slots[i][:min(int(r.hdrs[i].len), len(r.slots[i]))])
+	}
+	return r.got, nil
 }
 
 // poll waits until one of fds is readable or timeout ms pass (-1: no

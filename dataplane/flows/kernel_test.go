@@ -235,3 +235,51 @@ func ioReadFull(c interface{ Read([]byte) (int, error) }, buf []byte) (int, erro
 	}
 	return n, nil
 }
+
+// TestOverflowIsCounted: with best-effort delivery and a small receive
+// buffer, DESTROY events that do not fit while the reader waits between
+// batches are dropped by the kernel, counted as an overflow, and the
+// reader goes on with what comes next.
+func TestOverflowIsCounted(t *testing.T) {
+	n := newNode(t)
+	ct, err := flows.OpenConntrack(n.ns.Fd(), flows.ConntrackConfig{Unreliable: true, ReadBuffer: 4096, BatchWait: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ct.Run(col.conn) }()
+	defer func() { ct.Close(); <-done }()
+	b := netip.AddrPortFrom(n.b.IP(4), 8080)
+	n.b.ListenTCP(b.String())
+	burst := func(k int) {
+		for i := 0; i < k; i++ {
+			c, err := n.a.Dial("tcp", b, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		time.Sleep(100 * time.Millisecond)
+		n.node.MustRun("conntrack", "-F")
+	}
+	burst(1) // wakes the reader, which then waits 2 s
+	time.Sleep(200 * time.Millisecond)
+	burst(200) // far more than 4 KiB of events while it waits
+	deadline := time.Now().Add(5 * time.Second)
+	for ct.Stats().Overflows == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no overflow counted: %+v", ct.Stats())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	before := ct.Stats().Messages
+	burst(3)
+	for ct.Stats().Messages <= before {
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatalf("no events read after the overflow: %+v", ct.Stats())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%+v", ct.Stats())
+}
