@@ -154,8 +154,8 @@ func startAgent(t testing.TB, n *node, cfg flowlog.Config, ctNew bool) *agent {
 	ag.p = flowlog.New(cfg, ag.log, ag.alerts, resolver{n.a.IP(4), n.b.IP(4)}, flowlog.Sources{
 		Dump: ag.ct.Dump, Counters: n.dp.CounterValues, Overflows: flowlog.ReaderOverflows(ag.nl, ag.ct)})
 	ag.readers.Add(2)
-	go func() { defer ag.readers.Done(); _ = ag.nl.Run(ag.p.Packet) }()
-	go func() { defer ag.readers.Done(); _ = ag.ct.Run(ag.p.Conn) }()
+	go func() { defer ag.readers.Done(); _ = ag.nl.Run(ag.p.Packets) }()
+	go func() { defer ag.readers.Done(); _ = ag.ct.Run(ag.p.Conns) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	ag.cancel = cancel
 	go func() { ag.done <- ag.p.Run(ctx) }()

@@ -218,25 +218,71 @@ func (p *Pipeline) resolverAt(t time.Time) timedResolver {
 	return p.resolvers[0]
 }
 
-// Packet queues an NFLOG packet (a flows.NFLOG handler). It never blocks.
+// Packet queues one NFLOG packet. It never blocks.
 func (p *Pipeline) Packet(pkt flows.Packet) {
 	if !p.enqueue(item{pkt: pkt}) {
-		if pkt.Prefix == flows.PrefixDeny {
-			p.droppedPackets.Add(1)
-		} else {
-			p.droppedOther.Add(1)
-		}
+		p.dropped(item{pkt: pkt})
 	}
 }
 
-// Conn queues a conntrack event (a flows.Conntrack handler). It never
-// blocks.
+// dropped counts an event the queue had no room for, by unit.
+func (p *Pipeline) dropped(it item) {
+	switch {
+	case it.isCt && it.conn.Type == flows.ConnDestroy:
+		p.droppedConns.Add(1)
+	case !it.isCt && it.pkt.Prefix == flows.PrefixDeny:
+		p.droppedPackets.Add(1)
+	default:
+		p.droppedOther.Add(1)
+	}
+}
+
+// Conn queues one conntrack event. It never blocks.
 func (p *Pipeline) Conn(ev flows.ConnEvent) {
 	if !p.enqueue(item{conn: ev, isCt: true}) {
-		if ev.Type == flows.ConnDestroy {
-			p.droppedConns.Add(1)
-		} else {
-			p.droppedOther.Add(1)
+		p.dropped(item{conn: ev, isCt: true})
+	}
+}
+
+// Packets queues a batch of NFLOG packets (a flows.NFLOG handler). It
+// never blocks: packets that do not fit are dropped and counted.
+func (p *Pipeline) Packets(pkts []flows.Packet) {
+	p.qMu.Lock()
+	n := min(len(pkts), max(0, p.cfg.QueueSize-len(p.pending)))
+	first := len(p.pending) == 0 && n > 0
+	for i := range n {
+		p.pending = append(p.pending, item{pkt: pkts[i]})
+	}
+	p.qMu.Unlock()
+	for _, pkt := range pkts[n:] {
+		p.dropped(item{pkt: pkt})
+	}
+	p.signal(first)
+}
+
+// Conns queues a batch of conntrack events (a flows.Conntrack handler),
+// with one lock and at most one wake-up. It never blocks: events that do
+// not fit are dropped and counted.
+func (p *Pipeline) Conns(evs []flows.ConnEvent) {
+	p.qMu.Lock()
+	n := min(len(evs), max(0, p.cfg.QueueSize-len(p.pending)))
+	first := len(p.pending) == 0 && n > 0
+	for i := range n {
+		p.pending = append(p.pending, item{conn: evs[i], isCt: true})
+	}
+	p.qMu.Unlock()
+	for _, ev := range evs[n:] {
+		p.dropped(item{conn: ev, isCt: true})
+	}
+	p.signal(first)
+}
+
+// signal wakes Run when the queue was empty before.
+func (p *Pipeline) signal(first bool) {
+	if first {
+		select {
+		case p.ready <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -251,12 +297,7 @@ func (p *Pipeline) enqueue(it item) bool {
 	p.pending = append(p.pending, it)
 	first := len(p.pending) == 1
 	p.qMu.Unlock()
-	if first {
-		select {
-		case p.ready <- struct{}{}:
-		default:
-		}
-	}
+	p.signal(first)
 	return true
 }
 

@@ -391,3 +391,38 @@ func TestRotation(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+// TestBatchQueue: a reader's batch is queued up to QueueSize and the rest
+// is dropped and counted by unit, as single events are.
+func TestBatchQueue(t *testing.T) {
+	p, out, _, c := newTest(Config{QueueSize: 3}, Sources{})
+	m := mark(dataplane.Allowed, 1)
+	p.Conns([]flows.ConnEvent{
+		ct(flows.ConnDestroy, 1, web, api, 8443, m, t0, t0, 1),
+		ct(flows.ConnDestroy, 2, web, api, 8443, m, t0, t0, 1),
+		ct(flows.ConnNew, 3, web, api, 8443, m, t0, time.Time{}, 0),
+		ct(flows.ConnDestroy, 4, web, api, 8443, m, t0, t0, 1),      // dropped
+		ct(flows.ConnNew, 5, web, api, 8443, m, t0, time.Time{}, 0), // dropped
+	})
+	p.Packets([]flows.Packet{{Prefix: flows.PrefixDeny}, {Prefix: flows.PrefixDeny}}) // dropped
+	if n := p.QueueLen(); n != 3 {
+		t.Fatalf("%d events queued, want 3", n)
+	}
+	p.drain(nil)
+	c.t = t0.Add(time.Minute)
+	p.tick(c.t, false)
+	got := map[string]uint64{}
+	var final int
+	for _, r := range records(t, out) {
+		switch {
+		case r.Kind == KindLost:
+			got[r.Cause+"/"+r.Unit] += r.Count
+		case r.Report == ReportFinal:
+			final++
+		}
+	}
+	want := map[string]uint64{"queue-full/connections": 1, "queue-full/packets": 2, "queue-full/messages": 1}
+	if diff := cmp.Diff(want, got); diff != "" || final != 2 {
+		t.Errorf("%d final records, want 2; losses (-want +got):\n%s", final, diff)
+	}
+}

@@ -89,8 +89,8 @@ func (a *Agent) startFlows(ctx context.Context) (*flowLog, error) {
 	f.cancel = cancel
 	f.wg.Add(3)
 	failures := a.metrics.registerFlowReaderErrors()
-	go func() { defer f.wg.Done(); a.readerStopped("nflog", f.nl.Run(f.pipe.Packet), failures) }()
-	go func() { defer f.wg.Done(); a.readerStopped("conntrack", f.ct.Run(f.pipe.Conn), failures) }()
+	go func() { defer f.wg.Done(); a.readerStopped("nflog", f.nl.Run(f.pipe.Packets), failures) }()
+	go func() { defer f.wg.Done(); a.readerStopped("conntrack", f.ct.Run(f.pipe.Conns), failures) }()
 	go func() { defer f.wg.Done(); _ = f.pipe.Run(pctx) }()
 	a.log.Info("flow log on", "flowLog", fc.FlowLog, "alertLog", fc.AlertLog, "nflogGroup", a.cfg.Dataplane.NFLOGGroup)
 	return f, nil

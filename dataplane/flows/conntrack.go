@@ -138,11 +138,11 @@ func (c *Conntrack) sockets() []*eventSocket {
 	return []*eventSocket{c.destroy, c.newConn}
 }
 
-// Run reads events and calls handle for each netseg connection (non-zero
-// mark), until Close. With NEW events, handle is called from two
-// goroutines. It returns nil after Close, or the first other error; the
+// Run reads events and calls handle with each batch of netseg's
+// connections (non-zero mark), until Close; the slice is reused after
+// handle returns. With NEW events, handle is called from two goroutines. It returns nil after Close, or the first other error; the
 // sockets are closed when it returns. Call it once.
-func (c *Conntrack) Run(handle func(ConnEvent)) error {
+func (c *Conntrack) Run(handle func([]ConnEvent)) error {
 	socks := c.sockets()
 	errc := make(chan error, len(socks))
 	for _, s := range socks {
@@ -164,8 +164,8 @@ const ctDatagram = 8 << 10
 
 // read hands on one socket's events in batches: it reads until the socket
 // is empty (or a batch is full) into one reused buffer, decodes in place,
-// calls handle for each netseg event, then waits BatchWait.
-func (c *Conntrack) read(s *eventSocket, handle func(ConnEvent)) error {
+// hands the batch of netseg events on, then waits BatchWait.
+func (c *Conntrack) read(s *eventSocket, handle func([]ConnEvent)) error {
 	const maxBatch = 4096
 	buf := make([]byte, 64*ctDatagram) // 64 events per receive call
 	batch := make([]ConnEvent, 0, maxBatch)
@@ -178,8 +178,8 @@ func (c *Conntrack) read(s *eventSocket, handle func(ConnEvent)) error {
 			batch = c.decode(b, now, batch)
 		},
 		func() {
-			for i := range batch {
-				handle(batch[i])
+			if len(batch) > 0 {
+				handle(batch)
 			}
 			batch = batch[:0]
 		},

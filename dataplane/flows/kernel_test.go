@@ -76,12 +76,17 @@ type collector struct {
 	conns   []flows.ConnEvent
 }
 
-func (c *collector) packet(p flows.Packet) {
+func (c *collector) packet(ps []flows.Packet) {
 	c.mu.Lock()
-	c.packets = append(c.packets, p)
+	c.packets = append(c.packets, ps...)
 	c.mu.Unlock()
 }
-func (c *collector) conn(e flows.ConnEvent) { c.mu.Lock(); c.conns = append(c.conns, e); c.mu.Unlock() }
+
+func (c *collector) conn(es []flows.ConnEvent) {
+	c.mu.Lock()
+	c.conns = append(c.conns, es...)
+	c.mu.Unlock()
+}
 func (c *collector) snapshot() ([]flows.Packet, []flows.ConnEvent) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -140,11 +140,12 @@ func (r *NFLOG) bind() error {
 // to the messages (else the decision is read from the packet mark).
 func (r *NFLOG) ConntrackAttached() bool { return r.withCt }
 
-// Run reads messages and calls handle for each decoded packet, on the
-// calling goroutine, in batches (see NFLOGConfig.BatchWait), until
-// Close. After an overflow it counts it and keeps reading. It returns nil
-// after Close, or the first other receive error.
-func (r *NFLOG) Run(handle func(Packet)) error {
+// Run reads messages and calls handle with each batch of decoded packets
+// (see NFLOGConfig.BatchWait), on the calling goroutine, until Close; the
+// slice is reused after handle returns. After an overflow it counts it
+// and keeps reading. It returns nil after Close, or the first other
+// receive error.
+func (r *NFLOG) Run(handle func([]Packet)) error {
 	const maxBatch = 4096
 	buf := make([]byte, 1<<20) // the kernel packs several messages per datagram
 	batch := make([]Packet, 0, 256)
@@ -168,8 +169,8 @@ func (r *NFLOG) Run(handle func(Packet)) error {
 			}
 		},
 		func() {
-			for i := range batch {
-				handle(batch[i])
+			if len(batch) > 0 {
+				handle(batch)
 			}
 			batch = batch[:0]
 		},
