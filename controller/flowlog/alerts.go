@@ -46,9 +46,14 @@ func (p *Pipeline) fold(r *Record) {
 			o := *r.Origin
 			origin = &o
 		}
+		var icmp *uint8 // r's parts are reused: the alert keeps copies
+		if r.ICMPType != nil {
+			t := *r.ICMPType
+			icmp = &t
+		}
 		f := false
 		a = &alert{rec: Record{Kind: KindAlert, Start: r.Start, End: r.End, Protocol: r.Protocol,
-			Src: &src, Dst: &dst, ICMPType: r.ICMPType, Verdict: r.Verdict, Origin: origin, Expected: &f}}
+			Src: &src, Dst: &dst, ICMPType: icmp, Verdict: r.Verdict, Origin: origin, Expected: &f}}
 		p.alertsByKey[k] = a
 		a.rec.Count = n
 		p.writeAlert(a, p.cfg.Now())

@@ -71,8 +71,7 @@ func (p *Pipeline) conn(ev flows.ConnEvent) {
 		rec := p.connRecord(&ev, ReportFinal, start)
 		rec.End = firstNonZero(ev.Stop, ev.Time)
 		if of != nil && !of.reportedUntil.IsZero() {
-			cs := start
-			rec.ConnStart = &cs
+			p.connStart(rec, start)
 			rec.Start = of.reportedUntil
 			rec.PacketsToDst -= of.orig.Packets
 			rec.BytesToDst -= of.orig.Bytes
@@ -92,15 +91,37 @@ func firstNonZero(ts ...time.Time) time.Time {
 	return time.Time{}
 }
 
+// recordParts is the storage of the flow record being built. The
+// pipeline builds and writes one record at a time and nothing keeps a
+// record once written (alerts copy what they keep), so a busy node's
+// twelve thousand records a second are built without allocating.
+type recordParts struct {
+	rec       Record
+	src, dst  Endpoint
+	origin    policy.Origin
+	expected  bool
+	icmp      uint8
+	connStart time.Time
+}
+
 // connRecord builds a flow record of a conntrack entry with its full
-// counters; callers adjust the interval.
+// counters; callers adjust the interval, and write it before building
+// another.
 func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Time) *Record {
 	verdict, origin := ev.Mark.Decision()
-	rec := &Record{Kind: KindFlow, Report: report, Start: start, End: ev.Time,
+	rec := &p.parts.rec
+	*rec = Record{Kind: KindFlow, Report: report, Start: start, End: ev.Time,
 		PacketsToDst: ev.Orig.Packets, BytesToDst: ev.Orig.Bytes,
 		PacketsToSrc: ev.Reply.Packets, BytesToSrc: ev.Reply.Bytes}
 	p.describe(rec, ev.Proto, ev.Src, ev.Dst, ev.ICMPType, verdict, origin, start)
 	return rec
+}
+
+// connStart sets rec's connection start (a record that covers part of a
+// connection).
+func (p *Pipeline) connStart(rec *Record, t time.Time) {
+	p.parts.connStart = t
+	rec.ConnStart = &p.parts.connStart
 }
 
 // describe fills the connection's names, verdict, origin and expected flag.
@@ -108,14 +129,14 @@ func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst neti
 	tr := p.resolverAt(connStart)
 	res := tr.r
 	rec.Protocol = ProtocolName(proto)
-	rec.Src = p.endpoint(tr, src)
-	rec.Dst = p.endpoint(tr, dst)
+	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
+	rec.Src = p.endpoint(&p.parts.src, tr, src, &sp)
+	rec.Dst = p.endpoint(&p.parts.dst, tr, dst, &dp)
 	if proto == dataplane.ICMP || proto == dataplane.ICMPv6 {
-		t := icmpType
-		rec.ICMPType = &t
+		p.parts.icmp = icmpType
+		rec.ICMPType = &p.parts.icmp
 		rec.Src.Port, rec.Dst.Port = 0, 0
 	}
-	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
 	switch {
 	case sp.Local:
 		rec.Direction = "egress"
@@ -129,15 +150,18 @@ func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst neti
 	if !ok {
 		o = policy.Origin{ID: originID}
 	}
-	rec.Origin = &o
-	expected := v == dataplane.Allowed && ok && (o.Kind == policy.OriginZonePolicy || o.Kind == policy.OriginServiceDependency)
-	rec.Expected = &expected
+	p.parts.origin = o
+	rec.Origin = &p.parts.origin
+	p.parts.expected = v == dataplane.Allowed && ok && (o.Kind == policy.OriginZonePolicy || o.Kind == policy.OriginServiceDependency)
+	rec.Expected = &p.parts.expected
 }
 
-func (p *Pipeline) endpoint(tr timedResolver, ap netip.AddrPort) *Endpoint {
-	peer := tr.r.Resolve(ap.Addr())
-	return &Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone,
-		Labels: p.selectedLabels(tr.gen, &peer)}
+// endpoint fills e with the address and what peer (the address resolved
+// under tr) names.
+func (p *Pipeline) endpoint(e *Endpoint, tr timedResolver, ap netip.AddrPort, peer *Peer) *Endpoint {
+	*e = Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone,
+		Labels: p.selectedLabels(tr.gen, peer)}
+	return e
 }
 
 // labelsKey names a workload under one resolver (its generation).
@@ -211,8 +235,7 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 		}
 		rec := p.connRecord(ev, ReportInterim, from)
 		rec.End = now
-		cs := of.connStart
-		rec.ConnStart = &cs
+		p.connStart(rec, of.connStart)
 		rec.PacketsToDst -= of.orig.Packets
 		rec.BytesToDst -= of.orig.Bytes
 		rec.PacketsToSrc -= of.reply.Packets

@@ -39,8 +39,9 @@ type Config struct {
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// OnRecord, when set, sees every record written (flow, lost, alert),
-	// on the pipeline's goroutine: it must not block, and must not modify
-	// the record (its label maps are shared).
+	// on the pipeline's goroutine: it must not block, must not modify the
+	// record (its label maps are shared), and must not keep it or its
+	// parts past the call (their storage is reused).
 	OnRecord func(*Record)
 }
 
@@ -148,6 +149,7 @@ type Pipeline struct {
 	pendingLost  map[lostKey]uint64
 	writeErr     error
 	enc          []byte // the record being written
+	parts        recordParts
 	labels       map[labelsKey]map[string]string
 
 	statsMu sync.Mutex

@@ -130,7 +130,9 @@ func TestFinalRecords(t *testing.T) {
 			if !ok {
 				o = policy.Origin{ID: tt.origin}
 			}
-			src := p.endpoint(timedResolver{r: fakeResolver{origins}}, tt.ev.Src)
+			res := timedResolver{r: fakeResolver{origins}}
+			peer := res.r.Resolve(tt.ev.Src.Addr())
+			src := p.endpoint(&Endpoint{}, res, tt.ev.Src, &peer)
 			want := []Record{{Schema: Schema, Kind: KindFlow, Node: "n1", Report: ReportFinal, Start: t0, End: t0.Add(time.Second),
 				Protocol: "TCP", Src: src, Dst: &tt.dst, Direction: tt.dir, Verdict: tt.verdict, Origin: &o, Expected: boolp(tt.expected),
 				PacketsToDst: 10, BytesToDst: 1000, PacketsToSrc: 5, BytesToSrc: 500}}
@@ -424,5 +426,34 @@ func TestBatchQueue(t *testing.T) {
 	want := map[string]uint64{"queue-full/connections": 1, "queue-full/packets": 2, "queue-full/messages": 1}
 	if diff := cmp.Diff(want, got); diff != "" || final != 2 {
 		t.Errorf("%d final records, want 2; losses (-want +got):\n%s", final, diff)
+	}
+}
+
+// TestAlertKeepsItsRecord: records are built in reused storage; an alert
+// keeps its own copy of what it shows (here the first ICMP type seen),
+// whatever records come after.
+func TestAlertKeepsItsRecord(t *testing.T) {
+	p, _, alerts, c := newTest(Config{FlowInterval: time.Minute}, Sources{})
+	icmp := func(id uint32, typ uint8) flows.ConnEvent {
+		ev := ct(flows.ConnDestroy, id, web, partner, 0, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 100)
+		ev.Proto, ev.ICMPType = dataplane.ICMP, typ
+		return ev
+	}
+	p.conn(icmp(1, 8))
+	p.conn(icmp(2, 13)) // same alert key: counted, the alert keeps type 8
+	p.conn(ct(flows.ConnDestroy, 3, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 100))
+	c.t = t0.Add(61 * time.Second)
+	p.tick(c.t, true)
+	var types []uint8
+	for _, r := range records(t, alerts) {
+		if r.Protocol == "ICMP" {
+			if r.ICMPType == nil {
+				t.Fatalf("ICMP alert without a type: %+v", r)
+			}
+			types = append(types, *r.ICMPType)
+		}
+	}
+	if diff := cmp.Diff([]uint8{8, 8}, types); diff != "" {
+		t.Errorf("ICMP types of the alert's records (-want +got):\n%s", diff)
 	}
 }
