@@ -148,10 +148,10 @@ func newRecvBuffers(buf []byte, n int) *recvBuffers {
 // errSocketClosed ends read after Close.
 var errSocketClosed = errors.New("socket closed")
 
-// read waits for datagrams and hands each to datagram, in batches: after
+// read receives datagrams and hands each to datagram, in batches: after
 // the socket runs empty (or max datagrams) it calls batchDone, then waits
 // pause before looking again, letting the next batch gather in the
-// socket. An ENOBUFS error counts an overflow and goes on. It returns
+// socket; a socket found empty is waited for in poll. An ENOBUFS error counts an overflow and goes on. It returns
 // errSocketClosed after Close, or the first other error.
 // The descriptors are released when it returns. Call it once.
 func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram func([]byte), batchDone func(), overflow func()) error {
@@ -201,8 +201,8 @@ func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram fu
 		batchDone()
 		// A sleep, not a poll with a timeout: Go's sysmon keeps waking
 		// every 20 µs to take the processor from a thread in a long
-		// system call, so a busy reader's poll returns at once (the
-		// next batch is there) and only an idle one blocks in it.
+		// system call, so only a reader that found nothing blocks in
+		// poll.
 		time.Sleep(pause)
 	}
 }
