@@ -123,7 +123,7 @@ func OpenConntrack(nsFd int, cfg ConntrackConfig) (*Conntrack, error) {
 
 func (c *Conntrack) subscribe(group netfilter.NetlinkGroup, reliable bool) (*eventSocket, error) {
 	s, err := openEventSocket(c.nsFd, eventSocketConfig{proto: unix.NETLINK_NETFILTER, groups: []uint32{uint32(group)},
-		readBuffer: c.cfg.ReadBuffer, reliable: reliable, slot: ctDatagram})
+		readBuffer: c.cfg.ReadBuffer, reliable: reliable})
 	if err != nil {
 		return nil, fmt.Errorf("conntrack events (group %d): %w", group, err)
 	}
@@ -140,8 +140,9 @@ func (c *Conntrack) sockets() []*eventSocket {
 
 // Run reads events and calls handle with each batch of netseg's
 // connections (non-zero mark), until Close; the slice is reused after
-// handle returns. With NEW events, handle is called from two goroutines. It returns nil after Close, or the first other error; the
-// sockets are closed when it returns. Call it once.
+// handle returns. With NEW events, handle is called from two goroutines.
+// It returns nil after Close, or the first other error; the sockets are
+// closed when it returns. Call it once.
 func (c *Conntrack) Run(handle func([]ConnEvent)) error {
 	socks := c.sockets()
 	errc := make(chan error, len(socks))
@@ -162,32 +163,21 @@ func (c *Conntrack) Run(handle func([]ConnEvent)) error {
 // hundred bytes).
 const ctDatagram = 8 << 10
 
-// read hands on one socket's events in batches: it reads until the socket
-// is empty (or a batch is full) into one reused buffer, decodes in place,
-// hands the batch of netseg events on, then waits BatchWait.
+// read hands on one socket's events in batches: 64 per receive call into
+// one reused buffer, decoded in place, then waits BatchWait.
 func (c *Conntrack) read(s *eventSocket, handle func([]ConnEvent)) error {
-	const maxBatch = 4096
-	buf := make([]byte, 64*ctDatagram) // 64 events per receive call
-	batch := make([]ConnEvent, 0, maxBatch)
-	var now time.Time
-	err := s.read(buf, maxBatch, c.cfg.BatchWait,
-		func(b []byte) {
+	var now time.Time // when the batch began
+	err := readBatches(s, make([]byte, 64*ctDatagram), ctDatagram, c.cfg.BatchWait,
+		func(b []byte, batch []ConnEvent) []ConnEvent {
 			if len(batch) == 0 {
 				now = time.Now()
 			}
-			batch = c.decode(b, now, batch)
-		},
-		func() {
-			if len(batch) > 0 {
-				handle(batch)
-			}
-			batch = batch[:0]
-		},
-		func() { c.overflows.Add(1) })
-	if errors.Is(err, errSocketClosed) {
-		return nil
+			return c.decode(b, now, batch)
+		}, handle, &c.overflows)
+	if err != nil {
+		return fmt.Errorf("conntrack events: %w", err)
 	}
-	return fmt.Errorf("conntrack events: %w", err)
+	return nil
 }
 
 // decode appends the netseg events (non-zero mark) of one datagram.

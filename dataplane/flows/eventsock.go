@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -20,10 +21,6 @@ import (
 // eventfd (to end it on Close) wakes once per batch instead.
 type eventSocket struct {
 	fd, wake int
-	// slot is the largest datagram expected; recv reads as many as fit
-	// the read buffer in one call.
-	slot int
-	bufs *recvBuffers
 
 	mu              sync.Mutex
 	running, closed bool
@@ -34,14 +31,13 @@ type eventSocketConfig struct {
 	proto      int      // NETLINK_NETFILTER
 	groups     []uint32 // multicast groups to join
 	readBuffer int      // SO_RCVBUFFORCE bytes
-	slot       int      // the largest datagram expected (0: the whole read buffer)
 	reliable   bool     // NETLINK_BROADCAST_ERROR and NETLINK_NO_ENOBUFS
 }
 
 // openEventSocket opens the socket in the network namespace nsFd (a
 // socket stays in the namespace it was created in).
 func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
-	s := &eventSocket{fd: -1, wake: -1, slot: cfg.slot}
+	s := &eventSocket{fd: -1, wake: -1}
 	err := inNamespace(nsFd, func() error {
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, cfg.proto)
 		s.fd = fd
@@ -73,10 +69,17 @@ func openEventSocket(nsFd int, cfg eventSocketConfig) (*eventSocket, error) {
 			return fail(fmt.Sprintf("join group %d", g), err)
 		}
 	}
-	if s.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+	if err := s.openWake(); err != nil {
 		return fail("eventfd", err)
 	}
 	return s, nil
+}
+
+// openWake opens the eventfd Close uses to end a blocked poll.
+func (s *eventSocket) openWake() error {
+	var err error
+	s.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	return err
 }
 
 // detachEventSocket takes over the socket of c, which its owner has set
@@ -99,7 +102,7 @@ func detachEventSocket(c *netlink.Conn) (*eventSocket, error) {
 		s.release()
 		return nil, fmt.Errorf("close netlink conn: %w", err)
 	}
-	if s.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+	if err := s.openWake(); err != nil {
 		s.release()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
@@ -131,9 +134,12 @@ type recvBuffers struct {
 	got   [][]byte
 }
 
-// newRecvBuffers cuts buf into n slots.
-func newRecvBuffers(buf []byte, n int) *recvBuffers {
-	size := len(buf) / n
+// newRecvBuffers cuts buf into slots of size bytes (0: one slot).
+func newRecvBuffers(buf []byte, size int) *recvBuffers {
+	if size <= 0 || size > len(buf) {
+		size = len(buf)
+	}
+	n := len(buf) / size
 	r := &recvBuffers{slots: make([][]byte, n), iovs: make([]unix.Iovec, n), hdrs: make([]mmsghdr, n), got: make([][]byte, 0, n)}
 	for i := range n {
 		r.slots[i] = buf[i*size : (i+1)*size]
@@ -148,13 +154,40 @@ func newRecvBuffers(buf []byte, n int) *recvBuffers {
 // errSocketClosed ends read after Close.
 var errSocketClosed = errors.New("socket closed")
 
-// read receives datagrams and hands each to datagram, in batches: after
-// the socket runs empty (or max datagrams) it calls batchDone, then waits
-// pause before looking again, letting the next batch gather in the
-// socket; a socket found empty is waited for in poll. An ENOBUFS error counts an overflow and goes on. It returns
-// errSocketClosed after Close, or the first other error.
-// The descriptors are released when it returns. Call it once.
-func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram func([]byte), batchDone func(), overflow func()) error {
+// maxBatch bounds the datagrams read before a batch is handed on.
+const maxBatch = 4096
+
+// readBatches reads s until Close (then it returns nil) or another error:
+// decode appends what each datagram holds to the batch, which handle gets
+// once the socket runs empty (the slice is reused after handle returns);
+// overflows are counted. slot is the largest datagram expected: one
+// receive call fills as many slots as buf holds (0: buf is one slot).
+func readBatches[T any](s *eventSocket, buf []byte, slot int, pause time.Duration,
+	decode func(datagram []byte, batch []T) []T, handle func([]T), overflows *atomic.Uint64) error {
+	var batch []T
+	err := s.read(newRecvBuffers(buf, slot), pause,
+		func(b []byte) { batch = decode(b, batch) },
+		func() {
+			if len(batch) > 0 {
+				handle(batch)
+			}
+			batch = batch[:0]
+		},
+		func() { overflows.Add(1) })
+	if errors.Is(err, errSocketClosed) {
+		return nil
+	}
+	return err
+}
+
+// read receives datagrams into r and hands each to datagram, in batches:
+// after the socket runs empty (or maxBatch datagrams) it calls batchDone,
+// then waits pause before looking again, letting the next batch gather in
+// the socket; a socket found empty is waited for in poll. An ENOBUFS
+// error counts an overflow and goes on. It returns errSocketClosed after
+// Close, or the first other error. The descriptors are released when it
+// returns. Call it once.
+func (s *eventSocket) read(r *recvBuffers, pause time.Duration, datagram func([]byte), batchDone func(), overflow func()) error {
 	s.mu.Lock()
 	if s.closed || s.running {
 		s.mu.Unlock()
@@ -171,8 +204,8 @@ func (s *eventSocket) read(buf []byte, max int, pause time.Duration, datagram fu
 		// runtime's system call bookkeeping), and each return from one
 		// would restart the system monitor at its 20 µs tick.
 		n := 0
-		for n < max {
-			got, err := s.recv(buf)
+		for n < maxBatch {
+			got, err := s.recv(r)
 			if err == unix.EAGAIN {
 				break
 			}
@@ -213,17 +246,9 @@ func (s *eventSocket) isClosed() bool {
 	return s.closed
 }
 
-// recv receives what the socket holds, up to the batch's slots, in one
-// system call: a busy node's conntrack events come one datagram each.
-func (s *eventSocket) recv(buf []byte) ([][]byte, error) {
-	if s.bufs == nil || &s.bufs.slots[0][0] != &buf[0] {
-		n := 1
-		if s.slot > 0 {
-			n = max(1, len(buf)/s.slot)
-		}
-		s.bufs = newRecvBuffers(buf, n)
-	}
-	r := s.bufs
+// recv receives what the socket holds, up to r's slots, in one system
+// call: a busy node's conntrack events come one datagram each.
+func (s *eventSocket) recv(r *recvBuffers) ([][]byte, error) {
 	// MSG_DONTWAIT: the call never blocks, so it needs none of the
 	// runtime's bookkeeping for system calls.
 	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)),

@@ -146,12 +146,10 @@ func (r *NFLOG) ConntrackAttached() bool { return r.withCt }
 // and keeps reading. It returns nil after Close, or the first other
 // receive error.
 func (r *NFLOG) Run(handle func([]Packet)) error {
-	const maxBatch = 4096
-	buf := make([]byte, 1<<20) // the kernel packs several messages per datagram
-	batch := make([]Packet, 0, 256)
 	packetType := uint16(netfilter.NFSubsysULOG)<<8 | nfulnlMsgPacket
-	err := r.sock.read(buf, maxBatch, r.cfg.BatchWait,
-		func(b []byte) {
+	// One slot: the kernel packs several messages per datagram.
+	err := readBatches(r.sock, make([]byte, 1<<20), 0, r.cfg.BatchWait,
+		func(b []byte, batch []Packet) []Packet {
 			now := time.Now()
 			err := eachMessage(b, func(msg []byte) {
 				if binary.NativeEndian.Uint16(msg[4:6]) != packetType {
@@ -167,18 +165,12 @@ func (r *NFLOG) Run(handle func([]Packet)) error {
 			if err != nil {
 				r.errs.Add(1)
 			}
-		},
-		func() {
-			if len(batch) > 0 {
-				handle(batch)
-			}
-			batch = batch[:0]
-		},
-		func() { r.overflows.Add(1) })
-	if errors.Is(err, errSocketClosed) {
-		return nil
+			return batch
+		}, handle, &r.overflows)
+	if err != nil {
+		return fmt.Errorf("nflog group %d: %w", r.cfg.Group, err)
 	}
-	return fmt.Errorf("nflog group %d: %w", r.cfg.Group, err)
+	return nil
 }
 
 // decodeNFLOG decodes an NFULNL_MSG_PACKET body (after the netlink header).
