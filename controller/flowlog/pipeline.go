@@ -222,85 +222,51 @@ func (p *Pipeline) resolverAt(t time.Time) timedResolver {
 
 // Packet queues one NFLOG packet. It never blocks.
 func (p *Pipeline) Packet(pkt flows.Packet) {
-	if !p.enqueue(item{pkt: pkt}) {
-		p.dropped(item{pkt: pkt})
-	}
-}
-
-// dropped counts an event the queue had no room for, by unit.
-func (p *Pipeline) dropped(it item) {
-	switch {
-	case it.isCt && it.conn.Type == flows.ConnDestroy:
-		p.droppedConns.Add(1)
-	case !it.isCt && it.pkt.Prefix == flows.PrefixDeny:
-		p.droppedPackets.Add(1)
-	default:
-		p.droppedOther.Add(1)
-	}
+	p.push(1, func(int) item { return item{pkt: pkt} })
 }
 
 // Conn queues one conntrack event. It never blocks.
 func (p *Pipeline) Conn(ev flows.ConnEvent) {
-	if !p.enqueue(item{conn: ev, isCt: true}) {
-		p.dropped(item{conn: ev, isCt: true})
-	}
+	p.push(1, func(int) item { return item{conn: ev, isCt: true} })
 }
 
-// Packets queues a batch of NFLOG packets (a flows.NFLOG handler). It
-// never blocks: packets that do not fit are dropped and counted.
+// Packets queues a batch of NFLOG packets (a flows.NFLOG handler).
 func (p *Pipeline) Packets(pkts []flows.Packet) {
-	p.qMu.Lock()
-	n := min(len(pkts), max(0, p.cfg.QueueSize-len(p.pending)))
-	first := len(p.pending) == 0 && n > 0
-	for i := range n {
-		p.pending = append(p.pending, item{pkt: pkts[i]})
-	}
-	p.qMu.Unlock()
-	for _, pkt := range pkts[n:] {
-		p.dropped(item{pkt: pkt})
-	}
-	p.signal(first)
+	p.push(len(pkts), func(i int) item { return item{pkt: pkts[i]} })
 }
 
-// Conns queues a batch of conntrack events (a flows.Conntrack handler),
-// with one lock and at most one wake-up. It never blocks: events that do
-// not fit are dropped and counted.
+// Conns queues a batch of conntrack events (a flows.Conntrack handler).
 func (p *Pipeline) Conns(evs []flows.ConnEvent) {
-	p.qMu.Lock()
-	n := min(len(evs), max(0, p.cfg.QueueSize-len(p.pending)))
-	first := len(p.pending) == 0 && n > 0
-	for i := range n {
-		p.pending = append(p.pending, item{conn: evs[i], isCt: true})
-	}
-	p.qMu.Unlock()
-	for _, ev := range evs[n:] {
-		p.dropped(item{conn: ev, isCt: true})
-	}
-	p.signal(first)
+	p.push(len(evs), func(i int) item { return item{conn: evs[i], isCt: true} })
 }
 
-// signal wakes Run when the queue was empty before.
-func (p *Pipeline) signal(first bool) {
-	if first {
+// push queues the n events at(0), ..., at(n-1) with one lock and at most
+// one wake-up of Run. It never blocks: events past QueueSize are dropped
+// and counted by unit.
+func (p *Pipeline) push(n int, at func(int) item) {
+	p.qMu.Lock()
+	fit := min(n, max(0, p.cfg.QueueSize-len(p.pending)))
+	wake := len(p.pending) == 0 && fit > 0
+	for i := range fit {
+		p.pending = append(p.pending, at(i))
+	}
+	p.qMu.Unlock()
+	for i := fit; i < n; i++ {
+		switch it := at(i); {
+		case it.isCt && it.conn.Type == flows.ConnDestroy:
+			p.droppedConns.Add(1)
+		case !it.isCt && it.pkt.Prefix == flows.PrefixDeny:
+			p.droppedPackets.Add(1)
+		default:
+			p.droppedOther.Add(1)
+		}
+	}
+	if wake {
 		select {
 		case p.ready <- struct{}{}:
 		default:
 		}
 	}
-}
-
-// enqueue queues it unless QueueSize events wait already.
-func (p *Pipeline) enqueue(it item) bool {
-	p.qMu.Lock()
-	if len(p.pending) >= p.cfg.QueueSize {
-		p.qMu.Unlock()
-		return false
-	}
-	p.pending = append(p.pending, it)
-	first := len(p.pending) == 1
-	p.qMu.Unlock()
-	p.signal(first)
-	return true
 }
 
 // take returns the queued events, handing the queue spare (emptied) to
