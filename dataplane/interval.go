@@ -13,7 +13,6 @@ import (
 // (no delete, which costs the commit an RCU grace period).
 func fillInterval(s *setSpec, prefixes []netip.Prefix) {
 	merged := mergePrefixes(prefixes)
-	s.disjoint = len(merged) == len(prefixes)
 	if len(s.elems) == 0 {
 		s.elems = make(map[elemKey]elemSpec, len(merged))
 	}
@@ -132,7 +131,8 @@ func deltaOf(old, now []netip.Prefix, fam int) (add, del []elemKey, ok bool) {
 
 // deriveIntervals renders the interval sets prev[4] and prev[6], rendered
 // for the inputs old, for the inputs now, when old and now are sorted and
-// disjoint and prev's sets had one element per prefix: the sets change by
+// disjoint (prev's sets then hold one element per prefix of old, as
+// fillInterval merges nothing there): the sets change by
 // the prefixes that came and went, and the sync sends only those. A
 // zone's set at a thousand endpoints is otherwise sorted, merged and
 // compared whole on every pod's arrival. The new sets take over prev's
@@ -142,7 +142,7 @@ func deltaOf(old, now []netip.Prefix, fam int) (add, del []elemKey, ok bool) {
 func deriveIntervals(prev [7]*setSpec, old, now []netip.Prefix) (out [7]*setSpec, ok bool) {
 	var deltas [7]setDelta
 	for _, fam := range []int{4, 6} {
-		if prev[fam] == nil || !prev[fam].disjoint {
+		if prev[fam] == nil {
 			return out, false
 		}
 		add, del, ok := deltaOf(old, now, fam)
@@ -157,7 +157,7 @@ func deriveIntervals(prev [7]*setSpec, old, now []netip.Prefix) (out [7]*setSpec
 			out[fam] = p
 			continue
 		}
-		s := &setSpec{name: p.name, fam: p.fam, kind: p.kind, elems: p.elems, disjoint: true, delta: &d}
+		s := &setSpec{name: p.name, fam: p.fam, kind: p.kind, elems: p.elems, delta: &d}
 		p.elems = nil
 		for _, k := range d.del {
 			delete(s.elems, k)

@@ -59,9 +59,6 @@ type setSpec struct {
 	// (the CNI plugin's quarantine): their elements are never diffed,
 	// checked for drift, or lost by a full resync.
 	foreign bool
-	// disjoint interval sets have one element per input prefix (none
-	// merged), so the next rendering can be derived from this one.
-	disjoint bool
 	// delta, when set, is the difference from delta.from (deriveInterval).
 	delta *setDelta
 }

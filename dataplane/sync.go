@@ -367,7 +367,7 @@ func (d *Dataplane) emptied(s *setSpec) *setSpec {
 		return s
 	}
 	d.delElems(s, sortedElems(s.elems))
-	return &setSpec{name: s.name, fam: s.fam, kind: s.kind, elems: map[elemKey]elemSpec{}, disjoint: true}
+	return &setSpec{name: s.name, fam: s.fam, kind: s.kind, elems: map[elemKey]elemSpec{}}
 }
 
 // insertHead puts a dispatch chain's live rule in front of its old ones.
