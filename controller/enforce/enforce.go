@@ -5,7 +5,6 @@
 package enforce
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -77,17 +76,8 @@ func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
 	for p := range managed {
 		rs.Managed = append(rs.Managed, p)
 	}
-	slices.SortFunc(rs.Managed, comparePrefixes)
+	slices.SortFunc(rs.Managed, policy.ComparePrefixes)
 	return rs, errs
-}
-
-// comparePrefixes orders prefixes by address, then length (a total order
-// without formatting them: the agent sorts every managed address per sync).
-func comparePrefixes(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 func firstErr(errs ...error) error {

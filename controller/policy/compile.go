@@ -78,8 +78,9 @@ type members struct {
 	clean bool
 }
 
-// comparePrefixes orders prefixes by address, then length.
-func comparePrefixes(a, b netip.Prefix) int {
+// ComparePrefixes orders prefixes by address, then length: the order of
+// a Set's prefixes (a total order that formats nothing).
+func ComparePrefixes(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c
 	}
@@ -113,7 +114,7 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 				prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
 			}
 			if ms.nets != nil {
-				slices.SortFunc(prefixes, comparePrefixes)
+				slices.SortFunc(prefixes, ComparePrefixes)
 			}
 			sets = append(sets, Set{Name: name, Prefixes: prefixes})
 			return
@@ -139,7 +140,7 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 		for _, a := range own {
 			prefixes = append(prefixes, netip.PrefixFrom(a, a.BitLen()))
 		}
-		slices.SortFunc(prefixes, comparePrefixes)
+		slices.SortFunc(prefixes, ComparePrefixes)
 		sets = append(sets, Set{Name: name, Prefixes: prefixes})
 	}
 	var earlierB netipx.IPSetBuilder

@@ -172,7 +172,7 @@ func checkSetShapes(c *Compiled) []string {
 		for i, p := range s.Prefixes {
 			if i > 0 {
 				q := s.Prefixes[i-1]
-				if comparePrefixes(q, p) >= 0 || q.Overlaps(p) {
+				if ComparePrefixes(q, p) >= 0 || q.Overlaps(p) {
 					bad = append(bad, fmt.Sprintf("set %s: %s then %s: not sorted and disjoint", s.Name, q, p))
 				}
 			}

@@ -197,7 +197,7 @@ func sortedKeys[K comparable, V any](m map[K]V, less func(a, b K) bool) []K {
 	return ks
 }
 
-func keyLess(a, b key) bool { return a.ns < b.ns || a.ns == b.ns && a.name < b.name }
+func keyLess(a, b key) bool { return compareKeys(a, b) < 0 }
 
 func compareKeys(a, b key) int {
 	if c := strings.Compare(a.ns, b.ns); c != 0 {
