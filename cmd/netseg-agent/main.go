@@ -101,7 +101,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.UintVar(&group, "nflog-group", 100, "NFLOG group of the first packets of denied connections (and accepted ones with --log-accepted)")
 	fs.BoolVar(&f.cfg.Dataplane.LogAccepted, "log-accepted", false, "also send each accepted connection's first packet to NFLOG (the flow log does not need it: conntrack events carry accepted connections)")
 	fs.BoolVar(&f.cfg.Dataplane.DenyHostAccess, "deny-host-access", false, "make the node's own connections to its containers pass their ingress rules (default: allowed, for kubelet probes)")
-	fs.DurationVar(&f.cfg.PollInterval, "poll-interval", 0, "how often the policy directory is checked (default 200ms)")
+	fs.DurationVar(&f.cfg.PollInterval, "poll-interval", 0, "how often the policy directory is checked for changes its inotify watch saw (default 200ms; it is read every 10s whatever the watch saw)")
 	fs.DurationVar(&f.cfg.DriftInterval, "drift-interval", 0, "how often the kernel ruleset is compared with the desired one (default 10s)")
 	fs.StringVar(&f.healthAddr, "health-addr", "127.0.0.1:9965", "address for /healthz and /readyz (\"\" disables)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9964", "address for Prometheus /metrics (\"\" disables)")

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/netseg/netseg/controller/policy"
@@ -55,13 +56,15 @@ type Snapshot struct {
 }
 
 // DirSource is the standalone policy source: a directory of YAML files,
-// polled for changes. A directory that becomes invalid keeps the last good
+// watched (inotify) and checked for changes. A directory that becomes invalid keeps the last good
 // policy in force; the error is kept for status and metrics.
 type DirSource struct {
 	dir      string
 	interval time.Duration
 	log      *slog.Logger
 	errors   func()
+
+	reads atomic.Int64 // directory reads after the first load (tests)
 
 	mu          sync.Mutex
 	fingerprint string
@@ -87,8 +90,22 @@ func (s *DirSource) Mode() string { return "standalone" }
 // Name is the directory.
 func (s *DirSource) Name() string { return s.dir }
 
-// Run loads the directory, then polls it.
+// fullCheckEvery is how often the directory is read whatever its watch
+// says: a filesystem that sends no inotify events (NFS, some FUSE mounts)
+// is still followed, more slowly.
+const fullCheckEvery = 10 * time.Second
+
+// Run loads the directory, then checks it every interval. A check reads
+// the files only when the directory's watch saw an event since the last
+// one (or every fullCheckEvery, or on every check when the watch could
+// not be set up).
 func (s *DirSource) Run(ctx context.Context, changed func()) {
+	// The watch starts before the first load: an edit during the load
+	// marks it, and the first check reads again.
+	w := watchDir(s.dir, s.log)
+	if w != nil {
+		defer w.Close()
+	}
 	if err := s.Reload(); err != nil {
 		s.errors()
 		s.log.Error("policy directory is invalid; no policy in force yet", "dir", s.dir, "err", err)
@@ -96,12 +113,20 @@ func (s *DirSource) Run(ctx context.Context, changed func()) {
 	changed()
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
+	lastRead := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		if w != nil {
+			if !w.take() && time.Since(lastRead) < fullCheckEvery {
+				continue
+			}
+			w.rearm()
+		}
+		lastRead = time.Now()
 		did, err := s.Poll()
 		if !did {
 			continue
@@ -148,6 +173,7 @@ func (s *DirSource) Generation() int64 {
 // Poll reloads the directory if any file changed since the last load. It
 // reports whether something changed, and the load's error.
 func (s *DirSource) Poll() (bool, error) {
+	s.reads.Add(1)
 	fp, err := fingerprint(s.dir)
 	if err != nil {
 		fp = "error: " + err.Error()
