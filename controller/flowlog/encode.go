@@ -142,14 +142,27 @@ func appendTime(b []byte, t time.Time) []byte {
 	return append(b, '"')
 }
 
+// plain marks the bytes appendString copies as they are: printable ASCII
+// other than those encoding/json escapes (quote, backslash, and the HTML
+// characters). A table lookup per byte instead of seven comparisons: the
+// check was a third of the encoder's time.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = true
+	}
+	for _, c := range []byte{'"', '\\', '<', '>', '&'} {
+		t[c] = false
+	}
+	return t
+}()
+
 // appendString appends s quoted. Names, labels and addresses are plain
 // ASCII and are copied; anything encoding/json would escape (quotes,
 // backslashes, control and HTML characters, other than ASCII) goes
 // through encoding/json itself.
 func appendString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c >= utf8.RuneSelf {
+		if !plain[s[i]] {
 			q, _ := json.Marshal(s) // a string always encodes
 			return append(b, q...)
 		}

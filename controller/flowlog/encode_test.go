@@ -71,6 +71,23 @@ func TestAppendRecord(t *testing.T) {
 	}
 }
 
+// TestAppendStringEachByte holds appendString to encoding/json for every
+// byte value alone and inside a plain name: one misclassified byte in its
+// table would write invalid or differently escaped JSON.
+func TestAppendStringEachByte(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for _, s := range []string{string([]byte{byte(c)}), "web-" + string([]byte{byte(c)}) + "-1"} {
+			want, err := json.Marshal(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := appendString(nil, s); string(got) != string(want) {
+				t.Errorf("byte %#x in %q: got %s, want %s", c, s, got, want)
+			}
+		}
+	}
+}
+
 func BenchmarkEncodeRecord(b *testing.B) {
 	yes := true
 	r := &Record{Schema: Schema, Kind: KindFlow, Report: ReportFinal, Node: "node-1", Start: time.Now(), End: time.Now(),
