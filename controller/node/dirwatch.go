@@ -1,9 +1,7 @@
 package node
 
 import (
-	"io/fs"
 	"log/slog"
-	"path/filepath"
 	"sync/atomic"
 
 	"github.com/fsnotify/fsnotify"
@@ -23,9 +21,10 @@ type dirWatch struct {
 	done  chan struct{}
 }
 
-// watchDir starts watching dir. It returns nil (and logs why) when the
-// watch cannot be set up: the caller then reads the directory on every
-// check, as without a watch.
+// watchDir starts a watch for dir. It is marked until the first read
+// (it cannot tell what happened before it began); the reads add the
+// directories to it (add). It returns nil (and logs why) when inotify is
+// not available: the caller then reads the directory on every check.
 func watchDir(dir string, log *slog.Logger) *dirWatch {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -35,7 +34,6 @@ func watchDir(dir string, log *slog.Logger) *dirWatch {
 	d := &dirWatch{dir: dir, log: log, w: w, done: make(chan struct{})}
 	d.dirty.Store(true)
 	go d.run()
-	d.rearm()
 	return d
 }
 
@@ -64,28 +62,26 @@ func (d *dirWatch) run() {
 // again, so the next check reads again.
 func (d *dirWatch) take() bool { return d.dirty.Swap(false) }
 
-// rearm watches the directory and every subdirectory, including ones
-// created since the last call (inotify watches are not recursive). A
-// directory that cannot be watched leaves the source dirty, so it is read
-// on every check until the watch succeeds.
-func (d *dirWatch) rearm() {
-	// The directory itself first: WalkDir does not descend into a root
-	// that is a symbolic link, inotify follows it.
-	err := d.w.Add(d.dir)
-	if err == nil {
-		err = filepath.WalkDir(d.dir, func(path string, e fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if e.IsDir() && path != d.dir {
-				return d.w.Add(path)
-			}
-			return nil
-		})
-	}
-	if err != nil {
+// mark makes the next check read the directory (a read failed). A nil
+// watch does nothing: without one, every check reads.
+func (d *dirWatch) mark() {
+	if d != nil {
 		d.dirty.Store(true)
-		d.log.Debug("policy directory watch", "dir", d.dir, "err", err)
+	}
+}
+
+// add watches dir, a directory the read is about to enter (inotify
+// watches are not recursive: each read adds the subdirectories made since
+// the last one; adding a watched one again changes nothing). One that
+// cannot be watched leaves the watch marked, so it is read on every check
+// until it can be. A nil watch does nothing.
+func (d *dirWatch) add(dir string) {
+	if d == nil {
+		return
+	}
+	if err := d.w.Add(dir); err != nil {
+		d.dirty.Store(true)
+		d.log.Debug("policy directory watch", "dir", dir, "err", err)
 	}
 }
 

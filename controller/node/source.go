@@ -64,6 +64,9 @@ type DirSource struct {
 	log      *slog.Logger
 	errors   func()
 
+	// watch, set by Run before its first read, says when the directory
+	// may have changed (nil: no inotify, every check reads).
+	watch *dirWatch
 	reads atomic.Int64 // directory reads after the first load (tests)
 
 	mu          sync.Mutex
@@ -102,9 +105,9 @@ const fullCheckEvery = 10 * time.Second
 func (s *DirSource) Run(ctx context.Context, changed func()) {
 	// The watch starts before the first load: an edit during the load
 	// marks it, and the first check reads again.
-	w := watchDir(s.dir, s.log)
-	if w != nil {
-		defer w.Close()
+	s.watch = watchDir(s.dir, s.log)
+	if s.watch != nil {
+		defer s.watch.Close()
 	}
 	if err := s.Reload(); err != nil {
 		s.errors()
@@ -120,11 +123,8 @@ func (s *DirSource) Run(ctx context.Context, changed func()) {
 			return
 		case <-t.C:
 		}
-		if w != nil {
-			if !w.take() && time.Since(lastRead) < fullCheckEvery {
-				continue
-			}
-			w.rearm()
+		if s.watch != nil && !s.watch.take() && time.Since(lastRead) < fullCheckEvery {
+			continue
 		}
 		lastRead = time.Now()
 		did, err := s.Poll()
@@ -174,10 +174,7 @@ func (s *DirSource) Generation() int64 {
 // reports whether something changed, and the load's error.
 func (s *DirSource) Poll() (bool, error) {
 	s.reads.Add(1)
-	fp, err := fingerprint(s.dir)
-	if err != nil {
-		fp = "error: " + err.Error()
-	}
+	fp := s.readFingerprint()
 	s.mu.Lock()
 	same := fp == s.fingerprint
 	s.mu.Unlock()
@@ -189,11 +186,19 @@ func (s *DirSource) Poll() (bool, error) {
 
 // Reload loads the directory now.
 func (s *DirSource) Reload() error {
-	fp, err := fingerprint(s.dir)
+	return s.load(s.readFingerprint())
+}
+
+// readFingerprint fingerprints the directory, adding each directory it
+// enters to the watch; a failed read marks the watch, so the next check
+// reads again.
+func (s *DirSource) readFingerprint() string {
+	fp, err := fingerprint(s.dir, s.watch.add)
 	if err != nil {
-		fp = "error: " + err.Error()
+		s.watch.mark()
+		return "error: " + err.Error()
 	}
-	return s.load(fp)
+	return fp
 }
 
 func (s *DirSource) load(fp string) error {
@@ -210,15 +215,20 @@ func (s *DirSource) load(fp string) error {
 	return nil
 }
 
-// fingerprint hashes the names, sizes, modification times and contents
-// of the directory's YAML files: any edit, rename or removal changes it.
-func fingerprint(dir string) (string, error) {
+// fingerprint hashes the names, sizes and contents of the directory's
+// YAML files: any edit, rename or removal changes it. It calls enter with
+// each directory before reading what it holds.
+func fingerprint(dir string, enter func(dir string)) (string, error) {
 	h := sha256.New()
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() || !(strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".yml")) {
+		if d.IsDir() {
+			enter(path)
+			return nil
+		}
+		if !(strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".yml")) {
 			return nil
 		}
 		b, err := os.ReadFile(path)
