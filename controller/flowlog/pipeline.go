@@ -112,7 +112,7 @@ type item struct {
 	isCt bool
 }
 
-// Pipeline turns events into records. Packet and Conn may be called from
+// Pipeline turns events into records. Packets and Conns may be called from
 // any goroutine (the readers'); Run owns everything else.
 type Pipeline struct {
 	cfg     Config
@@ -218,16 +218,6 @@ func (p *Pipeline) resolverAt(t time.Time) timedResolver {
 		}
 	}
 	return p.resolvers[0]
-}
-
-// Packet queues one NFLOG packet. It never blocks.
-func (p *Pipeline) Packet(pkt flows.Packet) {
-	p.push(1, func(int) item { return item{pkt: pkt} })
-}
-
-// Conn queues one conntrack event. It never blocks.
-func (p *Pipeline) Conn(ev flows.ConnEvent) {
-	p.push(1, func(int) item { return item{conn: ev, isCt: true} })
 }
 
 // Packets queues a batch of NFLOG packets (a flows.NFLOG handler).

@@ -271,10 +271,10 @@ func TestLosses(t *testing.T) {
 		Counters:  func() (map[string]uint64, error) { return counters, nil },
 		Overflows: func() map[string]uint64 { return overflows },
 	})
-	p.Conn(ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)) // queued
-	p.Conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)) // dropped
-	p.Packet(flows.Packet{Prefix: flows.PrefixDeny})                                        // dropped
-	for _, sport := range []uint16{1, 2, 2} {                                               // the second 5-tuple does not fit
+	p.Conns([]flows.ConnEvent{ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)}) // queued
+	p.Conns([]flows.ConnEvent{ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)}) // dropped
+	p.Packets([]flows.Packet{{Prefix: flows.PrefixDeny}})                                                       // dropped
+	for _, sport := range []uint16{1, 2, 2} {                                                                   // the second 5-tuple does not fit
 		p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixDeny, Mark: mark(dataplane.Denied, 4), Proto: dataplane.TCP,
 			Src: netip.AddrPortFrom(web, sport), Dst: netip.AddrPortFrom(api, 22)})
 	}
