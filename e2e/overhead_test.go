@@ -13,26 +13,28 @@ import (
 
 // BenchmarkAgentOverhead measures, side by side in one run, new TCP
 // connections per second between two containers (8 client workers, one
-// byte echoed, reset) on a node with only the reference bridge plugin, and
-// on a node where the netseg-agent binary, with its defaults, enforces the
-// examples' policy (the connection is an expected, ServiceDependency-
-// allowed one) and writes every connection to its flow log. The two loads
-// alternate in 5 s turns, bare-netseg-netseg-bare-bare-netseg-netseg-bare,
-// so that drift in the machine's speed during the run falls on both
-// alike. It reports both rates, their ratio, the losses the agent counted
-// (must be 0), and the connections neither recorded under their own
-// 5-tuple nor counted as lost.
+// byte echoed, reset) on three nodes: one with only the reference bridge
+// plugin (bare); one with connection tracking alone, for scale; and one
+// where the netseg-agent binary, with its defaults, enforces the examples'
+// policy (the connection is an expected, ServiceDependency-allowed one)
+// and writes every connection to its flow log. The loads take 5 s turns,
+// bare-ct-netseg-netseg-ct-bare twice, so that drift in the machine's
+// speed during the run falls on all alike. It reports the rates, the
+// ratios to bare, the losses the agent counted (must be 0), and the
+// connections neither recorded under their own 5-tuple nor counted as
+// lost.
 func BenchmarkAgentOverhead(b *testing.B) {
 	const turn = 5 * time.Second
 	for i := 0; i < b.N; i++ {
 		// Bare: the same bridge network without netseg.
 		l := lab.New(b)
-		bareNode := l.Node("bare")
-		cni := bareNode.CNI()
-		list := cni.ParseConfList(b, lab.Net{Name: "bare", Type: "bridge", Subnet: bridgeSubnet, DataDir: b.TempDir()}.ConfList())
-		c1 := cni.MustAdd("client", list, lab.Attach{})
-		s1 := cni.MustAdd("server", list, lab.Attach{})
-		srv1 := s1.ListenTCP(netip.AddrPortFrom(s1.IP(4), 8443).String())
+		_, bare := bridgeLoad(b, l, "bare")
+		// For scale: connection tracking alone, the floor of any stateful
+		// firewall: the same bridge network, the same short timeouts as the
+		// netseg node, and one table that only accepts established traffic.
+		ctNode, ct := bridgeLoad(b, l, "ct")
+		ctNode.ShortConntrackTimeouts()
+		ctNode.MustRun("nft", "add table inet ctonly; add chain inet ctonly f { type filter hook forward priority 0; policy accept; }; add rule inet ctonly f ct state established,related accept")
 
 		flowLog := filepath.Join(b.TempDir(), "flows.log")
 		// The agent's defaults, as deployed: interim records every 60 s
@@ -45,10 +47,11 @@ func BenchmarkAgentOverhead(b *testing.B) {
 		payments := n.pod("payments", "pay", "payments", paymentsLabels)
 		srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
 
-		bare, with, err := lab.ConnRatesSideBySide(lab.Load{Client: c1.Netns, Addr: srv1.Addr}, lab.Load{Client: checkout.Netns, Addr: srv.Addr}, turn)
+		rates, err := lab.ConnRatesSideBySide(turn, bare, ct, lab.Load{Client: checkout.Netns, Addr: srv.Addr})
 		if err != nil {
 			b.Fatal(err)
 		}
+		bareN, ctOnly, with := rates[0], rates[1], rates[2]
 		// End what is left in the table (a flush sends each entry's
 		// DESTROY), then wait for the records.
 		n.ns.MustRun("conntrack", "-F")
@@ -62,9 +65,11 @@ func BenchmarkAgentOverhead(b *testing.B) {
 			time.Sleep(time.Second)
 		}
 		per := 4 * turn.Seconds()
-		b.ReportMetric(float64(bare)/per, "conn/s-bare")
+		b.ReportMetric(float64(bareN)/per, "conn/s-bare")
 		b.ReportMetric(float64(with)/per, "conn/s-netseg")
-		b.ReportMetric(float64(with)/float64(bare), "ratio")
+		b.ReportMetric(float64(ctOnly)/per, "conn/s-conntrack-only")
+		b.ReportMetric(float64(with)/float64(bareN), "ratio")
+		b.ReportMetric(float64(ctOnly)/float64(bareN), "ratio-conntrack-only")
 		b.ReportMetric(float64(lost), "lost")
 		b.ReportMetric(float64(with-recorded-lost), "unaccounted")
 		// The benchmark's bar is zero loss at this rate. Connections without
@@ -80,6 +85,19 @@ func BenchmarkAgentOverhead(b *testing.B) {
 			b.Logf("%d of %d connections have no record under their own 5-tuple", unaccounted, with)
 		}
 	}
+}
+
+// bridgeLoad makes a node called name with only the reference bridge
+// plugin, a client and a server container on it, and a TCP echo server on
+// port 8443 of the server.
+func bridgeLoad(b *testing.B, l *lab.Lab, name string) (*lab.Netns, lab.Load) {
+	node := l.Node(name)
+	cni := node.CNI()
+	list := cni.ParseConfList(b, lab.Net{Name: name, Type: "bridge", Subnet: bridgeSubnet, DataDir: b.TempDir()}.ConfList())
+	client := cni.MustAdd("client", list, lab.Attach{})
+	server := cni.MustAdd("server", list, lab.Attach{})
+	srv := server.ListenTCP(netip.AddrPortFrom(server.IP(4), 8443).String())
+	return node, lab.Load{Client: client.Netns, Addr: srv.Addr}
 }
 
 // countPairRecords counts final flow records from src to dst, and the

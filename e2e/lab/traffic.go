@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -200,82 +198,4 @@ func (n *Netns) Ping(addr netip.Addr, timeout time.Duration) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// ConnRate opens TCP connections from n to addr with workers goroutines
-// for d, each connection sending one byte and reading its echo, and
-// returns how many completed and how many failed. Each worker's sockets are
-// created on a thread inside n. The loop is bounded by d. The client
-// resets each connection after the echo (SO_LINGER 0), so no TIME_WAIT
-// state piles up and the rate does not fall as the run goes on.
-func (n *Netns) ConnRate(addr netip.AddrPort, workers int, d time.Duration) (ok, failed int64, err error) {
-	var wg sync.WaitGroup
-	var okN, failN atomic.Int64
-	errs := make(chan error, workers)
-	deadline := time.Now().Add(d)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- n.Do(func() error {
-				buf := []byte{1}
-				for time.Now().Before(deadline) {
-					c, err := net.DialTimeout("tcp", addr.String(), time.Second)
-					if err != nil {
-						failN.Add(1)
-						continue
-					}
-					// Reset instead of FIN: no TIME_WAIT, so the client's
-					// ephemeral ports never run out during a long run.
-					_ = c.(*net.TCPConn).SetLinger(0)
-					_ = c.SetDeadline(time.Now().Add(time.Second))
-					if _, err := c.Write(buf); err == nil {
-						if _, err := io.ReadFull(c, buf); err == nil {
-							okN.Add(1)
-							c.Close()
-							continue
-						}
-					}
-					failN.Add(1)
-					c.Close()
-				}
-				return nil
-			})
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		if e != nil {
-			err = e
-		}
-	}
-	return okN.Load(), failN.Load(), err
-}
-
-// Load is one side of a connection-rate comparison: a client and the
-// address it connects to.
-type Load struct {
-	Client *Netns
-	Addr   netip.AddrPort
-}
-
-// ConnRatesSideBySide runs ConnRate (8 workers) for two loads in
-// alternating turns, a b b a a b b a, so that drift in the machine's speed
-// during the run (several percent within a minute on 2 vCPUs) falls on
-// both alike. It returns each load's completed connections over its four
-// turns, and fails on any error or failed connection.
-func ConnRatesSideBySide(a, b Load, turn time.Duration) (okA, okB int64, err error) {
-	for _, second := range []bool{false, true, true, false, false, true, true, false} {
-		load, total := a, &okA
-		if second {
-			load, total = b, &okB
-		}
-		ok, failed, err := load.Client.ConnRate(load.Addr, 8, turn)
-		if err != nil || failed > 0 {
-			return okA, okB, fmt.Errorf("%s -> %s: %d ok, %d failed, %v", load.Client.Label, load.Addr, ok, failed, err)
-		}
-		*total += ok
-	}
-	return okA, okB, nil
 }

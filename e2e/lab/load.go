@@ -1,0 +1,202 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// socketBatch is how many client sockets the namespace thread makes at a
+// time: one wake-up of that thread per 64 connections.
+const socketBatch = 64
+
+// ConnRate opens TCP connections from n to addr with workers goroutines
+// for d, each connection sending one byte and reading its echo, and
+// returns how many completed and how many failed.
+//
+// A socket belongs to the namespace it was made in, whatever thread uses
+// it later. So one thread inside n makes the sockets, in batches, and the
+// workers are ordinary goroutines that connect and echo through Go's
+// poller. Workers that are themselves threads locked in n would spend
+// most of the machine on Go handing its processors between those threads
+// (each wait in the poller parks a locked thread and wakes it again):
+// that load peaks at about 12,000 connections a second on 2 vCPUs, this
+// one at about 30,000.
+//
+// The client resets each connection after the echo (SO_LINGER 0), so no
+// TIME_WAIT state piles up and the rate does not fall as the run goes on.
+// It widens n's ephemeral port range to 1024-65535: one destination at
+// 30,000 connections a second gets its 5-tuples back within about a
+// second with the default 28,232 ports, while conntrack (the tests give
+// closed entries a 1 s timeout) may still hold the previous connection
+// on the same tuple, and carry on with that entry for the new one (two
+// connections, one entry).
+func (n *Netns) ConnRate(addr netip.AddrPort, workers int, d time.Duration) (ok, failed int64, err error) {
+	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Addr: addr.Addr().As4(), Port: int(addr.Port())})
+	if addr.Addr().Is6() {
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: addr.Addr().As16(), Port: int(addr.Port())}
+	}
+	socks := make(chan []int, 2*workers)
+	stop := make(chan struct{})
+	made := make(chan error, 1)
+	go func() {
+		made <- n.Do(func() error {
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535"), 0o644); err != nil {
+				close(socks)
+				return err
+			}
+			return makeSockets(family, socks, stop)
+		})
+	}()
+
+	var wg sync.WaitGroup
+	var okN, failN atomic.Int64
+	deadline := time.Now().Add(d)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := []byte{1}
+			for fds := range socks {
+				for i, fd := range fds {
+					if !time.Now().Before(deadline) {
+						closeSockets(fds[i:])
+						return
+					}
+					if echoOnce(fd, sa, buf) == nil {
+						okN.Add(1)
+					} else {
+						failN.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	for fds := range socks { // closed by makeSockets once it has stopped
+		closeSockets(fds)
+	}
+	if err := <-made; err != nil {
+		return okN.Load(), failN.Load(), fmt.Errorf("client sockets in %s: %w", n.Label, err)
+	}
+	return okN.Load(), failN.Load(), nil
+}
+
+// makeSockets sends batches of non-blocking TCP sockets of family, set to
+// reset on close, until stop is closed or a socket cannot be made; it
+// closes socks when it returns.
+func makeSockets(family int, socks chan<- []int, stop <-chan struct{}) error {
+	defer close(socks)
+	linger := &unix.Linger{Onoff: 1, Linger: 0}
+	for {
+		fds := make([]int, 0, socketBatch)
+		for range socketBatch {
+			fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				closeSockets(fds)
+				return fmt.Errorf("socket: %w", err)
+			}
+			fds = append(fds, fd)
+			// Reset instead of FIN: no TIME_WAIT, so the client's ephemeral
+			// ports never run out during a long run.
+			if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, linger); err != nil {
+				closeSockets(fds)
+				return fmt.Errorf("SO_LINGER: %w", err)
+			}
+		}
+		select {
+		case socks <- fds:
+		case <-stop:
+			closeSockets(fds)
+			return nil
+		}
+	}
+}
+
+func closeSockets(fds []int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
+}
+
+// echoOnce connects the non-blocking socket fd to sa, sends buf, reads
+// its echo back into buf, and closes fd, all within a second.
+func echoOnce(fd int, sa unix.Sockaddr, buf []byte) error {
+	f := os.NewFile(uintptr(fd), "client") // non-blocking: Go's poller waits for it
+	defer f.Close()
+	if err := f.SetDeadline(time.Now().Add(time.Second)); err != nil {
+		return err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	// The first call connects; if that is in progress, the poller waits
+	// until the socket is writable and the second call reads the result.
+	var connectErr error
+	started := false
+	err = rc.Write(func(fd uintptr) bool {
+		if !started {
+			started = true
+			connectErr = unix.Connect(int(fd), sa)
+			return connectErr != unix.EINPROGRESS
+		}
+		soErr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		connectErr = err
+		if err == nil && soErr != 0 {
+			connectErr = unix.Errno(soErr)
+		}
+		return true
+	})
+	if err := errors.Join(err, connectErr); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	if _, err := f.Write(buf); err != nil {
+		return err
+	}
+	_, err = io.ReadFull(f, buf)
+	return err
+}
+
+// Load is one side of a connection-rate comparison: a client and the
+// address it connects to.
+type Load struct {
+	Client *Netns
+	Addr   netip.AddrPort
+}
+
+// ConnRatesSideBySide runs ConnRate (8 workers) for each load in turns of
+// turn, forward then backward, twice (a b b a a b b a for two loads; a b c
+// c b a a b c c b a for three), so that drift in the machine's speed
+// during the run (several percent within a minute on 2 vCPUs) falls on
+// all alike. It returns each load's completed connections over its four
+// turns, and fails on any error or failed connection.
+func ConnRatesSideBySide(turn time.Duration, loads ...Load) ([]int64, error) {
+	order := make([]int, 0, 4*len(loads))
+	for range 2 {
+		for i := range loads {
+			order = append(order, i)
+		}
+		for i := len(loads) - 1; i >= 0; i-- {
+			order = append(order, i)
+		}
+	}
+	total := make([]int64, len(loads))
+	for _, i := range order {
+		load := loads[i]
+		ok, failed, err := load.Client.ConnRate(load.Addr, 8, turn)
+		if err != nil || failed > 0 {
+			return total, fmt.Errorf("%s -> %s: %d ok, %d failed, %v", load.Client.Label, load.Addr, ok, failed, err)
+		}
+		total[i] += ok
+	}
+	return total, nil
+}
