@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -422,7 +423,8 @@ func TestFlood(t *testing.T) {
 	if made.Load() < 10000 {
 		t.Errorf("only %d connections in %v", made.Load(), duration)
 	}
-	t.Logf("enforcement during the flood: %d denied probes, %d admitted", probes.Load(), admitted.Load())
+	t.Logf("enforcement during the flood: %d denied probes, %d admitted; conntrack: %s", probes.Load(), admitted.Load(),
+		strings.Join(strings.Fields(n.node.MustRun("sh", "-c", "conntrack -S | grep -oE '[[:space:]]drop=[0-9]+'")), " "))
 	if admitted.Load() > 0 || probes.Load() == 0 {
 		t.Errorf("a denied connection got through %d times in %d tries during the flood", admitted.Load(), probes.Load())
 	}

@@ -127,12 +127,19 @@ func closeSockets(fds []int) {
 	}
 }
 
+// echoTimeout bounds one connection. TCP resends a lost SYN after 1 s,
+// and conntrack drops a SYN now and then under this load (a SYN that
+// reopens its tuple's closed entry while the entry is being removed is
+// dropped: "drop" in conntrack -S); a 1 s bound would fail exactly those
+// connections, leaving unknown whether they reached the server.
+const echoTimeout = 3 * time.Second
+
 // echoOnce connects the non-blocking socket fd to sa, sends buf, reads
-// its echo back into buf, and closes fd, all within a second.
+// its echo back into buf, and closes fd, all within echoTimeout.
 func echoOnce(fd int, sa unix.Sockaddr, buf []byte) error {
 	f := os.NewFile(uintptr(fd), "client") // non-blocking: Go's poller waits for it
 	defer f.Close()
-	if err := f.SetDeadline(time.Now().Add(time.Second)); err != nil {
+	if err := f.SetDeadline(time.Now().Add(echoTimeout)); err != nil {
 		return err
 	}
 	rc, err := f.SyscallConn()
