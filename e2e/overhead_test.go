@@ -47,7 +47,7 @@ func BenchmarkAgentOverhead(b *testing.B) {
 		payments := n.pod("payments", "pay", "payments", paymentsLabels)
 		srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
 
-		rates, err := lab.ConnRatesSideBySide(turn, bare, ct, lab.Load{Client: checkout.Netns, Addr: srv.Addr})
+		rates, err := lab.ConnRatesSideBySide(turn, bare, ct, lab.Load{Client: checkout.Netns, Addrs: []netip.AddrPort{srv.Addr}})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -97,7 +97,7 @@ func bridgeLoad(b *testing.B, l *lab.Lab, name string) (*lab.Netns, lab.Load) {
 	client := cni.MustAdd("client", list, lab.Attach{})
 	server := cni.MustAdd("server", list, lab.Attach{})
 	srv := server.ListenTCP(netip.AddrPortFrom(server.IP(4), 8443).String())
-	return node, lab.Load{Client: client.Netns, Addr: srv.Addr}
+	return node, lab.Load{Client: client.Netns, Addrs: []netip.AddrPort{srv.Addr}}
 }
 
 // countPairRecords counts final flow records from src to dst, and the

@@ -37,11 +37,29 @@ const socketBatch = 64
 // second with the default 28,232 ports, while conntrack (the tests give
 // closed entries a 1 s timeout) may still hold the previous connection
 // on the same tuple, and carry on with that entry for the new one (two
-// connections, one entry).
+// connections, one entry). ConnRateTo spreads the workers over several
+// destinations, which spaces the returns wider still.
 func (n *Netns) ConnRate(addr netip.AddrPort, workers int, d time.Duration) (ok, failed int64, err error) {
-	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Addr: addr.Addr().As4(), Port: int(addr.Port())})
-	if addr.Addr().Is6() {
-		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Addr: addr.Addr().As16(), Port: int(addr.Port())}
+	return n.ConnRateTo([]netip.AddrPort{addr}, workers, d)
+}
+
+// ConnRateTo is ConnRate with worker i connecting to addrs[i%len(addrs)];
+// the addresses are of one family.
+func (n *Netns) ConnRateTo(addrs []netip.AddrPort, workers int, d time.Duration) (ok, failed int64, err error) {
+	family := unix.AF_INET
+	if addrs[0].Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	sas := make([]unix.Sockaddr, len(addrs))
+	for i, a := range addrs {
+		if a.Addr().Is6() != (family == unix.AF_INET6) {
+			return 0, 0, fmt.Errorf("connection rate to %v: addresses of both families", addrs)
+		}
+		if family == unix.AF_INET {
+			sas[i] = &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
+		} else {
+			sas[i] = &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
+		}
 	}
 	socks := make(chan []int, 2*workers)
 	stop := make(chan struct{})
@@ -59,7 +77,8 @@ func (n *Netns) ConnRate(addr netip.AddrPort, workers int, d time.Duration) (ok,
 	var wg sync.WaitGroup
 	var okN, failN atomic.Int64
 	deadline := time.Now().Add(d)
-	for range workers {
+	for w := range workers {
+		sa := sas[w%len(sas)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -174,13 +193,13 @@ func echoOnce(fd int, sa unix.Sockaddr, buf []byte) error {
 }
 
 // Load is one side of a connection-rate comparison: a client and the
-// address it connects to.
+// addresses it connects to (see ConnRateTo).
 type Load struct {
 	Client *Netns
-	Addr   netip.AddrPort
+	Addrs  []netip.AddrPort
 }
 
-// ConnRatesSideBySide runs ConnRate (8 workers) for each load in turns of
+// ConnRatesSideBySide runs ConnRateTo (8 workers) for each load in turns of
 // turn, forward then backward, twice (a b b a a b b a for two loads; a b c
 // c b a a b c c b a for three), so that drift in the machine's speed
 // during the run (several percent within a minute on 2 vCPUs) falls on
@@ -199,9 +218,9 @@ func ConnRatesSideBySide(turn time.Duration, loads ...Load) ([]int64, error) {
 	total := make([]int64, len(loads))
 	for _, i := range order {
 		load := loads[i]
-		ok, failed, err := load.Client.ConnRate(load.Addr, 8, turn)
+		ok, failed, err := load.Client.ConnRateTo(load.Addrs, 8, turn)
 		if err != nil || failed > 0 {
-			return total, fmt.Errorf("%s -> %s: %d ok, %d failed, %v", load.Client.Label, load.Addr, ok, failed, err)
+			return total, fmt.Errorf("%s -> %v: %d ok, %d failed, %v", load.Client.Label, load.Addrs, ok, failed, err)
 		}
 		total[i] += ok
 	}
