@@ -46,6 +46,9 @@ func (n *Netns) ConnRate(addr netip.AddrPort, workers int, d time.Duration) (ok,
 // ConnRateTo is ConnRate with worker i connecting to addrs[i%len(addrs)];
 // the addresses are of one family.
 func (n *Netns) ConnRateTo(addrs []netip.AddrPort, workers int, d time.Duration) (ok, failed int64, err error) {
+	if len(addrs) == 0 {
+		return 0, 0, errors.New("connection rate: no destination")
+	}
 	family := unix.AF_INET
 	if addrs[0].Addr().Is6() {
 		family = unix.AF_INET6
