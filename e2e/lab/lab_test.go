@@ -1,12 +1,15 @@
 package lab_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,23 +88,35 @@ func TestProbeReportsSilence(t *testing.T) {
 	}
 }
 
-// TestCleanupAfterFailure runs tests that fail and panic on purpose in a
-// child process, then checks they left no namespace and no host table.
+// TestCleanupAfterFailure runs tests that fail, panic, or are killed on
+// purpose in a child process, then checks they left no namespace and no
+// host table. A killed child runs no cleanup: the next test binary's
+// sweep removes its namespaces, and the processes it started in them die
+// with it.
 func TestCleanupAfterFailure(t *testing.T) {
-	for _, mode := range []string{"fail", "panic"} {
+	for _, mode := range []string{"fail", "panic", "killed"} {
 		t.Run(mode, func(t *testing.T) {
 			before, err := lab.HostTables()
 			if err != nil {
 				t.Fatal(err)
 			}
+			pidFile := t.TempDir() + "/sleeper.pid"
 			cmd := exec.Command(os.Args[0], "-test.run=^TestFailsOnPurpose$", "-test.v")
-			cmd.Env = append(os.Environ(), "NSLAB_FAIL_ON_PURPOSE="+mode)
+			cmd.Env = append(os.Environ(), "NSLAB_FAIL_ON_PURPOSE="+mode, "NSLAB_PIDFILE="+pidFile)
 			out, err := cmd.CombinedOutput()
 			if err == nil {
 				t.Fatalf("child test should have failed; output:\n%s", out)
 			}
 			if !strings.Contains(string(out), "built the network") {
 				t.Fatalf("child did not reach its failure point:\n%s", out)
+			}
+			if mode == "killed" {
+				if err := processGone(pidFile, 2*time.Second); err != nil {
+					t.Error(err)
+				}
+				if _, err := lab.SweepStale(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			left, err := lab.Namespaces()
 			if err != nil {
@@ -141,8 +156,42 @@ func TestFailsOnPurpose(t *testing.T) {
 	c.ListenTCP(netip.AddrPortFrom(c.IP(4), 0).String())
 	node.MustRun("nft", "add table inet netseg")
 	t.Log("built the network")
-	if mode == "panic" {
+	switch mode {
+	case "panic":
 		panic("on purpose")
+	case "killed":
+		sleeper := node.Command(context.Background(), "sleep", "300")
+		if err := sleeper.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(os.Getenv("NSLAB_PIDFILE"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	}
 	t.Fatal("on purpose")
+}
+
+// processGone waits up to d for the process whose pid is in pidFile to
+// end (or be a zombie waiting for init); if it does not, it kills it and
+// says so.
+func processGone(pidFile string, d time.Duration) error {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return fmt.Errorf("the killed child wrote no pid: %w", err)
+	}
+	pid, err := strconv.Atoi(string(b))
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	for deadline := time.Now().Add(d); ; time.Sleep(20 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			return fmt.Errorf("process %d, started in a lab namespace, outlived the killed test by %v", pid, d)
+		}
+	}
 }

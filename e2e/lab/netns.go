@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -94,6 +95,14 @@ func (n *Netns) NFT() *nftables.Conn {
 // changes. The lab kills it, if still running, before removing namespaces.
 func (n *Netns) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path, "--", name}, args...)...)
+	// A test binary killed before its cleanups run (a timeout, a signal)
+	// must not leave an agent running in a namespace nobody can name any
+	// more: the kernel kills the process when its parent goes. (The
+	// signal follows the thread that started it; the Go runtime keeps its
+	// threads unless a goroutine ends while locked to one, which the lab
+	// does only when it could not leave a namespace.) nsenter execs the
+	// command, which keeps the setting.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	n.lab.onCleanup(func() {
 		if cmd.Process != nil && cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
