@@ -1,7 +1,6 @@
 package flows
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -151,52 +150,30 @@ func newRecvBuffers(buf []byte, size int) *recvBuffers {
 	return r
 }
 
-// errSocketClosed ends read after Close.
-var errSocketClosed = errors.New("socket closed")
-
 // maxBatch bounds the datagrams read before a batch is handed on.
 const maxBatch = 4096
 
-// readBatches reads s until Close (then it returns nil) or another error:
-// decode appends what each datagram holds to the batch, which handle gets
-// once the socket runs empty (the slice is reused after handle returns);
-// overflows are counted. slot is the largest datagram expected: one
-// receive call fills as many slots as buf holds (0: buf is one slot).
+// readBatches reads s until Close (then it returns nil) or another error,
+// in batches: decode appends what each datagram holds to the batch, which
+// handle gets once the socket runs empty or maxBatch datagrams came (the
+// slice is reused after handle returns); then it waits pause before
+// looking again, letting the next batch gather in the socket. A socket
+// found empty is waited for in poll. ENOBUFS errors are counted in
+// overflows and reading goes on. slot is the largest datagram expected:
+// one receive call fills as many slots as buf holds (0: buf is one slot).
+// The descriptors are released when it returns. Call it once per socket.
 func readBatches[T any](s *eventSocket, buf []byte, slot int, pause time.Duration,
 	decode func(datagram []byte, batch []T) []T, handle func([]T), overflows *atomic.Uint64) error {
-	var batch []T
-	err := s.read(newRecvBuffers(buf, slot), pause,
-		func(b []byte) { batch = decode(b, batch) },
-		func() {
-			if len(batch) > 0 {
-				handle(batch)
-			}
-			batch = batch[:0]
-		},
-		func() { overflows.Add(1) })
-	if errors.Is(err, errSocketClosed) {
-		return nil
-	}
-	return err
-}
-
-// read receives datagrams into r and hands each to datagram, in batches:
-// after the socket runs empty (or maxBatch datagrams) it calls batchDone,
-// then waits pause before looking again, letting the next batch gather in
-// the socket; a socket found empty is waited for in poll. An ENOBUFS
-// error counts an overflow and goes on. It returns errSocketClosed after
-// Close, or the first other error. The descriptors are released when it
-// returns. Call it once.
-func (s *eventSocket) read(r *recvBuffers, pause time.Duration, datagram func([]byte), batchDone func(), overflow func()) error {
 	s.mu.Lock()
 	if s.closed || s.running {
 		s.mu.Unlock()
-		return errSocketClosed
+		return nil
 	}
 	s.running = true
 	s.mu.Unlock()
 	defer s.release()
-	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
+	r := newRecvBuffers(buf, slot)
+	var batch []T
 	for {
 		// Receive first, and block in poll only when the socket is empty:
 		// a busy reader then makes no system call that Go's scheduler
@@ -212,26 +189,29 @@ func (s *eventSocket) read(r *recvBuffers, pause time.Duration, datagram func([]
 			switch err {
 			case nil:
 				for _, d := range got {
-					datagram(d)
+					batch = decode(d, batch)
 				}
 				n += len(got)
 			case unix.EINTR:
 			case unix.ENOBUFS:
-				overflow()
+				overflows.Add(1)
 			default:
 				return fmt.Errorf("receive: %w", err)
 			}
 		}
 		if s.isClosed() {
-			return errSocketClosed
+			return nil
 		}
 		if n == 0 {
-			if err := s.poll(fds, -1); err != nil {
+			if closed, err := s.poll(); closed || err != nil {
 				return err
 			}
 			continue
 		}
-		batchDone()
+		if len(batch) > 0 {
+			handle(batch)
+		}
+		batch = batch[:0]
 		// A sleep, not a poll with a timeout: Go's sysmon keeps waking
 		// every 20 µs to take the processor from a thread in a long
 		// system call, so only a reader that found nothing blocks in
@@ -263,22 +243,19 @@ func (s *eventSocket) recv(r *recvBuffers) ([][]byte, error) {
 	return r.got, nil
 }
 
-// poll waits until one of fds is readable or timeout ms pass (-1: no
-// timeout); it returns errSocketClosed when the eventfd (the last fd)
-// fired.
-func (s *eventSocket) poll(fds []unix.PollFd, timeout int) error {
+// poll waits until the socket is readable, or Close fired the eventfd
+// (closed).
+func (s *eventSocket) poll() (closed bool, err error) {
+	fds := [2]unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}, {Fd: int32(s.wake), Events: unix.POLLIN}}
 	for {
-		_, err := unix.Poll(fds, timeout)
+		_, err := unix.Poll(fds[:], -1)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("poll: %w", err)
+			return false, fmt.Errorf("poll: %w", err)
 		}
-		if fds[len(fds)-1].Revents != 0 {
-			return errSocketClosed
-		}
-		return nil
+		return fds[1].Revents != 0, nil
 	}
 }
 
