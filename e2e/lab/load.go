@@ -64,18 +64,13 @@ func (n *Netns) ConnRateTo(addrs []netip.AddrPort, workers int, d time.Duration)
 			sas[i] = &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
 		}
 	}
+	if err := n.sysctl("net.ipv4.ip_local_port_range", "1024 65535"); err != nil {
+		return 0, 0, err
+	}
 	socks := make(chan []int, 2*workers)
 	stop := make(chan struct{})
 	made := make(chan error, 1)
-	go func() {
-		made <- n.Do(func() error {
-			if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535"), 0o644); err != nil {
-				close(socks)
-				return err
-			}
-			return makeSockets(family, socks, stop)
-		})
-	}()
+	go func() { made <- n.Do(func() error { return makeSockets(family, socks, stop) }) }()
 
 	var wg sync.WaitGroup
 	var okN, failN atomic.Int64

@@ -139,11 +139,17 @@ func (n *Netns) MustRun(name string, args ...string) string {
 // inside it.
 func (n *Netns) MustSysctl(key, value string) {
 	n.lab.t.Helper()
-	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
-	err := n.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) })
-	if err != nil {
-		n.lab.t.Fatalf("lab: sysctl %s=%s in %s: %v", key, value, n.Label, err)
+	if err := n.sysctl(key, value); err != nil {
+		n.lab.t.Fatalf("lab: %v", err)
 	}
+}
+
+func (n *Netns) sysctl(key, value string) error {
+	path := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+	if err := n.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) }); err != nil {
+		return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, n.Label, err)
+	}
+	return nil
 }
 
 // Veth creates a veth pair with one end in n and the other in peer, both up.
@@ -241,4 +247,14 @@ func (n *Netns) ShortConntrackTimeouts() {
 		"tcp_timeout_last_ack", "tcp_timeout_close_wait", "udp_timeout", "udp_timeout_stream"} {
 		n.MustSysctl("net.netfilter.nf_conntrack_"+key, "1")
 	}
+}
+
+// ConntrackOnly adds a table whose one rule accepts established traffic
+// (everything else passes by the chain's policy): connection tracking
+// alone, the floor of any stateful firewall, for benchmarks to compare
+// with. The returned function removes the table.
+func (n *Netns) ConntrackOnly() (remove func()) {
+	n.lab.t.Helper()
+	n.MustRun("nft", "add table inet ctonly; add chain inet ctonly f { type filter hook forward priority 0; policy accept; }; add rule inet ctonly f ct state established,related accept")
+	return func() { n.MustRun("nft", "delete table inet ctonly") }
 }
