@@ -70,7 +70,13 @@ type node struct {
 	dp   *dataplane.Dataplane
 }
 
-// newNode: a may reach b on TCP 8080-8087 (ZonePolicy), UDP 5353
+// policyPorts are the TCP ports of b that a may reach under the ZonePolicy
+// rule: 8080 for single connections, all 8 for floods (see floodServers).
+var policyPorts = dataplane.PortRange{Proto: dataplane.TCP, First: 8080, Last: 8087}
+
+func isPolicyPort(port uint16) bool { return port >= policyPorts.First && port <= policyPorts.Last }
+
+// newNode: a may reach b on policyPorts (ZonePolicy), UDP 5353
 // (ServiceDependency), TCP 7777 (zone default); TCP 9090 passes but a
 // staged rule denies it; anything else from a is denied.
 func newNode(t testing.TB) *node {
@@ -91,7 +97,7 @@ func newNode(t testing.TB) *node {
 		return []dataplane.PortRange{{Proto: p, First: n, Last: n}}
 	}
 	common := []dataplane.Rule{
-		{Peer: "b", Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: 8080, Last: 8087}}, Action: dataplane.Allow, Origin: oPolicyAllow},
+		{Peer: "b", Ports: []dataplane.PortRange{policyPorts}, Action: dataplane.Allow, Origin: oPolicyAllow},
 		{Peer: "b", Ports: port(dataplane.UDP, 5353), Action: dataplane.Allow, Origin: oDependency},
 		{Peer: "b", Ports: port(dataplane.TCP, 7777), Action: dataplane.Allow, Origin: oDefault},
 	}
@@ -315,22 +321,22 @@ func TestFlowRecords(t *testing.T) {
 	}
 }
 
-// floodServers starts TCP echo servers on ports 8080-8087 of c, which a
-// may reach: a load spread over 8 destinations gets a 5-tuple back 8 times
+// floodServers starts TCP echo servers on policyPorts of c, which a may
+// reach: a load spread over 8 destinations gets a 5-tuple back 8 times
 // later than one aimed at a single port, long after conntrack has ended
 // the previous connection on it (at over 20,000 connections a second to
 // one port a tuple returns within a second, and conntrack may carry the
 // new connection on the old entry: two connections, one record).
 func floodServers(c *lab.Container) []netip.AddrPort {
-	addrs := make([]netip.AddrPort, 8)
-	for i := range addrs {
-		addrs[i] = c.ListenTCP(netip.AddrPortFrom(c.IP(4), uint16(8080+i)).String()).Addr
+	var addrs []netip.AddrPort
+	for port := policyPorts.First; port <= policyPorts.Last; port++ {
+		addrs = append(addrs, c.ListenTCP(netip.AddrPortFrom(c.IP(4), port).String()).Addr)
 	}
 	return addrs
 }
 
 // TestFlood: new connections as fast as the lab's load (8 workers, one
-// byte echoed, reset, over 8 server ports) can make them for 30 s;
+// byte echoed, reset, over the 8 policyPorts) can make them for 30 s;
 // every connection is a flow record or a counted loss, memory stays
 // within the caps, and enforcement holds: a denied connection tried all
 // along never gets through.
@@ -383,7 +389,7 @@ func TestFlood(t *testing.T) {
 				interim++ // an entry that outlived an interval; its final record follows
 				continue
 			}
-			if r.Src.Name == "a" && r.Dst.Name == "b" && r.Dst.Port >= 8080 && r.Dst.Port <= 8087 {
+			if r.Src.Name == "a" && r.Dst.Name == "b" && isPolicyPort(r.Dst.Port) {
 				flood++
 			} else {
 				other[fmt.Sprintf("%s:%d->%s:%d %s", r.Src.Name, r.Src.Port, r.Dst.Name, r.Dst.Port, r.Verdict)]++
@@ -423,15 +429,15 @@ func TestFlood(t *testing.T) {
 }
 
 // BenchmarkFlowLogOverhead measures, side by side in one run, the highest
-// new-connection rate the lab produces between two containers (8 workers,
-// over 8 server ports)
-// with no netseg table, and the same load on a second node with netseg
-// enforcing and the flow pipeline logging every connection; the two
-// alternate in 5 s turns (bare-netseg-netseg-bare-bare-netseg-netseg-bare)
-// so that drift in the machine's speed falls on both alike. Then, for
-// scale, connection tracking alone on the bare node. It reports the rates,
-// the ratio netseg/bare, and the connections neither recorded nor counted
-// as lost (must be 0).
+// new-connection rate the lab produces between two containers (8 workers
+// over the 8 policyPorts) with no netseg table, and the same load on a
+// second node with netseg enforcing and the flow pipeline logging every
+// connection; the two alternate in 5 s turns
+// (bare-netseg-netseg-bare-bare-netseg-netseg-bare) so that drift in the
+// machine's speed falls on both alike. Then, for scale, connection
+// tracking alone on the bare node. It reports the rates, the ratio
+// netseg/bare, and the connections neither recorded nor counted as lost
+// (must be 0).
 func BenchmarkFlowLogOverhead(b *testing.B) {
 	const turn = 5 * time.Second
 	for i := 0; i < b.N; i++ {
@@ -448,14 +454,13 @@ func BenchmarkFlowLogOverhead(b *testing.B) {
 			b.Fatal(err)
 		}
 		bare, with := rates[0], rates[1]
-		// For scale: connection tracking alone (one table that only
-		// accepts established traffic), the floor of any stateful firewall.
-		n.node.MustRun("nft", "add table inet ctonly; add chain inet ctonly f { type filter hook forward priority 0; policy accept; }; add rule inet ctonly f ct state established,related accept")
+		// For scale: connection tracking alone.
+		removeCtOnly := n.node.ConntrackOnly()
 		ctOnly, _, err := n.a.ConnRateTo(srv, 8, 2*turn)
 		if err != nil {
 			b.Fatal(err)
 		}
-		n.node.MustRun("nft", "delete table inet ctonly")
+		removeCtOnly()
 		n2.node.MustRun("conntrack", "-F")
 		deadline := time.Now().Add(60 * time.Second)
 		for ag.ct.Stats().Messages < uint64(with) || ag.p.QueueLen() > 0 {
@@ -468,7 +473,7 @@ func BenchmarkFlowLogOverhead(b *testing.B) {
 		st := ag.p.Stats()
 		recorded := 0
 		for _, r := range readAll(b, ag.path, &flowquery.Filter{}) {
-			if r.Kind == flowlog.KindFlow && r.Report != flowlog.ReportInterim && r.Src.Name == "a" && r.Dst.Port >= 8080 && r.Dst.Port <= 8087 {
+			if r.Kind == flowlog.KindFlow && r.Report != flowlog.ReportInterim && r.Src.Name == "a" && isPolicyPort(r.Dst.Port) {
 				recorded++
 			}
 		}
