@@ -197,13 +197,19 @@ type Load struct {
 	Addrs  []netip.AddrPort
 }
 
-// ConnRatesSideBySide runs ConnRateTo (8 workers) for each load in turns of
-// turn, forward then backward, twice (a b b a a b b a for two loads; a b c
-// c b a a b c c b a for three), so that drift in the machine's speed
-// during the run (several percent within a minute on 2 vCPUs) falls on
-// all alike. It returns each load's completed connections over its four
-// turns, and fails on any error or failed connection.
-func ConnRatesSideBySide(turn time.Duration, loads ...Load) ([]int64, error) {
+// ConnRatesSideBySide runs ConnRateTo (8 workers) for each load in turns,
+// forward then backward, twice (a b b a a b b a for two loads; a b c c b a
+// a b c c b a for three), so that drift in the machine's speed during the
+// run (several percent within a minute on 2 vCPUs) falls on all alike.
+// Each turn loads its node for warmup first, uncounted, then for turn,
+// counted. Conntrack removes the entries of closed connections in bursts,
+// seconds late (the last ones 5-6 s after the load stopped, with 1 s
+// timeouts), and their DESTROY events and flow records follow: a warm-up
+// that long lets each counted turn carry its own node's steady share of
+// that work, rather than the previous node's. It returns each load's
+// completed connections over its four counted turns, and over all its
+// turns with the warm-ups, and fails on any error or failed connection.
+func ConnRatesSideBySide(warmup, turn time.Duration, loads ...Load) (counted, made []int64, err error) {
 	order := make([]int, 0, 4*len(loads))
 	for range 2 {
 		for i := range loads {
@@ -213,14 +219,31 @@ func ConnRatesSideBySide(turn time.Duration, loads ...Load) ([]int64, error) {
 			order = append(order, i)
 		}
 	}
-	total := make([]int64, len(loads))
+	counted, made = make([]int64, len(loads)), make([]int64, len(loads))
 	for _, i := range order {
-		load := loads[i]
-		ok, failed, err := load.Client.ConnRateTo(load.Addrs, 8, turn)
-		if err != nil || failed > 0 {
-			return total, fmt.Errorf("%s -> %v: %d ok, %d failed, %v", load.Client.Label, load.Addrs, ok, failed, err)
+		if warmup > 0 {
+			ok, err := runTurn(loads[i], warmup)
+			made[i] += ok
+			if err != nil {
+				return counted, made, err
+			}
 		}
-		total[i] += ok
+		ok, err := runTurn(loads[i], turn)
+		made[i] += ok
+		if err != nil {
+			return counted, made, err
+		}
+		counted[i] += ok
 	}
-	return total, nil
+	return counted, made, nil
+}
+
+// runTurn runs ConnRateTo with 8 workers for d; a failed connection is an
+// error.
+func runTurn(load Load, d time.Duration) (int64, error) {
+	ok, failed, err := load.Client.ConnRateTo(load.Addrs, 8, d)
+	if err != nil || failed > 0 {
+		return ok, fmt.Errorf("%s -> %v: %d ok, %d failed, %v", load.Client.Label, load.Addrs, ok, failed, err)
+	}
+	return ok, nil
 }
