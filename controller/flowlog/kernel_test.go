@@ -435,10 +435,10 @@ func TestFlood(t *testing.T) {
 // connection; the two alternate in 5 s turns
 // (bare-netseg-netseg-bare-bare-netseg-netseg-bare) so that drift in the
 // machine's speed falls on both alike, each turn after 6 s of uncounted
-// load on its node (see lab.ConnRatesSideBySide). Then, for scale, connection
-// tracking alone on the bare node. It reports the rates, the ratio
-// netseg/bare, and the connections neither recorded nor counted as lost
-// (must be 0).
+// load on its node (see lab.ConnRatesSideBySide). Then, for scale,
+// connection tracking alone on the bare node. It reports the rates, the
+// ratio netseg/bare, and the connections neither recorded nor counted as
+// lost (must be 0).
 func BenchmarkFlowLogOverhead(b *testing.B) {
 	const warmup, turn = 6 * time.Second, 5 * time.Second
 	for i := 0; i < b.N; i++ {
