@@ -47,6 +47,12 @@ type Dataplane struct {
 	applied *state   // what the last successful batch made the kernel hold
 	last    *Ruleset // the ruleset behind applied, for drift repairs
 	sets    map[string]*nftables.Set
+	// writes counts the batches begun (syncs, collections, cleanups,
+	// whatever their outcome), so that a drift check can tell whether the
+	// dataplane wrote while it read the kernel; driftOvertaken counts the
+	// checks in a row that it did.
+	writes         uint64
+	driftOvertaken int
 
 	Stats Stats
 }
@@ -170,8 +176,10 @@ func (d *Dataplane) readForeign(st *state) map[string][]nftables.SetElement {
 	return out
 }
 
-// begin opens the connection that collects one batch.
+// begin opens the connection that collects one batch, and counts the
+// batch as a write.
 func (d *Dataplane) begin() error {
+	d.writes++
 	c, err := d.dial()
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
@@ -378,6 +386,10 @@ func (d *Dataplane) insertHead(c *chainSpec) {
 			UserData: userdata.AppendString(nil, userdata.TypeComment, ruleTag(c, i))})
 	}
 }
+
+// ruleTags are the tags of a chain's rules in the kernel, in order: the
+// live rules, then a dispatch chain's shadowed ones.
+func ruleTags(c *chainSpec) []string { return append(liveTags(c), c.stale...) }
 
 func liveTags(c *chainSpec) []string {
 	tags := make([]string, len(c.rules))
@@ -617,7 +629,7 @@ func (d *Dataplane) checkEndpoint(id string, full bool) error {
 		if err != nil {
 			return fmt.Errorf("endpoint %s: %w: chain %s: %v", id, ErrNotProgrammed, name, err)
 		}
-		if err := sameRules(c, rules); err != nil {
+		if err := sameRules(name, ruleTags(c), rules); err != nil {
 			return fmt.Errorf("endpoint %s: %w: %v", id, ErrNotProgrammed, err)
 		}
 	}
@@ -654,15 +666,16 @@ func (d *Dataplane) checkEndpoint(id string, full bool) error {
 	return nil
 }
 
-func sameRules(c *chainSpec, rules []*nftables.Rule) error {
-	want := append(liveTags(c), c.stale...)
+// sameRules checks a chain's kernel rules against the tags they should
+// carry (ruleTags).
+func sameRules(chain string, want []string, rules []*nftables.Rule) error {
 	if len(rules) != len(want) {
-		return fmt.Errorf("chain %s has %d rules, want %d", c.name, len(rules), len(want))
+		return fmt.Errorf("chain %s has %d rules, want %d", chain, len(rules), len(want))
 	}
 	for i, r := range rules {
 		tag, _ := userdata.GetString(r.UserData, userdata.TypeComment)
 		if tag != want[i] {
-			return fmt.Errorf("chain %s rule %d is %q, want %q", c.name, i, tag, want[i])
+			return fmt.Errorf("chain %s rule %d is %q, want %q", chain, i, tag, want[i])
 		}
 	}
 	return nil

@@ -171,6 +171,57 @@ func TestDriftIsRepaired(t *testing.T) {
 	}
 }
 
+// TestDriftCheckDoesNotBlockSyncs: a drift check reads the whole table
+// back (about 200 ms at 1,000 endpoints). A sync that comes meanwhile goes
+// through at once, and the check, which read a table being changed,
+// reports nothing. After three such checks in a row the next one holds
+// the lock throughout, so that drift is found even on a busy node: the
+// sync then waits for it.
+func TestDriftCheckDoesNotBlockSyncs(t *testing.T) {
+	dp := benchDataplane(t)
+	rs := synthetic(1000, 50, 20, false)
+	if err := dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	rulesets := []*dataplane.Ruleset{withDependency(rs), rs}
+	// overlap starts a check, syncs next while the check reads the kernel,
+	// and reports whether the sync was done before the check.
+	overlap := func(round int, next *dataplane.Ruleset) (syncFirst bool) {
+		var diff string
+		var err error
+		checked := make(chan struct{})
+		go func() { diff, err = dp.CheckDrift(); close(checked) }()
+		time.Sleep(20 * time.Millisecond) // past the copy made under the lock
+		start := time.Now()
+		if err := dp.Sync(next); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		select {
+		case <-checked:
+		default:
+			syncFirst = true
+		}
+		<-checked
+		if err != nil || diff != "" {
+			t.Fatalf("round %d: the check found %q, %v; want nothing", round, diff, err)
+		}
+		t.Logf("round %d: sync took %v, done before the check: %v", round, took, syncFirst)
+		return syncFirst
+	}
+	for round := range 3 {
+		if !overlap(round, rulesets[round%2]) {
+			t.Fatalf("round %d: the sync waited for the drift check", round)
+		}
+	}
+	if overlap(3, rulesets[1]) {
+		t.Fatal("round 3: after three overtaken checks, a sync went through during the fourth")
+	}
+	if got := dp.Stats.DriftRepairs.Load(); got != 0 {
+		t.Errorf("drift repairs = %d, want 0", got)
+	}
+}
+
 func firstHandle(t *testing.T, node *lab.Netns, chain string) string {
 	out := node.MustRun("nft", "-a", "list", "chain", "inet", "netseg", chain)
 	// Rule lines end in: comment "netseg <hash>/<i>" # handle N

@@ -76,3 +76,29 @@ func TestHealthAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentRepairsDrift: the agent compares the kernel with its rules on
+// its own schedule (here every second), apart from its sync loop; a table
+// edited behind its back is rebuilt, counted and enforced again.
+func TestAgentRepairsDrift(t *testing.T) {
+	n := newNode(t, "bridge", "--drift-interval", "1s", "--metrics-addr", "127.0.0.1:9964")
+	payments := n.pod("payments", "pay", "payments", paymentsLabels)
+	monitoring := n.pod("monitoring", "ops", "monitoring", monitoringLabels)
+	srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
+	expectDrop(t, "monitoring -> payments", monitoring.Probe("tcp", srv.Addr, probeTimeout))
+
+	n.ns.MustRun("nft", "flush", "chain", "inet", "netseg", "forward")
+	const want = `netseg_drift_repairs_total 1`
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, metrics := get(t, n.ns, "http://127.0.0.1:9964/metrics")
+		if strings.Contains(metrics, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no drift repair 5 s after the forward chain was flushed (metrics lack %q)", want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	expectDrop(t, "monitoring -> payments after the repair", monitoring.Probe("tcp", srv.Addr, probeTimeout))
+}

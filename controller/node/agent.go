@@ -189,9 +189,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer srv.Close()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.serve(ctx, srv) }()
 	go func() { defer wg.Done(); a.source.Run(ctx, func() { a.requestSync() }) }()
+	go func() { defer wg.Done(); a.checkDrift(ctx) }()
 	a.loop(ctx)
 	srv.Close()
 	wg.Wait()
@@ -250,10 +251,8 @@ func (a *Agent) waitSynced(ctx context.Context, ticket uint64) error {
 }
 
 // loop runs syncs one at a time; requests that arrive during a sync are
-// folded into the next one. It also checks for drift.
+// folded into the next one.
 func (a *Agent) loop(ctx context.Context) {
-	drift := time.NewTicker(a.cfg.DriftInterval)
-	defer drift.Stop()
 	// Deleting what syncs left behind costs the kernel an RCU grace period
 	// per batch: it is done once things have been quiet for a moment.
 	collect := time.NewTimer(time.Hour)
@@ -265,14 +264,6 @@ func (a *Agent) loop(ctx context.Context) {
 		case <-collect.C:
 			if err := a.dp.Collect(); err != nil {
 				a.log.Error("collect stale nftables objects", "err", err)
-			}
-			continue
-		case <-drift.C:
-			if diff, err := a.dp.CheckDrift(); err != nil {
-				a.log.Error("drift check", "err", err)
-			} else if diff != "" {
-				a.metrics.DriftRepairs.Inc()
-				a.log.Warn("kernel ruleset drifted; rebuilt it", "found", diff)
 			}
 			continue
 		case <-a.kick:
@@ -287,6 +278,28 @@ func (a *Agent) loop(ctx context.Context) {
 		a.mu.Unlock()
 		if a.dp.Garbage() {
 			collect.Reset(time.Second)
+		}
+	}
+}
+
+// checkDrift compares the kernel with the applied rules every
+// DriftInterval, apart from the sync loop: reading a large table back
+// takes long (2 s at 10,000 endpoints), and a change or a new container
+// must not wait for it.
+func (a *Agent) checkDrift(ctx context.Context) {
+	drift := time.NewTicker(a.cfg.DriftInterval)
+	defer drift.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-drift.C:
+		}
+		if diff, err := a.dp.CheckDrift(); err != nil {
+			a.log.Error("drift check", "err", err)
+		} else if diff != "" {
+			a.metrics.DriftRepairs.Inc()
+			a.log.Warn("kernel ruleset drifted; rebuilt it", "found", diff)
 		}
 	}
 }
