@@ -18,8 +18,8 @@ import (
 // the last ruleset in one batch, counts a drift repair, and returns what it
 // found. It returns "" when the kernel matches.
 //
-// The kernel is read without the dataplane's lock (about 200 ms at 1,000
-// endpoints, 2 s at 10,000), so that syncs and endpoint checks do not
+// The kernel is read without the dataplane's lock (about 80 ms at 1,000
+// endpoints, 0.7 s at 10,000), so that syncs and endpoint checks do not
 // wait for it: only the expectation is copied under the lock. A check
 // during which the dataplane wrote to the kernel compares nothing and
 // returns "" (what it read may be part of that write); after
@@ -106,10 +106,11 @@ func (d *Dataplane) expect(st *state) *expectation {
 }
 
 func (d *Dataplane) diffKernel(want *expectation) (string, error) {
-	conn, err := d.dial()
+	conn, err := d.dial(nftables.AsLasting())
 	if err != nil {
 		return "", fmt.Errorf("nftables connection: %w", err)
 	}
+	defer conn.CloseLasting()
 	if _, err := conn.ListTableOfFamily(d.cfg.Table, nftables.TableFamilyINet); err != nil {
 		return fmt.Sprintf("table inet %s is missing", d.cfg.Table), nil
 	}

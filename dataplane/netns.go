@@ -39,8 +39,8 @@ func OpenNamespace(path string) (*Namespace, error) {
 }
 
 // Dial opens an nftables connection inside the namespace (a Dialer).
-func (n *Namespace) Dial() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithNetNSFd(int(n.fd)), nftables.WithSockOptions(bigBuffers))
+func (n *Namespace) Dial(opts ...nftables.ConnOption) (*nftables.Conn, error) {
+	return nftables.New(append([]nftables.ConnOption{nftables.WithNetNSFd(int(n.fd)), nftables.WithSockOptions(bigBuffers)}, opts...)...)
 }
 
 // batchBuffer sizes the netlink socket for a whole batch: the library sends

@@ -57,8 +57,12 @@ type Dataplane struct {
 	Stats Stats
 }
 
-// Dialer opens an nftables connection in the node's network namespace.
-type Dialer func() (*nftables.Conn, error)
+// Dialer opens an nftables connection in the node's network namespace,
+// with opts added. With nftables.AsLasting, for a caller that reads many
+// objects, the connection keeps one netlink socket (otherwise each read
+// opens its own, in the namespace: half of a drift check's time at 1,000
+// endpoints); the caller then ends it with CloseLasting.
+type Dialer func(opts ...nftables.ConnOption) (*nftables.Conn, error)
 
 // New returns a dataplane that programs through connections from dial.
 // links may be nil: every device is then assumed to exist.
@@ -612,10 +616,11 @@ func (d *Dataplane) checkEndpoint(id string, full bool) error {
 	if st == nil {
 		return fmt.Errorf("endpoint %s: %w: no ruleset applied", id, ErrNotProgrammed)
 	}
-	conn, err := d.dial()
+	conn, err := d.dial(nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
 	}
+	defer conn.CloseLasting()
 	chains, ok := st.endpointChains[id]
 	if !ok {
 		return fmt.Errorf("endpoint %s: %w: unknown endpoint", id, ErrNotProgrammed)

@@ -172,14 +172,14 @@ func TestDriftIsRepaired(t *testing.T) {
 }
 
 // TestDriftCheckDoesNotBlockSyncs: a drift check reads the whole table
-// back (about 200 ms at 1,000 endpoints). A sync that comes meanwhile goes
+// back (about 250 ms at 3,000 endpoints). A sync that comes meanwhile goes
 // through at once, and the check, which read a table being changed,
 // reports nothing. After three such checks in a row the next one holds
 // the lock throughout, so that drift is found even on a busy node: the
 // sync then waits for it.
 func TestDriftCheckDoesNotBlockSyncs(t *testing.T) {
 	dp := benchDataplane(t)
-	rs := synthetic(1000, 50, 20, false)
+	rs := synthetic(3000, 50, 20, false)
 	if err := dp.Sync(rs); err != nil {
 		t.Fatal(err)
 	}
