@@ -28,31 +28,26 @@ import (
 // pause that long.
 func (d *Dataplane) CheckDrift() (string, error) {
 	d.mu.Lock()
-	locked := d.driftOvertaken >= driftOvertakenMax
-	if locked {
-		defer d.mu.Unlock()
-	}
+	defer d.mu.Unlock()
 	if d.applied == nil || d.last == nil {
-		if !locked {
-			d.mu.Unlock()
-		}
 		return "", nil // nothing applied yet: nothing to drift from
 	}
 	want, writes := d.expect(d.applied), d.writes
-	if !locked {
+	var diff string
+	var err error
+	if d.driftOvertaken < driftOvertakenMax {
 		d.mu.Unlock()
-	}
-	diff, err := d.diffKernel(want)
-	if !locked {
+		diff, err = d.diffKernel(want)
 		d.mu.Lock()
-		defer d.mu.Unlock()
 		if d.writes != writes {
 			d.driftOvertaken++
 			return "", nil
 		}
+	} else {
+		diff, err = d.diffKernel(want)
 	}
 	d.driftOvertaken = 0
-	if err != nil || diff == "" || d.last == nil {
+	if err != nil || diff == "" {
 		return "", err
 	}
 	d.Stats.DriftRepairs.Add(1)
