@@ -74,7 +74,7 @@ type setExpectation struct {
 	name  string
 	set   nftables.Set
 	vmap  bool
-	elems map[string]string // address -> the chain a verdict map sends it to
+	elems map[netip.Addr]string // address -> the chain a verdict map sends it to
 }
 
 // expect copies what the kernel should hold after st. Call with d.mu held.
@@ -91,9 +91,9 @@ func (d *Dataplane) expect(st *state) *expectation {
 		if s.foreign {
 			continue
 		}
-		elems := make(map[string]string, len(s.elems))
+		elems := make(map[netip.Addr]string, len(s.elems))
 		for _, el := range s.elems {
-			elems[el.key.String()] = el.chain
+			elems[el.key] = el.chain
 		}
 		e.sets = append(e.sets, setExpectation{name: name, set: *d.kset(s), vmap: s.kind == kindVmap, elems: elems})
 	}
@@ -161,7 +161,7 @@ func diffElems(s *setExpectation, got []nftables.SetElement) string {
 		if !ok {
 			return fmt.Sprintf("set %s holds a malformed element", s.name)
 		}
-		chain, ok := s.elems[a.String()]
+		chain, ok := s.elems[a]
 		if !ok {
 			return fmt.Sprintf("set %s holds unexpected element %s", s.name, a)
 		}

@@ -318,7 +318,7 @@ func (d *Dataplane) buildDiff(old, st *state) {
 		case c.dispatch:
 			// The new live rule goes in front; the old ones are shadowed.
 			d.insertHead(c)
-			c.stale = append(liveTags(prev), prev.stale...)
+			c.stale = ruleTags(prev)
 		case prev.device != c.device || prev.hook != c.hook:
 			d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
 			d.addChain(c)
@@ -616,15 +616,15 @@ func (d *Dataplane) checkEndpoint(id string, full bool) error {
 	if st == nil {
 		return fmt.Errorf("endpoint %s: %w: no ruleset applied", id, ErrNotProgrammed)
 	}
+	chains, ok := st.endpointChains[id]
+	if !ok {
+		return fmt.Errorf("endpoint %s: %w: unknown endpoint", id, ErrNotProgrammed)
+	}
 	conn, err := d.dial(nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
 	}
 	defer conn.CloseLasting()
-	chains, ok := st.endpointChains[id]
-	if !ok {
-		return fmt.Errorf("endpoint %s: %w: unknown endpoint", id, ErrNotProgrammed)
-	}
 	for _, name := range chains {
 		c := st.chains[name]
 		if !full && !c.dispatch && c.device == "" {
