@@ -43,14 +43,8 @@ func BenchmarkAgentOverhead(b *testing.B) {
 		// Bare: the same bridge network without netseg.
 		l := lab.New(b)
 		_, bare := bridgeLoad(b, l, "bare")
-		// The references run with the same short timeouts as the netseg
-		// node.
-		ctNode, ct := bridgeLoad(b, l, "ct")
-		ctNode.ShortConntrackTimeouts()
-		ctNode.ConntrackOnly()
-		evNode, ev := bridgeLoad(b, l, "events")
-		evNode.ShortConntrackTimeouts()
-		evNode.ConntrackOnly()
+		_, ct := conntrackLoad(b, l, "ct")
+		evNode, ev := conntrackLoad(b, l, "events")
 		events := conntrackEventFloor(b, evNode)
 
 		flowLog := filepath.Join(b.TempDir(), "flows.log")
@@ -139,6 +133,16 @@ func bridgeLoad(b *testing.B, l *lab.Lab, name string) (*lab.Netns, lab.Load) {
 	server := cni.MustAdd("server", list, lab.Attach{})
 	srv := server.ListenTCP(netip.AddrPortFrom(server.IP(4), 8443).String())
 	return node, lab.Load{Client: client.Netns, Addrs: []netip.AddrPort{srv.Addr}}
+}
+
+// conntrackLoad is bridgeLoad on a node with connection tracking alone
+// (lab's ConntrackOnly table), with the same short timeouts as a netseg
+// node.
+func conntrackLoad(b *testing.B, l *lab.Lab, name string) (*lab.Netns, lab.Load) {
+	node, load := bridgeLoad(b, l, name)
+	node.ShortConntrackTimeouts()
+	node.ConntrackOnly()
+	return node, load
 }
 
 // countPairRecords counts final flow records from src to dst, and the
