@@ -2,5 +2,7 @@
 // programs the nftables table "inet netseg" through netlink
 // (github.com/google/nftables), finds interfaces with
 // github.com/vishvananda/netlink, and reads NFLOG and conntrack events.
-// It imports no Kubernetes package and no other netseg package but its own.
+// It imports no Kubernetes package and, of netseg's, only api/agent, for
+// the names of the kernel objects it shares with the CNI plugin. names.go
+// declares every object's name and the base chains as data.
 package dataplane

@@ -155,9 +155,9 @@ func TestBaseChainsFollowConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh, _ := render(other, rs, nil)
-	for _, name := range baseChainNames {
-		if got.chains[name].hash != fresh.chains[name].hash {
-			t.Errorf("chain %s rendered for the previous config", name)
+	for _, bc := range baseChains {
+		if got.chains[bc.name].hash != fresh.chains[bc.name].hash {
+			t.Errorf("chain %s rendered for the previous config", bc.name)
 		}
 	}
 	if got.chains[chainOutput].hash == prev.chains[chainOutput].hash {

@@ -5,41 +5,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
-	"strings"
-	"sync"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
-
-// Names of the fixed objects of the table.
-const (
-	chainForward = "forward"
-	chainOutput  = "output"
-	chainInput   = "input"
-	chainAllow   = "allow"
-	chainDeny    = "deny"
-
-	counterLogLimitAllow = "log_limited_allow" // accepted new connections not logged (rate limit)
-	counterLogLimitDeny  = "log_limited_deny"  // denied first packets not logged (rate limit)
-	counterSpoof         = "spoofed"           // packets dropped by anti-spoofing
-	counterQuarantine    = "quarantined"       // packets dropped for quarantined addresses
-	counterUnmanaged     = "unprogrammed"      // packets to/from managed addresses with no rules
-	counterNoMatch       = "no_rule_matched"   // fell off an endpoint chain (fail closed)
-)
-
-// Named counters of the NFLOG rate limits: first packets decided but not
-// logged (the flow log reports their deltas as losses).
-const (
-	CounterLogLimitedAllow = counterLogLimitAllow
-	CounterLogLimitedDeny  = counterLogLimitDeny
-)
-
-// Counters lists the named counters of the table.
-var Counters = []string{counterLogLimitAllow, counterLogLimitDeny, counterSpoof, counterQuarantine, counterUnmanaged, counterNoMatch}
 
 type setKind uint8
 
@@ -62,11 +33,6 @@ type setSpec struct {
 	// delta, when set, is the difference from delta.from (deriveInterval).
 	delta *setDelta
 }
-
-// CNIQuarantineSet names the set (one per family: 4, 6) where the CNI
-// plugin quarantines the addresses of an interface whose ADD failed while
-// the agent could not record it. The plugin owns its elements.
-func CNIQuarantineSet(fam int) string { return fmt.Sprintf("cniquarantine%d", fam) }
 
 // elemKey identifies a set element: an address, or an interval [first,
 // end) (end invalid: to the end of the address space). Addresses, not
@@ -127,15 +93,17 @@ type state struct {
 	inputs map[string][]netip.Prefix
 	// epNames: endpoint id -> its dispatch chains' names (epo_, epi_).
 	epNames map[string][2]string
+	// peerNames: peer set -> its kernel names by family, taken from the
+	// previous render when the peer was already there.
+	peerNames map[string][7]string
+	// err is the first name collision met while rendering chains.
+	err error
 	// own are the maps above that a render fills from nothing, and spare
 	// the previous rendering's, which the next render reuses.
 	own, spare renderMaps
 	// cfg is the config the base chains were rendered for.
 	cfg Config
 }
-
-// baseChainNames are the chains baseChains renders, from the config alone.
-var baseChainNames = []string{chainForward, chainInput, chainOutput, chainAllow, chainDeny}
 
 // renderMaps are the maps a render fills from nothing: the chains, the
 // endpoints' names and chains, and the elements of the address maps. A
@@ -217,40 +185,6 @@ func (c Config) Defaults() Config {
 	return c
 }
 
-// hookInetIngress is the ingress hook as the inet family numbers it
-// (NF_INET_INGRESS, 5; since Linux 5.10). nftables.ChainHookIngress is the
-// netdev family's number (0), which in an inet table means prerouting.
-var hookInetIngress = nftables.ChainHookRef(5)
-
-var nonName = regexp.MustCompile(`[^a-zA-Z0-9_]+`)
-
-// readable turns a peer set or endpoint name into an nft identifier: the
-// readable part, cut to stay short, plus a hash when anything was lost.
-func readable(prefix, name string) string {
-	clean := strings.Trim(nonName.ReplaceAllString(name, "_"), "_")
-	if clean == name && len(clean) <= 40 {
-		return prefix + clean
-	}
-	if len(clean) > 32 {
-		clean = clean[:32]
-	}
-	sum := sha256.Sum256([]byte(name))
-	return prefix + clean + "_" + hex.EncodeToString(sum[:4])
-}
-
-var peerNames sync.Map // peer -> readable base name; names are pure functions of the peer
-
-func peerSetName(peer string, fam int) string {
-	base, ok := peerNames.Load(peer)
-	if !ok {
-		base, _ = peerNames.LoadOrStore(peer, readable("p_", peer))
-	}
-	if fam == 4 {
-		return base.(string) + "_4"
-	}
-	return base.(string) + "_6"
-}
-
 // render computes the desired table content. It is pure: the same ruleset
 // gives the same state.
 func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
@@ -270,49 +204,65 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	own := reused.reuse(len(rs.Endpoints), perFam)
 	st := &state{sets: map[string]*setSpec{}, chains: own.chains, endpointChains: own.endpointChains,
 		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epNames: own.epNames,
-		byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}, keys: map[policyLists]policyKey{}, own: own}
+		peerNames: make(map[string][7]string, len(rs.Sets)), byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}, keys: map[policyLists]policyKey{}, own: own}
 	if prev != nil {
 		st.cache = prev.made
 		st.spare = prev.own
 	}
-	for _, fam := range []int{4, 6} {
-		st.addSet(fmt.Sprintf("quarantine%d", fam), fam, kindAddr)
-		st.addSet(CNIQuarantineSet(fam), fam, kindAddr).foreign = true
-		st.addSet(fmt.Sprintf("egress%d", fam), fam, kindVmap)
-		st.addSet(fmt.Sprintf("ingress%d", fam), fam, kindVmap)
-		st.addSet(fmt.Sprintf("local%d", fam), fam, kindAddr)
+	for _, fs := range fixedSets {
+		for _, fam := range []int{4, 6} {
+			st.addSet(fs.name(fam), fam, fs.kind).foreign = fs.foreign
+		}
 	}
 	for _, a := range rs.Quarantine {
 		a = a.Unmap()
-		st.sets[fmt.Sprintf("quarantine%d", famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
+		st.sets[setQuarantine.name(famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
 	}
-	st.intervalSets(prev, managedInputs, rs.Managed, [7]string{4: "managed4", 6: "managed6"})
+	st.intervalSets(prev, managedInputs, rs.Managed, setManaged.names)
 	for _, s := range rs.Sets {
-		st.intervalSets(prev, s.Name, s.Prefixes, [7]string{4: peerSetName(s.Name, 4), 6: peerSetName(s.Name, 6)})
+		names, ok := [7]string{}, false
+		if prev != nil {
+			names, ok = prev.peerNames[s.Name]
+		}
+		if !ok {
+			names = peerSetNames(s.Name)
+		}
+		for _, fam := range []int{4, 6} {
+			if _, taken := st.sets[names[fam]]; taken {
+				return nil, errNameCollision("set", names[fam], "peer "+s.Name, "another set")
+			}
+		}
+		st.peerNames[s.Name] = names
+		st.intervalSets(prev, s.Name, s.Prefixes, names)
 	}
 	st.cfg = cfg
 	if prev != nil && prev.cfg == cfg {
-		for _, name := range baseChainNames { // specs are not modified once applied
-			st.chains[name] = prev.chains[name]
+		for _, bc := range baseChains { // specs are not modified once applied
+			st.chains[bc.name] = prev.chains[bc.name]
 		}
 	} else {
-		st.baseChains(cfg)
+		for _, c := range renderBaseChains(cfg) {
+			st.addChain(c)
+		}
 	}
 	maps := [7][3]*setSpec{}
 	for _, fam := range []int{4, 6} {
-		maps[fam] = [3]*setSpec{st.sets[fmt.Sprintf("egress%d", fam)], st.sets[fmt.Sprintf("ingress%d", fam)], st.sets[fmt.Sprintf("local%d", fam)]}
+		maps[fam] = [3]*setSpec{st.sets[setEgress.name(fam)], st.sets[setIngress.name(fam)], st.sets[setLocal.name(fam)]}
 		for i, m := range maps[fam] {
 			m.elems = own.addrMaps[fam][i]
 		}
 	}
 	for _, ep := range rs.Endpoints {
-		out := st.policyChain("out", ep.Egress, false)
-		in := st.policyChain("in", ep.Ingress, true)
+		out := st.policyChain(dirOut, ep.Egress, false)
+		in := st.policyChain(dirIn, ep.Ingress, true)
 		// Each endpoint dispatches through its own chains, whose one live
 		// rule goes to the (shared) policy chain: a policy change inserts a
 		// new head rule instead of re-pointing the map element.
 		names := st.dispatchNames(prev, ep.ID)
 		epo, epi := names[0], names[1]
+		if _, taken := st.chains[epo]; taken {
+			return nil, errNameCollision("chain", epo, "endpoint "+ep.ID, "another endpoint")
+		}
 		st.addChain(st.dispatchChain(prev, epo, out))
 		st.addChain(st.dispatchChain(prev, epi, in))
 		st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], epo, epi, out, in)
@@ -328,6 +278,9 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 			name := st.antiSpoofChain(ep)
 			st.endpointChains[ep.ID] = append(st.endpointChains[ep.ID], name)
 		}
+	}
+	if st.err != nil {
+		return nil, st.err
 	}
 	for _, c := range st.chains {
 		if c.hash == "" {
@@ -402,89 +355,10 @@ func (st *state) dispatchNames(prev *state, id string) [2]string {
 		names, ok = prev.epNames[id]
 	}
 	if !ok {
-		h := shortHash(id)
-		names = [2]string{"epo_" + h, "epi_" + h}
+		names = dispatchChainNames(id)
 	}
 	st.epNames[id] = names
 	return names
-}
-
-// baseChains renders the hooks and the shared verdict tails.
-//
-//	chain forward { type filter hook forward priority 0; policy accept;
-//	  ct state established,related accept
-//	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
-//	  ct state invalid drop
-//	  ip saddr @quarantine4 counter name "quarantined" drop    (and daddr, and ip6)
-//	  ip saddr @managed4 ip saddr != @local4 counter name "unprogrammed" drop   (and daddr: fail closed)
-//	  ip saddr vmap @egress4          # a local endpoint opens it: its egress chain decides
-//	  ip daddr vmap @ingress4         # else a local endpoint receives it: its ingress chain decides
-//	}
-//	chain allow { accept }   (with LogAccepted: limit rate over R/second burst B packets
-//	              counter name "log_limited_allow" accept; log prefix "netseg allow" group G accept)
-//	chain deny  { limit rate over R/second burst B packets counter name "log_limited_deny" drop
-//	              meta mark set ct mark log prefix "netseg deny" group G drop }
-//
-// The deny chain copies the decision into the packet mark so that the NFLOG
-// message carries it (NFULA_MARK) on kernels whose NFLOG cannot attach the
-// conntrack entry; the packet is dropped right after, so the mark never
-// reaches anything else. Accepted packets keep their mark: their decision
-// is read from conntrack events.
-func (st *state) baseChains(cfg Config) {
-	var fwd, in, out []*rb
-	for _, c := range []*[]*rb{&fwd, &in, &out} {
-		*c = append(*c, rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, ""))
-		// Neighbour discovery and MLD are not tracked by conntrack (their
-		// ct state reads invalid) and must pass for IPv6 to work at all.
-		*c = append(*c,
-			rule().family(6).l4(ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
-			rule().family(6).l4(ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""))
-	}
-	fwd = append(fwd, rule().ctState("invalid", 1).verdict(expr.VerdictDrop, ""))
-	for _, fam := range []int{4, 6} {
-		for _, q := range []string{fmt.Sprintf("quarantine%d", fam), CNIQuarantineSet(fam)} {
-			for _, src := range []bool{true, false} {
-				fwd = append(fwd, rule().family(fam).addrIn(src, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
-			}
-			in = append(in, rule().family(fam).addrIn(true, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
-			out = append(out, rule().family(fam).addrIn(false, q, false).counter(counterQuarantine).verdict(expr.VerdictDrop, ""))
-		}
-	}
-	for _, fam := range []int{4, 6} {
-		m, local := fmt.Sprintf("managed%d", fam), fmt.Sprintf("local%d", fam)
-		unprogrammed := func(src bool) *rb {
-			return rule().family(fam).addrIn(src, m, false).addrIn(src, local, true).counter(counterUnmanaged).verdict(expr.VerdictDrop, "")
-		}
-		fwd = append(fwd, unprogrammed(true), unprogrammed(false))
-		in = append(in, unprogrammed(true))
-		out = append(out, unprogrammed(false))
-	}
-	for _, fam := range []int{4, 6} {
-		fwd = append(fwd, rule().family(fam).addrVmap(true, fmt.Sprintf("egress%d", fam)))
-		in = append(in, rule().family(fam).addrVmap(true, fmt.Sprintf("egress%d", fam)))
-	}
-	for _, fam := range []int{4, 6} {
-		fwd = append(fwd, rule().family(fam).addrVmap(false, fmt.Sprintf("ingress%d", fam)))
-		if cfg.DenyHostAccess {
-			out = append(out, rule().family(fam).addrVmap(false, fmt.Sprintf("ingress%d", fam)))
-		}
-	}
-	p := cfg.Priority
-	st.addChain(&chainSpec{name: chainForward, hook: nftables.ChainHookForward, prio: p, rules: fwd})
-	st.addChain(&chainSpec{name: chainInput, hook: nftables.ChainHookInput, prio: p, rules: in})
-	st.addChain(&chainSpec{name: chainOutput, hook: nftables.ChainHookOutput, prio: p, rules: out})
-	allow := []*rb{rule().verdict(expr.VerdictAccept, "")}
-	if cfg.LogAccepted {
-		allow = []*rb{
-			rule().limitOver(cfg.LogRate, cfg.LogBurst).counter(counterLogLimitAllow).verdict(expr.VerdictAccept, ""),
-			rule().log("netseg allow", cfg.NFLOGGroup).verdict(expr.VerdictAccept, ""),
-		}
-	}
-	st.addChain(&chainSpec{name: chainAllow, rules: allow})
-	st.addChain(&chainSpec{name: chainDeny, rules: []*rb{
-		rule().limitOver(cfg.LogRate, cfg.LogBurst).counter(counterLogLimitDeny).verdict(expr.VerdictDrop, ""),
-		rule().metaMarkFromCt().log("netseg deny", cfg.NFLOGGroup).verdict(expr.VerdictDrop, ""),
-	}})
 }
 
 // policyChain renders an endpoint's rule lists into chains named after
@@ -513,7 +387,10 @@ func (st *state) policyChain(dir string, p Policy, ingress bool) string {
 	if name, ok := st.byKey[key]; ok {
 		return name
 	}
-	name := dir + "_" + key.String()
+	name := policyChainName(dir, key)
+	if _, taken := st.chains[name]; taken && st.err == nil {
+		st.err = errNameCollision("chain", name, "one policy", "another")
+	}
 	st.byKey[key] = name
 	if cached, ok := st.cache[key]; ok { // rendered by an earlier sync
 		for _, c := range cached {
@@ -526,21 +403,21 @@ func (st *state) policyChain(dir string, p Policy, ingress bool) string {
 	staged := p.Staged != nil
 	var pre []*rb
 	if staged {
-		sName := name + "_s"
+		sName := name + suffixStaged
 		sTail := ""
 		if len(p.StagedTail) > 0 {
-			sTail = sName + "_t"
-			made = append(made, &chainSpec{name: sTail, rules: passRules(p.StagedTail, "", true, false, ingress)})
+			sTail = sName + suffixTail
+			made = append(made, &chainSpec{name: sTail, rules: passRules(st.peerNames, p.StagedTail, "", true, false, ingress)})
 		}
-		made = append(made, &chainSpec{name: sName, rules: passRules(p.Staged, sTail, true, false, ingress)})
+		made = append(made, &chainSpec{name: sName, rules: passRules(st.peerNames, p.Staged, sTail, true, false, ingress)})
 		pre = []*rb{rule().verdict(expr.VerdictJump, sName)}
 	}
 	tail := ""
 	if len(p.EnforcedTail) > 0 {
-		tail = name + "_t"
-		made = append(made, &chainSpec{name: tail, rules: passRules(p.EnforcedTail, "", false, staged, ingress)})
+		tail = name + suffixTail
+		made = append(made, &chainSpec{name: tail, rules: passRules(st.peerNames, p.EnforcedTail, "", false, staged, ingress)})
 	}
-	made = append(made, &chainSpec{name: name, rules: append(pre, passRules(p.Enforced, tail, false, staged, ingress)...)})
+	made = append(made, &chainSpec{name: name, rules: append(pre, passRules(st.peerNames, p.Enforced, tail, false, staged, ingress)...)})
 	for _, c := range made {
 		c.hash = chainHash(c)
 		st.addChain(c)
@@ -553,10 +430,10 @@ func (st *state) policyChain(dir string, p Policy, ingress bool) string {
 // write the staged half of the mark and return. halfOnly (enforced pass
 // with a staged pass): the rules write only the enforced half. tail: the
 // chain a Delegate rule or the end of the list goes to ("" = deny).
-func passRules(rules []Rule, tail string, stagedPass, halfOnly, ingress bool) []*rb {
+func passRules(peers map[string][7]string, rules []Rule, tail string, stagedPass, halfOnly, ingress bool) []*rb {
 	var out []*rb
 	for _, r := range rules {
-		for _, b := range expand(r, ingress) {
+		for _, b := range expand(peers, r, ingress) {
 			switch {
 			case r.Action == Delegate:
 				out = append(out, b.verdict(expr.VerdictGoto, tail))
@@ -586,11 +463,6 @@ func passRules(rules []Rule, tail string, stagedPass, halfOnly, ingress bool) []
 		out = append(out, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(Deny, Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
 	}
 	return out
-}
-
-func shortHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:6])
 }
 
 // listID identifies a rule list by its backing array: the endpoints of a
@@ -663,7 +535,7 @@ func (k policyKey) String() string {
 // expand turns one rule into kernel rules: one per address family of its
 // peer and per port range. The peer is the destination for egress and the
 // source for ingress.
-func expand(r Rule, ingress bool) []*rb {
+func expand(peers map[string][7]string, r Rule, ingress bool) []*rb {
 	var fams []int
 	if r.Peer != "" {
 		fams = []int{4, 6}
@@ -682,7 +554,7 @@ func expand(r Rule, ingress bool) []*rb {
 			}
 			b := rule()
 			if fam != 0 {
-				b.family(fam).addrIn(ingress, peerSetName(r.Peer, fam), r.PeerNot)
+				b.family(fam).addrIn(ingress, peers[r.Peer][fam], r.PeerNot)
 			}
 			if pr.Proto != 0 {
 				b.l4(pr.Proto)
@@ -719,7 +591,10 @@ func (st *state) antiSpoofChain(ep Endpoint) string {
 		}
 		rules = append(rules, b.counter(counterSpoof).verdict(expr.VerdictDrop, ""))
 	}
-	name := readable("spoof_", ep.HostIface)
+	name := spoofChainName(ep.HostIface)
+	if other, taken := st.chains[name]; taken && other.device != ep.HostIface && st.err == nil {
+		st.err = errNameCollision("chain", name, "device "+ep.HostIface, "device "+other.device)
+	}
 	st.addChain(&chainSpec{name: name, hook: hookInetIngress, prio: -500, device: ep.HostIface, rules: rules})
 	return name
 }

@@ -13,24 +13,17 @@ import (
 	"github.com/netseg/netseg/api/agent"
 )
 
-// The agent's table and the sets its base chains drop, for the plugin:
-//
-//	table inet netseg {
-//	  set cniquarantine4 { type ipv4_addr; }
-//	  set cniquarantine6 { type ipv6_addr; }
-//	  chain forward { ... ip saddr @cniquarantine4 drop; ip daddr @cniquarantine4 drop ... }
-//	}
-//
-// The plugin owns these sets' elements: the agent creates the sets, never
-// changes their elements, and keeps them across its own rebuilds. (The
-// agent's own quarantine, quarantine4/6, is the agent's alone.)
-const nftTable = "netseg"
+// nftTable is the agent's table; the plugin puts addresses in its
+// quarantine sets (agent.CNIQuarantineSet4/6), whose elements it owns: the
+// agent creates the sets, never changes their elements, and keeps them
+// across its own rebuilds. (The agent's own quarantine is the agent's alone.)
+const nftTable = agent.Table
 
 func quarantineSet(a netip.Addr) string {
 	if a.Is4() {
-		return "cniquarantine4"
+		return agent.CNIQuarantineSet4
 	}
-	return "cniquarantine6"
+	return agent.CNIQuarantineSet6
 }
 
 // errNoTable means the agent never created its table on this host: there is
