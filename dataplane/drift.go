@@ -77,13 +77,14 @@ type setExpectation struct {
 	elems map[netip.Addr]string // address -> the chain a verdict map sends it to
 }
 
-// expect copies what the kernel should hold after st. Call with d.mu held.
-func (d *Dataplane) expect(st *state) *expectation {
-	e := &expectation{chains: make(map[string][]string, len(st.chains)), stale: make(map[string]bool, len(st.staleChains))}
+// expect copies what the kernel holds according to a. Call with d.mu held.
+func (d *Dataplane) expect(a *applied) *expectation {
+	st := a.st
+	e := &expectation{chains: make(map[string][]string, len(st.chains)), stale: make(map[string]bool, len(a.staleChains))}
 	for name, c := range st.chains {
-		e.chains[name] = ruleTags(c)
+		e.chains[name] = a.tags(c)
 	}
-	for name := range st.staleChains {
+	for name := range a.staleChains {
 		e.stale[name] = true
 	}
 	for _, name := range sortedKeys(st.sets) {
@@ -95,7 +96,7 @@ func (d *Dataplane) expect(st *state) *expectation {
 		for _, el := range s.elems {
 			elems[el.key] = el.chain
 		}
-		e.sets = append(e.sets, setExpectation{name: name, set: *d.kset(s), vmap: s.kind == kindVmap, elems: elems})
+		e.sets = append(e.sets, setExpectation{name: name, set: *d.sets.get(s), vmap: s.kind == kindVmap, elems: elems})
 	}
 	return e
 }

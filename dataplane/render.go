@@ -64,30 +64,31 @@ type chainSpec struct {
 	// "goto <policy chain>"; a change inserts the new rule at the head and
 	// leaves the old ones, shadowed, for Collect.
 	dispatch bool
-	// stale are the tags of the shadowed rules after the live ones, in
-	// kernel order (dispatch chains only).
-	stale []string
 	// target is the policy chain a dispatch chain goes to.
 	target string
 }
 
-// state is the rendered, desired content of the table.
+// state is a rendering: the desired content of the table, and the memo
+// the next render starts from. Specs are not modified once rendered
+// (render reuses the memo's unchanged ones as they are), with two
+// exceptions that belong to the memo: a derived interval set takes over
+// its predecessor's element map (deriveIntervals), and a render takes over
+// the maps of the rendering before its predecessor (renderMaps). A
+// rendering is therefore the memo of one render only, and a failed sync
+// starts over from none.
 type state struct {
-	sets   map[string]*setSpec
-	chains map[string]*chainSpec
-	// byKey: policy key -> chain name; made: policy key -> the chains
-	// rendered for it (kept for the next sync); cache: the previous
-	// sync's made, reused instead of rendering again.
+	// The desired content: sets and chains by name, and for each endpoint
+	// id the chains it needs (for CHECK).
+	sets           map[string]*setSpec
+	chains         map[string]*chainSpec
+	endpointChains map[string][]string
+
+	// The memo. byKey: policy key -> chain name; made: policy key -> the
+	// chains rendered for it (kept for the next render); cache: the
+	// previous render's made, reused instead of rendering again.
 	byKey       map[policyKey]string
 	made, cache map[policyKey][]*chainSpec
 	keys        map[policyLists]policyKey // this render's policy keys by lists
-	// endpointChains: endpoint id -> chains it needs (for CHECK).
-	endpointChains map[string][]string
-	// staleChains and staleSets are still in the kernel but no longer
-	// wanted: deleting costs a commit an RCU grace period, so Collect
-	// deletes them in a batch of their own, off the path of changes.
-	staleChains map[string]*chainSpec
-	staleSets   map[string]*setSpec
 	// inputs are the peer sets' prefixes as given, to reuse a set's
 	// rendering when they did not change.
 	inputs map[string][]netip.Prefix
@@ -185,8 +186,10 @@ func (c Config) Defaults() Config {
 	return c
 }
 
-// render computes the desired table content. It is pure: the same ruleset
-// gives the same state.
+// render computes the desired table content: the same ruleset gives the
+// same content, whatever prev. prev, the previous rendering, is a memo:
+// what did not change is reused from it instead of rendered again, and
+// render consumes it (see state).
 func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	if err := rs.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
@@ -203,7 +206,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	}
 	own := reused.reuse(len(rs.Endpoints), perFam)
 	st := &state{sets: map[string]*setSpec{}, chains: own.chains, endpointChains: own.endpointChains,
-		staleChains: map[string]*chainSpec{}, staleSets: map[string]*setSpec{}, inputs: map[string][]netip.Prefix{}, epNames: own.epNames,
+		inputs: map[string][]netip.Prefix{}, epNames: own.epNames,
 		peerNames: make(map[string][7]string, len(rs.Sets)), byKey: map[policyKey]string{}, made: map[policyKey][]*chainSpec{}, keys: map[policyLists]policyKey{}, own: own}
 	if prev != nil {
 		st.cache = prev.made

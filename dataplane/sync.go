@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 )
 
@@ -38,15 +37,13 @@ type LinkChecker func(name string) bool
 type Dataplane struct {
 	cfg   Config
 	dial  Dialer
-	conn  *nftables.Conn // the batch being built (one connection per batch)
-	errs  []error        // problems met while building the batch
 	links LinkChecker
 	table *nftables.Table
 
 	mu      sync.Mutex
-	applied *state   // what the last successful batch made the kernel hold
-	last    *Ruleset // the ruleset behind applied, for drift repairs
-	sets    map[string]*nftables.Set
+	applied *applied    // what the last committed batch made the kernel hold
+	last    *Ruleset    // the ruleset behind applied, for drift repairs
+	sets    *setHandles // the library's handles of the kernel's sets
 	// writes counts the batches begun (syncs, collections, cleanups,
 	// whatever their outcome), so that a drift check can tell whether the
 	// dataplane wrote while it read the kernel; driftOvertaken counts the
@@ -71,10 +68,8 @@ func New(cfg Config, dial Dialer, links LinkChecker) *Dataplane {
 	if links == nil {
 		links = func(string) bool { return true }
 	}
-	return &Dataplane{
-		cfg: cfg, dial: dial, links: links,
-		table: &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
-	}
+	table := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
+	return &Dataplane{cfg: cfg, dial: dial, links: links, table: table, sets: &setHandles{table: table}}
 }
 
 // Config returns the effective configuration.
@@ -100,36 +95,29 @@ func (d *Dataplane) Resync(rs *Ruleset) error {
 
 func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	start := time.Now()
-	st, err := render(d.cfg, d.withLinks(rs), d.applied)
+	var memo *state
+	if d.applied != nil {
+		memo = d.applied.st
+	}
+	st, err := render(d.cfg, d.withLinks(rs), memo)
 	if err != nil {
 		return err
 	}
 	rendered := time.Now()
-	var carried map[string][]nftables.SetElement
+	var b *batch
 	if full || d.applied == nil {
-		carried = d.readForeign(st)
-	}
-	if err := d.begin(); err != nil {
-		d.applied, d.sets = nil, nil // render may have taken over its sets' elements: the next sync rebuilds
-		return err
-	}
-	if full || d.applied == nil {
-		d.buildFull(st)
-		for _, name := range sortedKeys(carried) {
-			if err := d.conn.SetAddElements(d.kset(st.sets[name]), carried[name]); err != nil {
-				d.errs = append(d.errs, fmt.Errorf("keep elements of %s: %w", name, err))
-			}
-		}
+		b = planFull(st, d.readForeign(st))
 	} else {
-		d.buildDiff(d.applied, st)
+		b = plan(d.applied, st)
 	}
 	built := time.Now()
-	if err := d.commit(); err != nil {
+	if err := d.apply(b); err != nil {
 		d.Stats.Errors.Add(1)
-		incremental := !full && d.applied != nil
-		d.applied, d.sets = nil, nil // unknown: the next sync rebuilds
-		if incremental {
-			// The kernel did not hold what the diff was computed against
+		// Unknown now, and render may have taken over the applied sets'
+		// elements: the next sync rebuilds.
+		d.applied = nil
+		if !b.full {
+			// The kernel did not hold what the plan was computed against
 			// (someone edited the table): rebuild it whole, now.
 			return d.sync(rs, true)
 		}
@@ -138,7 +126,7 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	d.Stats.LastSync.Store(int64(time.Since(start)))
 	d.Stats.LastRender.Store(int64(rendered.Sub(start)))
 	d.Stats.LastCommit.Store(int64(time.Since(built)))
-	if full || d.applied == nil {
+	if b.full {
 		d.Stats.FullResyncs.Add(1)
 	} else {
 		d.Stats.Syncs.Add(1)
@@ -146,7 +134,7 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	for _, s := range st.sets {
 		s.delta = nil // applied: holding on to delta.from would keep every earlier rendering
 	}
-	d.applied, d.last = st, rs
+	d.applied, d.last = b.next, rs
 	return nil
 }
 
@@ -180,29 +168,6 @@ func (d *Dataplane) readForeign(st *state) map[string][]nftables.SetElement {
 	return out
 }
 
-// begin opens the connection that collects one batch, and counts the
-// batch as a write.
-func (d *Dataplane) begin() error {
-	d.writes++
-	c, err := d.dial()
-	if err != nil {
-		return fmt.Errorf("nftables connection: %w", err)
-	}
-	d.conn, d.errs = c, nil
-	return nil
-}
-
-// commit sends the batch as one transaction, unless building it failed:
-// then nothing is sent (the connection and its queued messages are dropped).
-func (d *Dataplane) commit() error {
-	c, errs := d.conn, d.errs
-	d.conn, d.errs = nil, nil
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	return c.Flush()
-}
-
 // withLinks drops the host interface of endpoints whose device is gone.
 func (d *Dataplane) withLinks(rs *Ruleset) *Ruleset {
 	missing := false
@@ -225,200 +190,11 @@ func (d *Dataplane) withLinks(rs *Ruleset) *Ruleset {
 	return &cp
 }
 
-// buildFull queues: add table (a no-op if present), delete it, add it again
-// with every object. Deleting first makes the rebuild exact; doing it in one
-// transaction makes it atomic.
-func (d *Dataplane) buildFull(st *state) {
-	d.conn.AddTable(d.table)
-	d.conn.DelTable(d.table)
-	d.conn.AddTable(d.table)
-	for _, name := range Counters {
-		d.conn.AddObj(&nftables.CounterObj{Table: d.table, Name: name})
-	}
-	d.sets = map[string]*nftables.Set{}
-	for _, name := range sortedKeys(st.sets) {
-		d.addSet(st.sets[name])
-	}
-	for _, name := range sortedKeys(st.chains) {
-		d.addChain(st.chains[name])
-	}
-	for _, name := range sortedKeys(st.chains) {
-		d.addRules(st.chains[name])
-	}
-	for _, name := range sortedKeys(st.sets) {
-		if s := st.sets[name]; s.kind == kindVmap {
-			d.addElems(s, sortedElems(s.elems))
-		}
-	}
-}
-
-// buildDiff queues only what changed from old to st, in an order the kernel
-// accepts inside one transaction: new sets and chains first, then rules and
-// elements. It deletes only what must go now (map and set elements: a
-// member that left a set must lose its access at once); chains and sets
-// nothing refers to any more stay, unreachable, until Collect, because a
-// transaction that deletes them waits an RCU grace period.
-func (d *Dataplane) buildDiff(old, st *state) {
-	// Carry over what is still in the kernel but unwanted.
-	for name, c := range old.staleChains {
-		if _, wanted := st.chains[name]; !wanted {
-			st.staleChains[name] = c
-		}
-	}
-	for name, s := range old.staleSets {
-		if _, wanted := st.sets[name]; !wanted {
-			st.staleSets[name] = s
-		}
-	}
-	for name, c := range old.chains {
-		if _, wanted := st.chains[name]; !wanted {
-			st.staleChains[name] = c
-		}
-	}
-	for _, name := range sortedKeys(old.sets) {
-		if _, wanted := st.sets[name]; !wanted {
-			st.staleSets[name] = d.emptied(old.sets[name])
-		}
-	}
-	present := func(name string) *setSpec {
-		if s, ok := old.sets[name]; ok {
-			return s
-		}
-		return old.staleSets[name]
-	}
-	for _, name := range sortedKeys(st.sets) {
-		if present(name) == nil {
-			d.addSet(st.sets[name])
-		}
-	}
-	// New chains first, all of them: their rules may jump to each other.
-	// A stale chain wanted again is still there, with the same content
-	// (policy chains are named after it).
-	for name, c := range st.chains {
-		if old.chains[name] == nil && old.staleChains[name] == nil {
-			d.addChain(c)
-		}
-	}
-	for name, c := range st.chains {
-		prev := old.chains[name]
-		if prev == nil {
-			if revived := old.staleChains[name]; revived != nil {
-				if revived.hash == c.hash && !c.dispatch {
-					continue
-				}
-				prev = revived
-			} else {
-				d.addRules(c)
-				continue
-			}
-		}
-		switch {
-		case prev.hash == c.hash:
-			c.stale = prev.stale
-		case c.dispatch:
-			// The new live rule goes in front; the old ones are shadowed.
-			d.insertHead(c)
-			c.stale = ruleTags(prev)
-		case prev.device != c.device || prev.hook != c.hook:
-			d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
-			d.addChain(c)
-			d.addRules(c)
-		default:
-			d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
-			d.addRules(c)
-		}
-	}
-	for _, name := range sortedKeys(st.sets) {
-		s, prev := st.sets[name], present(name)
-		if s.foreign {
-			continue // created above if missing; its elements are not ours
-		}
-		if prev == nil {
-			if s.kind == kindVmap {
-				d.addElems(s, sortedElems(s.elems))
-			}
-			continue
-		}
-		if prev == s {
-			continue // carried over unchanged by render
-		}
-		if s.delta != nil && s.delta.from == prev {
-			d.delElems(prev, s.delta.del)
-			d.addElems(s, s.delta.add)
-			continue
-		}
-		var del, add []elemKey
-		for k, e := range prev.elems {
-			if n, ok := s.elems[k]; !ok || n != e {
-				del = append(del, k)
-			}
-		}
-		for k, e := range s.elems {
-			if p, ok := prev.elems[k]; !ok || p != e {
-				add = append(add, k)
-			}
-		}
-		slices.SortFunc(del, elemKey.compare)
-		slices.SortFunc(add, elemKey.compare)
-		d.delElems(prev, del)
-		d.addElems(s, add)
-	}
-	// Map elements of endpoints that are gone were removed above; their
-	// dispatch chains are stale now, but a stale set may still hold
-	// members: empty the maps' stale entries is enough, the rest waits.
-}
-
-// emptied removes the elements of a set that nothing wants any more, in
-// the batch that stops wanting it, and returns its stale spec: empty. The
-// batch that stops using a set is a removal (a DEL, a policy change) and
-// pays an RCU grace period anyway; left full, the set's old members would
-// be deleted by the batch that wants it again, most often a CNI ADD
-// (measured: the first pod on a node waited 4-24 ms in that commit).
-func (d *Dataplane) emptied(s *setSpec) *setSpec {
-	if s.foreign || len(s.elems) == 0 {
-		return s
-	}
-	d.delElems(s, sortedElems(s.elems))
-	return &setSpec{name: s.name, fam: s.fam, kind: s.kind, elems: map[elemKey]elemSpec{}}
-}
-
-// insertHead puts a dispatch chain's live rule in front of its old ones.
-func (d *Dataplane) insertHead(c *chainSpec) {
-	kc := &nftables.Chain{Name: c.name, Table: d.table}
-	for i := len(c.rules) - 1; i >= 0; i-- {
-		d.conn.InsertRule(&nftables.Rule{Table: d.table, Chain: kc, Exprs: c.rules[i].exprs,
-			UserData: userdata.AppendString(nil, userdata.TypeComment, ruleTag(c, i))})
-	}
-}
-
-// ruleTags are the tags of a chain's rules in the kernel, in order: the
-// live rules, then a dispatch chain's shadowed ones.
-func ruleTags(c *chainSpec) []string { return append(liveTags(c), c.stale...) }
-
-func liveTags(c *chainSpec) []string {
-	tags := make([]string, len(c.rules))
-	for i := range c.rules {
-		tags[i] = ruleTag(c, i)
-	}
-	return tags
-}
-
 // Garbage reports whether Collect has something to delete.
 func (d *Dataplane) Garbage() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.applied == nil {
-		return false
-	}
-	if len(d.applied.staleChains) > 0 || len(d.applied.staleSets) > 0 {
-		return true
-	}
-	for _, c := range d.applied.chains {
-		if len(c.stale) > 0 {
-			return true
-		}
-	}
-	return false
+	return d.applied != nil && d.applied.garbage()
 }
 
 // Collect deletes, in one batch, what syncs left behind: shadowed rules of
@@ -428,166 +204,30 @@ func (d *Dataplane) Garbage() bool {
 func (d *Dataplane) Collect() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := d.applied
-	if st == nil {
+	if d.applied == nil {
 		return nil
 	}
-	var compact []*chainSpec
-	for _, name := range sortedKeys(st.chains) {
-		if c := st.chains[name]; len(c.stale) > 0 {
-			compact = append(compact, c)
-		}
-	}
-	if len(compact) == 0 && len(st.staleChains) == 0 && len(st.staleSets) == 0 {
+	b := planCollect(d.applied)
+	if b == nil {
 		return nil
 	}
-	if err := d.begin(); err != nil {
-		return err
-	}
-	for _, c := range compact {
-		d.conn.FlushChain(&nftables.Chain{Name: c.name, Table: d.table})
-		d.addRules(c)
-	}
-	stale := sortedKeys(st.staleChains)
-	for _, name := range stale {
-		d.conn.FlushChain(&nftables.Chain{Name: name, Table: d.table})
-	}
-	for _, name := range stale {
-		d.conn.DelChain(&nftables.Chain{Name: name, Table: d.table})
-	}
-	for _, name := range sortedKeys(st.staleSets) {
-		d.conn.DelSet(d.kset(st.staleSets[name]))
-	}
-	if err := d.commit(); err != nil {
+	if err := d.apply(b); err != nil {
 		d.Stats.Errors.Add(1)
-		d.applied, d.sets = nil, nil // unknown: the next sync rebuilds
+		d.applied = nil // unknown: the next sync rebuilds
 		return fmt.Errorf("collect stale objects of inet %s: %w", d.cfg.Table, err)
 	}
-	for _, c := range compact {
-		// A fresh spec: chain specs may be shared with earlier states.
-		cp := *c
-		cp.stale = nil
-		st.chains[c.name] = &cp
-	}
-	for name := range st.staleSets {
-		delete(d.sets, name)
-	}
-	st.staleChains, st.staleSets = map[string]*chainSpec{}, map[string]*setSpec{}
+	d.applied = b.next
 	d.Stats.Collections.Add(1)
 	return nil
 }
-
-func (d *Dataplane) kset(s *setSpec) *nftables.Set {
-	if ks, ok := d.sets[s.name]; ok {
-		return ks
-	}
-	ks := &nftables.Set{Table: d.table, Name: s.name, KeyType: nftables.TypeIPAddr}
-	if s.fam == 6 {
-		ks.KeyType = nftables.TypeIP6Addr
-	}
-	switch s.kind {
-	case kindInterval:
-		ks.Interval = true
-	case kindVmap:
-		ks.IsMap, ks.DataType = true, nftables.TypeVerdict
-	}
-	d.sets[s.name] = ks
-	return ks
-}
-
-func (d *Dataplane) addSet(s *setSpec) {
-	if err := d.conn.AddSet(d.kset(s), nil); err != nil {
-		d.errs = append(d.errs, fmt.Errorf("set %s: %w", s.name, err))
-	}
-	if s.kind != kindVmap { // vmap elements need their chains: added later
-		d.addElems(s, sortedElems(s.elems))
-	}
-}
-
-// elemChunk bounds the elements per netlink message: the element list is
-// one attribute, and a netlink attribute's length is 16 bits (64 KiB).
-const elemChunk = 256
-
-func (d *Dataplane) elements(s *setSpec, keys []elemKey) []nftables.SetElement {
-	var out []nftables.SetElement
-	for _, k := range keys {
-		e := s.elems[k]
-		switch s.kind {
-		case kindInterval: // the key is the element (a derived set's predecessor has no map)
-			out = append(out, nftables.SetElement{Key: k.first.AsSlice()})
-			if k.end.IsValid() {
-				out = append(out, nftables.SetElement{Key: k.end.AsSlice(), IntervalEnd: true})
-			}
-		case kindVmap:
-			out = append(out, nftables.SetElement{Key: e.key.AsSlice(), Comment: e.comment,
-				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.chain}})
-		default:
-			out = append(out, nftables.SetElement{Key: e.key.AsSlice()})
-		}
-	}
-	return out
-}
-
-func (d *Dataplane) addElems(s *setSpec, keys []elemKey) {
-	if len(keys) == 0 {
-		return
-	}
-	for len(keys) > 0 {
-		n := min(len(keys), elemChunk)
-		if err := d.conn.SetAddElements(d.kset(s), d.elements(s, keys[:n])); err != nil {
-			d.errs = append(d.errs, fmt.Errorf("add elements to %s: %w", s.name, err))
-		}
-		keys = keys[n:]
-	}
-}
-
-func (d *Dataplane) delElems(s *setSpec, keys []elemKey) {
-	if len(keys) == 0 {
-		return
-	}
-	for len(keys) > 0 {
-		n := min(len(keys), elemChunk)
-		if err := d.conn.SetDeleteElements(d.kset(s), d.elements(s, keys[:n])); err != nil {
-			d.errs = append(d.errs, fmt.Errorf("delete elements from %s: %w", s.name, err))
-		}
-		keys = keys[n:]
-	}
-}
-
-func (d *Dataplane) addChain(c *chainSpec) {
-	kc := &nftables.Chain{Name: c.name, Table: d.table}
-	if c.hook != nil {
-		prio := nftables.ChainPriority(c.prio)
-		accept := nftables.ChainPolicyAccept
-		kc.Hooknum, kc.Priority, kc.Type, kc.Policy, kc.Device = c.hook, &prio, nftables.ChainTypeFilter, &accept, c.device
-	}
-	d.conn.AddChain(kc)
-}
-
-func (d *Dataplane) addRules(c *chainSpec) {
-	kc := &nftables.Chain{Name: c.name, Table: d.table}
-	for i, r := range c.rules {
-		d.conn.AddRule(&nftables.Rule{Table: d.table, Chain: kc, Exprs: r.exprs,
-			UserData: userdata.AppendString(nil, userdata.TypeComment, ruleTag(c, i))})
-	}
-}
-
-// ruleTag is each rule's comment: the chain's content hash and the rule's
-// place, so a drift check can tell an edited or reordered rule.
-func ruleTag(c *chainSpec, i int) string { return fmt.Sprintf("netseg %s/%d", c.hash, i) }
 
 // Cleanup deletes the table and everything in it. Deleting a table that
 // does not exist is not an error.
 func (d *Dataplane) Cleanup() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.begin(); err != nil {
-		return err
-	}
-	d.conn.AddTable(d.table)
-	d.conn.DelTable(d.table)
-	d.applied, d.sets, d.last = nil, nil, nil
-	if err := d.commit(); err != nil {
+	d.applied, d.last = nil, nil
+	if err := d.apply(&batch{ops: []op{{kind: opDeleteTable}}}); err != nil {
 		return fmt.Errorf("delete table inet %s: %w", d.cfg.Table, err)
 	}
 	return nil
@@ -612,10 +252,10 @@ func (d *Dataplane) CheckEndpointChains(id string) error { return d.checkEndpoin
 func (d *Dataplane) checkEndpoint(id string, full bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := d.applied
-	if st == nil {
+	if d.applied == nil {
 		return fmt.Errorf("endpoint %s: %w: no ruleset applied", id, ErrNotProgrammed)
 	}
+	st := d.applied.st
 	chains, ok := st.endpointChains[id]
 	if !ok {
 		return fmt.Errorf("endpoint %s: %w: unknown endpoint", id, ErrNotProgrammed)
@@ -634,7 +274,7 @@ func (d *Dataplane) checkEndpoint(id string, full bool) error {
 		if err != nil {
 			return fmt.Errorf("endpoint %s: %w: chain %s: %v", id, ErrNotProgrammed, name, err)
 		}
-		if err := sameRules(name, ruleTags(c), rules); err != nil {
+		if err := sameRules(name, d.applied.tags(c), rules); err != nil {
 			return fmt.Errorf("endpoint %s: %w: %v", id, ErrNotProgrammed, err)
 		}
 	}
@@ -653,7 +293,7 @@ func (d *Dataplane) checkEndpoint(id string, full bool) error {
 			if len(want) == 0 {
 				continue
 			}
-			got, err := conn.GetSetElements(d.kset(s))
+			got, err := conn.GetSetElements(d.sets.get(s))
 			if err != nil {
 				return fmt.Errorf("endpoint %s: %w: map %s: %v", id, ErrNotProgrammed, s.name, err)
 			}
