@@ -37,6 +37,7 @@ func (d *Dataplane) CheckDrift() (string, error) {
 	var err error
 	if d.driftOvertaken < driftOvertakenMax {
 		d.mu.Unlock()
+		d.beforeDriftRead()
 		diff, err = d.diffKernel(want)
 		d.mu.Lock()
 		if d.writes != writes {
@@ -44,6 +45,7 @@ func (d *Dataplane) CheckDrift() (string, error) {
 			return "", nil
 		}
 	} else {
+		d.beforeDriftRead()
 		diff, err = d.diffKernel(want)
 	}
 	d.driftOvertaken = 0

@@ -50,6 +50,9 @@ type Dataplane struct {
 	// checks in a row that it did.
 	writes         uint64
 	driftOvertaken int
+	// beforeDriftRead runs as a drift check starts reading the kernel; a
+	// test orders a sync against the read with it.
+	beforeDriftRead func()
 
 	Stats Stats
 }
@@ -69,7 +72,7 @@ func New(cfg Config, dial Dialer, links LinkChecker) *Dataplane {
 		links = func(string) bool { return true }
 	}
 	table := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
-	return &Dataplane{cfg: cfg, dial: dial, links: links, table: table, sets: &setHandles{table: table}}
+	return &Dataplane{cfg: cfg, dial: dial, links: links, table: table, sets: &setHandles{table: table}, beforeDriftRead: func() {}}
 }
 
 // Config returns the effective configuration.

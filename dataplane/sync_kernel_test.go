@@ -172,11 +172,11 @@ func TestDriftIsRepaired(t *testing.T) {
 }
 
 // TestDriftCheckDoesNotBlockSyncs: a drift check reads the whole table
-// back (about 250 ms at 3,000 endpoints). A sync that comes meanwhile goes
+// back without the dataplane's lock, so a sync that comes meanwhile goes
 // through at once, and the check, which read a table being changed,
 // reports nothing. After three such checks in a row the next one holds
-// the lock throughout, so that drift is found even on a busy node: the
-// sync then waits for it.
+// the lock throughout, so that drift is found even on a busy node. The
+// test orders the sync against the check's read through a hook, not time.
 func TestDriftCheckDoesNotBlockSyncs(t *testing.T) {
 	dp := benchDataplane(t)
 	rs := synthetic(3000, 50, 20, false)
@@ -184,38 +184,53 @@ func TestDriftCheckDoesNotBlockSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	rulesets := []*dataplane.Ruleset{withDependency(rs), rs}
-	// overlap starts a check, syncs next while the check reads the kernel,
-	// and reports whether the sync was done before the check.
-	overlap := func(round int, next *dataplane.Ruleset) (syncFirst bool) {
-		var diff string
-		var err error
-		checked := make(chan struct{})
-		go func() { diff, err = dp.CheckDrift(); close(checked) }()
-		time.Sleep(20 * time.Millisecond) // past the copy made under the lock
-		start := time.Now()
-		if err := dp.Sync(next); err != nil {
-			t.Fatal(err)
-		}
-		took := time.Since(start)
-		select {
-		case <-checked:
-		default:
-			syncFirst = true
-		}
-		<-checked
-		if err != nil || diff != "" {
-			t.Fatalf("round %d: the check found %q, %v; want nothing", round, diff, err)
-		}
-		t.Logf("round %d: sync took %v, done before the check: %v", round, took, syncFirst)
-		return syncFirst
+	// Each check stops as it starts reading the kernel, and says whether it
+	// holds the dataplane's lock, until the test lets it go on.
+	reading, goOn := make(chan bool), make(chan struct{})
+	dataplane.SetBeforeDriftRead(dp, func() {
+		reading <- dataplane.Locked(dp)
+		<-goOn
+	})
+	check := func() (done chan struct{}, diff *string, err *error) {
+		done, diff, err = make(chan struct{}), new(string), new(error)
+		go func() { *diff, *err = dp.CheckDrift(); close(done) }()
+		return done, diff, err
 	}
+	// Three checks read the kernel without the lock: a sync goes through
+	// while the check is stopped in its read, and the check, which read a
+	// table being changed, reports nothing.
 	for round := range 3 {
-		if !overlap(round, rulesets[round%2]) {
-			t.Fatalf("round %d: the sync waited for the drift check", round)
+		done, diff, err := check()
+		if <-reading {
+			t.Fatalf("round %d: the check reads the kernel under the dataplane's lock", round)
+		}
+		synced := make(chan error, 1)
+		go func() { synced <- dp.Sync(rulesets[round%2]) }()
+		select {
+		case err := <-synced:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("round %d: the sync waits for the drift check", round)
+		}
+		close(goOn)
+		<-done
+		goOn = make(chan struct{})
+		if *err != nil || *diff != "" {
+			t.Fatalf("round %d: the check found %q, %v; want nothing", round, *diff, *err)
 		}
 	}
-	if overlap(3, rulesets[1]) {
-		t.Fatal("round 3: after three overtaken checks, a sync went through during the fourth")
+	// After three overtaken checks, the fourth holds the lock throughout,
+	// so that drift is found even on a node that never pauses.
+	done, diff, err := check()
+	if !<-reading {
+		t.Fatal("round 3: after three overtaken checks, the fourth reads the kernel without the lock")
+	}
+	close(goOn)
+	<-done
+	if *err != nil || *diff != "" {
+		t.Fatalf("round 3: the check found %q, %v; want nothing", *diff, *err)
 	}
 	if got := dp.Stats.DriftRepairs.Load(); got != 0 {
 		t.Errorf("drift repairs = %d, want 0", got)
