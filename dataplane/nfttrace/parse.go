@@ -24,6 +24,8 @@ type Table struct {
 	Counters map[string]bool
 	Sets     map[string]*Set
 	Chains   map[string]*Chain
+
+	bases map[string][]*Chain // hook -> its base chains in priority order
 }
 
 // Set is a set or verdict map of addresses.
@@ -135,7 +137,11 @@ func Parse(text string) (*Table, error) {
 	if _, ok := next(); ok {
 		return nil, fmt.Errorf("line %d: text after the table", n)
 	}
-	return t, t.check()
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	t.baseChains()
+	return t, nil
 }
 
 func (t *Table) parseCounter(name string, body []string) error {

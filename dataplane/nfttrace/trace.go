@@ -42,6 +42,24 @@ func (r Result) String() string {
 	return fmt.Sprintf("%s ct mark 0x%08x via\n\t%s", r.Verdict, r.CtMark, strings.Join(r.Path, "\n\t"))
 }
 
+// baseChains sorts the base chains of each hook by priority (then name).
+func (t *Table) baseChains() {
+	t.bases = map[string][]*Chain{}
+	for _, c := range t.Chains {
+		if c.Hook != "" {
+			t.bases[c.Hook] = append(t.bases[c.Hook], c)
+		}
+	}
+	for _, cs := range t.bases {
+		slices.SortFunc(cs, func(a, b *Chain) int {
+			if a.Priority != b.Priority {
+				return a.Priority - b.Priority
+			}
+			return strings.Compare(a.Name, b.Name)
+		})
+	}
+}
+
 // maxJumps is the kernel's jump stack (NFT_JUMP_STACK_SIZE).
 const maxJumps = 16
 
@@ -67,21 +85,12 @@ func (t *Table) Trace(p Packet) (Result, error) {
 	}
 	res := &Result{CtMark: p.CtMark}
 	var bases []*Chain
-	for _, hook := range []string{"ingress", p.Hook} {
-		var hs []*Chain
-		for _, c := range t.Chains {
-			if c.Hook == hook && (hook != "ingress" || c.Device == p.Iif && p.Iif != "") {
-				hs = append(hs, c)
-			}
+	for _, c := range t.bases["ingress"] {
+		if c.Device == p.Iif && p.Iif != "" {
+			bases = append(bases, c)
 		}
-		slices.SortFunc(hs, func(a, b *Chain) int {
-			if a.Priority != b.Priority {
-				return a.Priority - b.Priority
-			}
-			return strings.Compare(a.Name, b.Name)
-		})
-		bases = append(bases, hs...)
 	}
+	bases = append(bases, t.bases[p.Hook]...)
 	for _, c := range bases {
 		accepted, err := t.run(c, &p, res)
 		if err != nil {
