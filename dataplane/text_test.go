@@ -23,6 +23,7 @@ var (
 	webNet  = netip.MustParsePrefix("203.0.113.0/24")
 	webNet6 = netip.MustParsePrefix("2001:db8:1::/48")
 	dbNet   = netip.MustParsePrefix("198.51.100.0/24")
+	dbNet6  = netip.MustParsePrefix("2001:db8:2::/48")
 	podNet  = netip.MustParsePrefix("10.88.0.0/24")
 	podNet6 = netip.MustParsePrefix("fd00:88::/64")
 )
@@ -34,7 +35,7 @@ const (
 
 var goldenSets = []Set{
 	{Name: "zone/web", Prefixes: []netip.Prefix{webNet, webNet6, netip.PrefixFrom(a2, 32)}},
-	{Name: "zone/db", Prefixes: []netip.Prefix{dbNet}},
+	{Name: "zone/db", Prefixes: []netip.Prefix{dbNet, dbNet6}},
 }
 
 // goldenWorlds are the rulesets pinned as nft text in testdata/NAME.nft.
@@ -45,7 +46,7 @@ var goldenWorlds = []struct {
 }{
 	{"empty", Config{}, Ruleset{}},
 	{"allow-deny-ports", Config{}, Ruleset{Sets: goldenSets, Endpoints: []Endpoint{{
-		ID: "c1/eth0", IPs: []netip.Addr{a1},
+		ID: "c1/eth0", IPs: []netip.Addr{a1, a1v6},
 		Egress: Policy{Enforced: []Rule{
 			{Peer: "zone/web", Ports: []PortRange{{TCP, 443, 443}, {TCP, 8000, 8100}}, Action: Allow, Origin: oWeb},
 			{Ports: []PortRange{{UDP, 53, 53}}, Action: Allow, Origin: oDNS},
@@ -168,6 +169,8 @@ func TestTraceGoldenWorlds(t *testing.T) {
 		{"allow-deny-ports", "egress port outside the ranges", nfttrace.Packet{Src: a1, Dst: web, Proto: tcp, DPort: 8101}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
 		{"allow-deny-ports", "egress any peer", nfttrace.Packet{Src: a1, Dst: out, Proto: udp, DPort: 53}, "accept", mark(Allow, Allow, oDNS, oDNS), nil},
 		{"allow-deny-ports", "egress icmp", nfttrace.Packet{Src: a1, Dst: db, Proto: icmp, ICMPType: 8}, "accept", mark(Allow, Allow, oDB, oDB), nil},
+		{"allow-deny-ports", "egress icmpv6", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:2::7"), Proto: icmp6, ICMPType: 128}, "accept", mark(Allow, Allow, oDB, oDB), nil},
+		{"allow-deny-ports", "icmp to an ipv6 peer of the other set", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:1::7"), Proto: icmp6, ICMPType: 128}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
 		{"allow-deny-ports", "ingress negated peer", nfttrace.Packet{Src: out, Dst: a1, Proto: sctp, DPort: 9}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
 		{"allow-deny-ports", "ingress from the peer set", nfttrace.Packet{Src: web, Dst: a1, Proto: sctp, DPort: 9}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
 		{"allow-deny-ports", "ingress falls off the list", nfttrace.Packet{Src: web, Dst: a1, Proto: tcp, DPort: 9}, "drop", mark(Deny, Deny, 0, 0), []string{counterNoMatch}},
