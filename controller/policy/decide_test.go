@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"net/netip"
@@ -8,87 +8,89 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/netseg/netseg/api/v1alpha1"
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/controller/policy/policytest"
 )
 
 type outcome struct {
-	Verdict          Verdict
+	Verdict          policy.Verdict
 	Expected         bool
 	Origin           string
 	SrcZone, DstZone string
 }
 
-func summary(d Decision) outcome {
+func summary(d policy.Decision) outcome {
 	return outcome{d.Verdict, d.Expected, d.Origin.String(), d.SrcZone, d.DstZone}
 }
 
-func epPeer(ns, name string) Peer { return Peer{Namespace: ns, Name: name} }
+func epPeer(ns, name string) policy.Peer { return policy.Peer{Namespace: ns, Name: name} }
 
-func addr(s string) Peer { return AddrPeer(netip.MustParseAddr(s)) }
+func addr(s string) policy.Peer { return policy.AddrPeer(netip.MustParseAddr(s)) }
 
 func TestDecide(t *testing.T) {
 	tests := []struct {
 		name     string
-		unzoned  Action
-		src, dst Peer
+		unzoned  policy.Action
+		src, dst policy.Peer
 		port     uint16
-		proto    Protocol
+		proto    policy.Protocol
 		want     outcome
 	}{
-		{"policy allow", "", epPeer("ops", "monitoring"), epPeer("web", "frontend"), 22, TCP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "web"}},
-		{"policy allow in udp port range", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 162, UDP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "payments"}},
-		{"port past the range falls to the defaults", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 163, UDP,
-			outcome{Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
-		{"same port, other protocol", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 161, TCP,
-			outcome{Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
-		{"policy deny from a cidr zone", "", addr("203.0.113.5"), epPeer("pay", "payments"), 443, TCP,
-			outcome{Denied, false, "ZonePolicy perimeter rule no-partners-to-payments", "partners", "payments"}},
-		{"sctp", "", addr("203.0.113.200"), epPeer("web", "frontend"), 3868, SCTP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule partners-to-web", "partners", "web"}},
-		{"icmp never matches a rule with ports", "", addr("203.0.113.200"), epPeer("web", "frontend"), 0, ICMP,
-			outcome{Denied, false, "ZoneDefault partners -> web", "partners", "web"}},
-		{"icmp matches a rule without ports", "", epPeer("shop", "redis"), epPeer("web", "frontend"), 0, ICMP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
-		{"delegate to a service dependency", "", epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, TCP,
-			outcome{Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
-		{"delegate, no dependency covers it", "", epPeer("shop", "checkout"), epPeer("pay", "vault"), 8443, TCP,
-			outcome{Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
-		{"delegate, dependency on another port", "", epPeer("shop", "checkout"), epPeer("pay", "payments"), 8444, TCP,
-			outcome{Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
-		{"no rule matches, cidr dependency", "", epPeer("shop", "checkout"), addr("203.0.113.10"), 443, TCP,
-			outcome{Allowed, true, "ServiceDependency shop/checkout entry card-network", "web", "partners"}},
-		{"outside the dependency's cidr", "", epPeer("shop", "checkout"), addr("203.0.113.200"), 443, TCP,
-			outcome{Denied, false, "ZoneDefault web -> partners", "web", "partners"}},
-		{"monitor policy: would-deny", "", epPeer("misc", "legacy"), epPeer("ops", "monitoring"), 9090, TCP,
-			outcome{WouldDeny, false, "ZonePolicy staged-lockdown rule no-unzoned-to-ops", "unzoned", "ops"}},
-		{"monitor zone: would-deny by its default", "", epPeer("ops", "monitoring"), addr("198.51.100.7"), 80, TCP,
-			outcome{WouldDeny, false, "ZoneDefault ops -> lab", "ops", "lab"}},
-		{"allowed by default is unexpected", "", epPeer("ops", "monitoring"), epPeer("misc", "legacy"), 80, TCP,
-			outcome{Allowed, false, "ZoneDefault ops -> unzoned", "ops", "unzoned"}},
-		{"unzoned to an address in no zone", "", epPeer("misc", "legacy"), addr("192.0.2.1"), 80, UDP,
-			outcome{Allowed, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
-		{"unzoned default deny", Deny, epPeer("misc", "legacy"), addr("192.0.2.1"), 80, UDP,
-			outcome{Denied, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
-		{"star matches an address in no zone", "", epPeer("ops", "monitoring"), addr("192.0.2.1"), 22, TCP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "unzoned"}},
-		{"star matches a cidr zone", "", epPeer("ops", "monitoring"), addr("203.0.113.9"), 22, TCP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "partners"}},
-		{"bare address of an endpoint is that endpoint", "", addr("10.0.2.10"), addr("10.0.3.10"), 8443, TCP,
-			outcome{Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
-		{"endpoint given by labels", "", Peer{Namespace: "shop", Name: "checkout-2", Labels: map[string]string{"app": "checkout"}},
-			epPeer("pay", "payments"), 8443, TCP,
-			outcome{Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
-		{"workload dependency within a zone rule", "", epPeer("web", "frontend"), epPeer("shop", "checkout"), 8080, TCP,
-			outcome{Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
-		{"no dependency from an address", "", addr("192.0.2.1"), epPeer("pay", "payments"), 8443, TCP,
-			outcome{Denied, false, "ZoneDefault unzoned -> payments", "unzoned", "payments"}},
+		{"policy allow", "", epPeer("ops", "monitoring"), epPeer("web", "frontend"), 22, policy.TCP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "web"}},
+		{"policy allow in udp port range", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 162, policy.UDP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "payments"}},
+		{"port past the range falls to the defaults", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 163, policy.UDP,
+			outcome{policy.Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
+		{"same port, other protocol", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 161, policy.TCP,
+			outcome{policy.Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
+		{"policy deny from a cidr zone", "", addr("203.0.113.5"), epPeer("pay", "payments"), 443, policy.TCP,
+			outcome{policy.Denied, false, "ZonePolicy perimeter rule no-partners-to-payments", "partners", "payments"}},
+		{"sctp", "", addr("203.0.113.200"), epPeer("web", "frontend"), 3868, policy.SCTP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule partners-to-web", "partners", "web"}},
+		{"icmp never matches a rule with ports", "", addr("203.0.113.200"), epPeer("web", "frontend"), 0, policy.ICMP,
+			outcome{policy.Denied, false, "ZoneDefault partners -> web", "partners", "web"}},
+		{"icmp matches a rule without ports", "", epPeer("shop", "redis"), epPeer("web", "frontend"), 0, policy.ICMP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
+		{"delegate to a service dependency", "", epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, policy.TCP,
+			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
+		{"delegate, no dependency covers it", "", epPeer("shop", "checkout"), epPeer("pay", "vault"), 8443, policy.TCP,
+			outcome{policy.Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
+		{"delegate, dependency on another port", "", epPeer("shop", "checkout"), epPeer("pay", "payments"), 8444, policy.TCP,
+			outcome{policy.Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
+		{"no rule matches, cidr dependency", "", epPeer("shop", "checkout"), addr("203.0.113.10"), 443, policy.TCP,
+			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry card-network", "web", "partners"}},
+		{"outside the dependency's cidr", "", epPeer("shop", "checkout"), addr("203.0.113.200"), 443, policy.TCP,
+			outcome{policy.Denied, false, "ZoneDefault web -> partners", "web", "partners"}},
+		{"monitor policy: would-deny", "", epPeer("misc", "legacy"), epPeer("ops", "monitoring"), 9090, policy.TCP,
+			outcome{policy.WouldDeny, false, "ZonePolicy staged-lockdown rule no-unzoned-to-ops", "unzoned", "ops"}},
+		{"monitor zone: would-deny by its default", "", epPeer("ops", "monitoring"), addr("198.51.100.7"), 80, policy.TCP,
+			outcome{policy.WouldDeny, false, "ZoneDefault ops -> lab", "ops", "lab"}},
+		{"allowed by default is unexpected", "", epPeer("ops", "monitoring"), epPeer("misc", "legacy"), 80, policy.TCP,
+			outcome{policy.Allowed, false, "ZoneDefault ops -> unzoned", "ops", "unzoned"}},
+		{"unzoned to an address in no zone", "", epPeer("misc", "legacy"), addr("192.0.2.1"), 80, policy.UDP,
+			outcome{policy.Allowed, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
+		{"unzoned default deny", policy.Deny, epPeer("misc", "legacy"), addr("192.0.2.1"), 80, policy.UDP,
+			outcome{policy.Denied, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
+		{"star matches an address in no zone", "", epPeer("ops", "monitoring"), addr("192.0.2.1"), 22, policy.TCP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "unzoned"}},
+		{"star matches a cidr zone", "", epPeer("ops", "monitoring"), addr("203.0.113.9"), 22, policy.TCP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "partners"}},
+		{"bare address of an endpoint is that endpoint", "", addr("10.0.2.10"), addr("10.0.3.10"), 8443, policy.TCP,
+			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
+		{"endpoint given by labels", "", policy.Peer{Namespace: "shop", Name: "checkout-2", Labels: map[string]string{"app": "checkout"}},
+			epPeer("pay", "payments"), 8443, policy.TCP,
+			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
+		{"workload dependency within a zone rule", "", epPeer("web", "frontend"), epPeer("shop", "checkout"), 8080, policy.TCP,
+			outcome{policy.Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
+		{"no dependency from an address", "", addr("192.0.2.1"), epPeer("pay", "payments"), 8443, policy.TCP,
+			outcome{policy.Denied, false, "ZoneDefault unzoned -> payments", "unzoned", "payments"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			in := shopInput()
+			in := policytest.Shop()
 			in.Config.UnzonedDefault = tc.unzoned
-			c := Compile(in)
+			c := policy.Compile(in)
 			if len(c.Errors) > 0 {
 				t.Fatalf("errors: %v", c.Errors)
 			}
@@ -103,36 +105,36 @@ func TestDecide(t *testing.T) {
 // TestDecideDelegateStops checks that a Delegate match skips later
 // ZonePolicy rules, and that Monitor policies only stage.
 func TestDecideDelegateStops(t *testing.T) {
-	in := shopInput()
+	in := policytest.Shop()
 	in.ZonePolicies = append(in.ZonePolicies,
-		mkPolicy("late", 90, "", mkRule("web-to-payments-all", "Allow", []string{"web"}, []string{"payments"})),
-		mkPolicy("staged-allow", 5, "Monitor", mkRule("staged-web-to-vault", "Deny", []string{"web"}, []string{"payments"}, port("TCP", 8443))))
-	c := Compile(in)
-	got := summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "vault"), 9000, TCP))
-	want := outcome{Denied, false, "ZoneDefault web -> payments", "web", "payments"}
+		policytest.ZonePolicy("late", 90, "", policytest.Rule("web-to-payments-all", "Allow", []string{"web"}, []string{"payments"})),
+		policytest.ZonePolicy("staged-allow", 5, "Monitor", policytest.Rule("staged-web-to-vault", "Deny", []string{"web"}, []string{"payments"}, policytest.Port("TCP", 8443))))
+	c := policy.Compile(in)
+	got := summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "vault"), 9000, policy.TCP))
+	want := outcome{policy.Denied, false, "ZoneDefault web -> payments", "web", "payments"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("delegate (-want +got):\n%s", diff)
 	}
-	got = summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, TCP))
-	want = outcome{WouldDeny, false, "ZonePolicy staged-allow rule staged-web-to-vault", "web", "payments"}
+	got = summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, policy.TCP))
+	want = outcome{policy.WouldDeny, false, "ZonePolicy staged-allow rule staged-web-to-vault", "web", "payments"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("monitor policy (-want +got):\n%s", diff)
 	}
 }
 
 func TestZoneMembership(t *testing.T) {
-	in := shopInput()
+	in := policytest.Shop()
 	// tie: same priority as web, selects the shop namespace too.
-	z := mkZone("checkout-zone", 100, "Allow", "", nil)
+	z := policytest.Zone("checkout-zone", 100, "Allow", "", nil)
 	z.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "checkout"}}
 	// lower number wins over web.
-	r := mkZone("cache", 90, "Allow", "", nil)
+	r := policytest.Zone("cache", 90, "Allow", "", nil)
 	r.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "redis"}}
 	// overlapping networks: the lower number wins; equal numbers are an error.
 	in.Zones = append(in.Zones, z, r,
-		mkZone("partners-dmz", 250, "Allow", "", nil, "203.0.113.128/25"),
-		mkZone("lab-twin", 310, "Allow", "", nil, "198.51.100.0/26"))
-	c := Compile(in)
+		policytest.Zone("partners-dmz", 250, "Allow", "", nil, "203.0.113.128/25"),
+		policytest.Zone("lab-twin", 310, "Allow", "", nil, "198.51.100.0/26"))
+	c := policy.Compile(in)
 	var errs []string
 	for _, p := range c.Errors {
 		errs = append(errs, p.String())
@@ -145,7 +147,7 @@ func TestZoneMembership(t *testing.T) {
 		t.Errorf("errors (-want +got):\n%s", diff)
 	}
 	for _, tc := range []struct {
-		peer Peer
+		peer policy.Peer
 		zone string
 	}{
 		{epPeer("shop", "checkout"), "checkout-zone"},
@@ -153,25 +155,25 @@ func TestZoneMembership(t *testing.T) {
 		{addr("203.0.113.200"), "partners-dmz"},
 		{addr("203.0.113.1"), "partners"},
 		{addr("198.51.100.1"), "lab"},
-		{addr("10.0.9.9"), Unzoned},
+		{addr("10.0.9.9"), policy.Unzoned},
 	} {
-		if got := c.Decide(tc.peer, addr("192.0.2.1"), 1, TCP).SrcZone; got != tc.zone {
+		if got := c.Decide(tc.peer, addr("192.0.2.1"), 1, policy.TCP).SrcZone; got != tc.zone {
 			t.Errorf("zone of %v = %s, want %s", tc.peer, got, tc.zone)
 		}
 	}
 }
 
 func TestProblems(t *testing.T) {
-	in := shopInput()
-	in.ZonePolicies = append(in.ZonePolicies, mkPolicy("broken", 30, "",
-		mkRule("to-nowhere", "Allow", []string{"web"}, []string{"nowhere"}),
-		mkRule("shadowed", "Allow", []string{"web"}, []string{"web"}, port("TCP", 80)),
-		mkRule("bad-ports", "Allow", []string{"web"}, []string{"ops"}, port("TCP", 90, 80)),
+	in := policytest.Shop()
+	in.ZonePolicies = append(in.ZonePolicies, policytest.ZonePolicy("broken", 30, "",
+		policytest.Rule("to-nowhere", "Allow", []string{"web"}, []string{"nowhere"}),
+		policytest.Rule("shadowed", "Allow", []string{"web"}, []string{"web"}, policytest.Port("TCP", 80)),
+		policytest.Rule("bad-ports", "Allow", []string{"web"}, []string{"ops"}, policytest.Port("TCP", 90, 80)),
 	))
-	in.ServiceDependencies = append(in.ServiceDependencies, mkSD("shop", "ghost", nil,
-		depService("missing", "", "nothing"),
+	in.ServiceDependencies = append(in.ServiceDependencies, policytest.ServiceDependency("shop", "ghost", nil,
+		policytest.DepService("missing", "", "nothing"),
 		v1alpha1.Dependency{Name: "two-kinds", CIDR: "192.0.2.0/24", Workload: &v1alpha1.WorkloadRef{}}))
-	c := Compile(in)
+	c := policy.Compile(in)
 	var errs, warns []string
 	for _, p := range c.Errors {
 		errs = append(errs, p.String())

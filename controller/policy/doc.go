@@ -4,8 +4,9 @@
 // origins, named peer sets, and for every endpoint ordered first-match rule
 // lists (egress and ingress, enforced and staged) that a dataplane turns
 // into one nftables rule each. Compiled.Decide is the reference decision for
-// one connection; the Trace functions evaluate the rule lists the way the
-// kernel would, and tests hold the two to the same answers.
+// one connection. Tests hold the rule lists to it: this package's tests
+// evaluate the lists directly (a tracer in tracer_test.go), and
+// controller/enforce's trace the nftables rules rendered from them.
 //
 // The compiler is deterministic and order-independent: the same objects,
 // given in any order, duplicated, or applied as Model updates, compile to

@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"net/netip"
@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/controller/policy/policytest"
 )
 
 // FuzzCompile builds a world from the fuzz bytes and checks that compiling
@@ -17,8 +19,8 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte("\x04\x01\x02\x03\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		in := genInput(b)
-		c := Compile(in)
+		in := policytest.Gen(b)
+		c := policy.Compile(in)
 		if bad := checkTracer(c, in); len(bad) > 0 {
 			t.Fatalf("trace and decide disagree:\n%s", strings.Join(bad, "\n"))
 		}
@@ -31,8 +33,8 @@ func FuzzCompile(f *testing.F) {
 		slices.Reverse(rev.ServiceDependencies)
 		rev.Endpoints = slices.Clone(in.Endpoints)
 		slices.Reverse(rev.Endpoints)
-		opt := cmp.Options{cmpopts.IgnoreUnexported(Compiled{}), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})}
-		if diff := cmp.Diff(c, Compile(rev), opt); diff != "" {
+		opt := cmp.Options{cmpopts.IgnoreUnexported(policy.Compiled{}), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})}
+		if diff := cmp.Diff(c, policy.Compile(rev), opt); diff != "" {
 			t.Fatalf("reversed input compiles differently (-want +got):\n%s", diff)
 		}
 	})

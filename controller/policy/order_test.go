@@ -1,4 +1,4 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
@@ -10,9 +10,11 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/netseg/netseg/api/v1alpha1"
+	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/controller/policy/policytest"
 )
 
-func shuffled(in Input, r *rand.Rand) Input {
+func shuffled(in policy.Input, r *rand.Rand) policy.Input {
 	out := in
 	out.Zones = shuffle(in.Zones, r)
 	out.ZonePolicies = shuffle(in.ZonePolicies, r)
@@ -37,14 +39,14 @@ func shuffle[T any](xs []T, r *rand.Rand) []T {
 
 // incremental applies in to a model as a stream of updates: stale
 // versions and strays first, then deletes and the final objects.
-func incremental(in Input, r *rand.Rand) *Compiled {
-	m := NewModel(in.Config)
-	m.UpsertZone(mkZone("stray", 1, "Allow", "", nil, "192.0.2.0/24"))
-	m.UpsertZonePolicy(mkPolicy("stray", 1, "", mkRule("all", "Deny", []string{"*"}, []string{"*"})))
-	m.UpsertServiceDependency(mkSD("n0", "stray", nil, depCIDR("all", "0.0.0.0/0")))
-	m.UpsertEndpoint(ep("n9", "stray", "x", "10.9.9.9"))
-	m.UpsertNamespace(Namespace{Name: "n0", Labels: map[string]string{"stray": "yes"}})
-	m.UpsertService(Service{Namespace: "n0", Name: "svc"})
+func incremental(in policy.Input, r *rand.Rand) *policy.Compiled {
+	m := policy.NewModel(in.Config)
+	m.UpsertZone(policytest.Zone("stray", 1, "Allow", "", nil, "192.0.2.0/24"))
+	m.UpsertZonePolicy(policytest.ZonePolicy("stray", 1, "", policytest.Rule("all", "Deny", []string{"*"}, []string{"*"})))
+	m.UpsertServiceDependency(policytest.ServiceDependency("n0", "stray", nil, policytest.DepCIDR("all", "0.0.0.0/0")))
+	m.UpsertEndpoint(policytest.Endpoint("n9", "stray", "x", "10.9.9.9"))
+	m.UpsertNamespace(policy.Namespace{Name: "n0", Labels: map[string]string{"stray": "yes"}})
+	m.UpsertService(policy.Service{Namespace: "n0", Name: "svc"})
 	for _, e := range in.Endpoints {
 		stale := e
 		stale.IPs = []netip.Addr{netip.MustParseAddr("10.8.8.8")}
@@ -88,20 +90,20 @@ func incremental(in Input, r *rand.Rand) *Compiled {
 
 func TestOrderIndependence(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	inputs := []Input{shopInput()}
+	inputs := []policy.Input{policytest.Shop()}
 	for range 100 {
 		b := make([]byte, 200)
 		for j := range b {
 			b[j] = byte(r.UintN(256))
 		}
-		inputs = append(inputs, genInput(b))
+		inputs = append(inputs, policytest.Gen(b))
 	}
-	opt := cmp.Options{cmpopts.IgnoreUnexported(Compiled{}), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})}
+	opt := cmp.Options{cmpopts.IgnoreUnexported(policy.Compiled{}), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})}
 	for i, in := range inputs {
-		want := Compile(in)
+		want := policy.Compile(in)
 		for k := range 3 {
 			name := fmt.Sprintf("input %d try %d", i, k)
-			if diff := cmp.Diff(want, Compile(shuffled(in, r)), opt); diff != "" {
+			if diff := cmp.Diff(want, policy.Compile(shuffled(in, r)), opt); diff != "" {
 				t.Fatalf("%s: shuffled with duplicates (-want +got):\n%s", name, diff)
 			}
 			got := incremental(in, r)
@@ -110,10 +112,10 @@ func TestOrderIndependence(t *testing.T) {
 			}
 			// The hidden model must agree too: compare decisions.
 			for _, e := range want.Endpoints {
-				for _, a := range probeAddrs {
-					p := AddrPeer(netip.MustParseAddr(a))
-					self := Peer{Namespace: e.Namespace, Name: e.Name}
-					if d1, d2 := want.Decide(self, p, 80, TCP), got.Decide(self, p, 80, TCP); d1 != d2 {
+				for _, a := range policytest.ProbeAddrs {
+					p := policy.AddrPeer(netip.MustParseAddr(a))
+					self := policy.Peer{Namespace: e.Namespace, Name: e.Name}
+					if d1, d2 := want.Decide(self, p, 80, policy.TCP), got.Decide(self, p, 80, policy.TCP); d1 != d2 {
 						t.Fatalf("%s: Decide(%v, %v) = %+v, incremental %+v", name, self, p, d1, d2)
 					}
 				}
@@ -123,7 +125,7 @@ func TestOrderIndependence(t *testing.T) {
 }
 
 func TestOriginIDs(t *testing.T) {
-	c := Compile(shopInput())
+	c := policy.Compile(policytest.Shop())
 	if _, ok := c.Origin(0); ok {
 		t.Error("id 0 must be none")
 	}
@@ -144,7 +146,7 @@ func TestOriginIDs(t *testing.T) {
 	// zone defaults are all pairs of 5 zones and unzoned.
 	n := 0
 	for _, o := range c.Origins {
-		if o.Kind == OriginZoneDefault {
+		if o.Kind == policy.OriginZoneDefault {
 			n++
 		}
 	}

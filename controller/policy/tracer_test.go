@@ -1,5 +1,11 @@
 package policy
 
+// The tracer below is test code: it evaluates a compiled endpoint's rule
+// lists the way the kernel evaluates the chains rendered from them, and
+// the tests in trace_test.go (package policy_test, in the same test
+// binary) hold it to Decide. It lives in package policy because it reads
+// the model's sets and origins directly.
+
 import (
 	"fmt"
 	"net/netip"
