@@ -75,6 +75,11 @@ func New(cfg Config, dial Dialer, links LinkChecker) *Dataplane {
 	return &Dataplane{cfg: cfg, dial: dial, links: links, table: table, sets: &setHandles{table: table}, beforeDriftRead: func() {}}
 }
 
+// LastSyncParts returns the last applied sync's render and commit times.
+func (d *Dataplane) LastSyncParts() (render, commit time.Duration) {
+	return time.Duration(d.Stats.LastRender.Load()), time.Duration(d.Stats.LastCommit.Load())
+}
+
 // Config returns the effective configuration.
 func (d *Dataplane) Config() Config { return d.cfg }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/netseg/netseg/controller/kube"
 	"github.com/netseg/netseg/controller/node"
 	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/dataplane"
 )
 
 func main() {
@@ -174,22 +175,38 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "netseg-agent: give --policy-dir (standalone) or --kubeconfig (Kubernetes); see --help")
 		return 2
 	}
-	var src node.Source // nil: standalone, the agent's directory source
-	if !f.cleanup && f.kubernetes() {
+	metrics := node.NewMetrics()
+	parts := node.Parts{Log: log, Metrics: metrics}
+	cfg := f.cfg.Defaults()
+	switch {
+	case f.cleanup:
+	case f.kubernetes():
 		ks, err := kubeSource(f, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
 			return 2
 		}
-		src = ks
+		parts.Source, parts.OnRecord = ks, ks.ObserveRecord
+	default:
+		parts.Source = node.NewDirSource(cfg.PolicyDir, cfg.PollInterval, log, metrics.PolicyErrors.Inc)
 	}
-	metrics := node.NewMetrics()
-	a, err := node.New(f.cfg, src, log, metrics)
+	ns, err := dataplane.OpenNamespace(cfg.NetNS)
 	if err != nil {
 		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
 		return 2
 	}
-	defer a.Close()
+	defer ns.Close()
+	parts.Kernel = ns
+	parts.Dataplane = dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists)
+	if parts.Registry, err = node.OpenRegistry(cfg.StateDir); err != nil {
+		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
+		return 2
+	}
+	a, err := node.New(cfg, parts)
+	if err != nil {
+		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
+		return 2
+	}
 	if f.cleanup {
 		if err := a.Cleanup(); err != nil {
 			log.Error("cleanup", "err", err)
@@ -204,14 +221,14 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	httpCtx, stopHTTP := context.WithCancel(ctx)
 	waitHTTP, err := a.ServeHTTP(httpCtx, f.healthAddr, f.metricsAddr)
-	// Stop the servers and wait for them before a.Close (deferred earlier,
+	// Stop the servers and wait for them before ns.Close (deferred earlier,
 	// so run later): a scrape in flight reads the kernel's counters.
 	defer func() { stopHTTP(); waitHTTP() }()
 	if err != nil {
 		log.Error("http", "err", err)
 		return 1
 	}
-	if src != nil {
+	if src := parts.Source; src.Mode() != "standalone" {
 		log.Info("netseg-agent starting", "mode", src.Mode(), "apiServer", src.Name(), "node", f.kube.NodeName, "socket", f.cfg.Socket, "stateDir", f.cfg.StateDir)
 	} else {
 		log.Info("netseg-agent starting", "mode", "standalone", "policyDir", f.cfg.PolicyDir, "socket", f.cfg.Socket, "stateDir", f.cfg.StateDir)

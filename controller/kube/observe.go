@@ -10,7 +10,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/netseg/netseg/controller/flowlog"
-	"github.com/netseg/netseg/controller/node"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -28,8 +27,6 @@ type usage struct {
 	mu   sync.Mutex
 	seen map[string]time.Time // namespace/name/entry -> last use
 }
-
-var _ node.RecordObserver = &Source{}
 
 // ObserveRecord acts on flow records (it runs on the flow pipeline's
 // goroutine and does not block):

@@ -18,6 +18,7 @@ import (
 
 	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/controller/enforce"
+	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 )
@@ -107,13 +108,14 @@ func (c Config) Validate() error {
 
 // Agent is the running node agent.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *Metrics
-	ns      *dataplane.Namespace
-	dp      *dataplane.Dataplane
-	reg     *Registry
-	source  Source
+	cfg      Config
+	log      *slog.Logger
+	metrics  *Metrics
+	kernel   Kernel
+	dp       Dataplane
+	reg      *Registry
+	source   Source
+	onRecord func(*flowlog.Record)
 
 	kick     chan struct{}
 	flows    *flowLog
@@ -135,34 +137,21 @@ type Agent struct {
 	flowErr   error // a flow reader that stopped
 }
 
-// New opens the namespace and the registry. src nil means standalone: the
-// policy directory of cfg.
-func New(cfg Config, src Source, log *slog.Logger, m *Metrics) (*Agent, error) {
+// New builds an agent from its parts, for cfg. It opens nothing: the
+// caller made the parts and closes them after Run.
+func New(cfg Config, p Parts) (*Agent, error) {
 	cfg = cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	ns, err := dataplane.OpenNamespace(cfg.NetNS)
-	if err != nil {
-		return nil, err
+	if p.Kernel == nil || p.Dataplane == nil || p.Registry == nil || p.Log == nil || p.Metrics == nil {
+		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
-	reg, err := OpenRegistry(cfg.StateDir)
-	if err != nil {
-		ns.Close()
-		return nil, err
-	}
-	a := &Agent{cfg: cfg, log: log, metrics: m, ns: ns, reg: reg,
-		dp:     dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists),
-		source: src, kick: make(chan struct{}, 1)}
-	if src == nil && cfg.PolicyDir != "" {
-		a.source = NewDirSource(cfg.PolicyDir, cfg.PollInterval, log, m.PolicyErrors.Inc)
-	}
+	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
+		source: p.Source, onRecord: p.OnRecord, kick: make(chan struct{}, 1)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
-
-// Close releases the namespace handle. Rules stay in the kernel.
-func (a *Agent) Close() error { return a.ns.Close() }
 
 // Cleanup removes everything netseg made on this node: the nftables table,
 // the registry and the socket.
@@ -207,7 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // removes their rules.
 func (a *Agent) reconcileRegistry() {
 	removed, err := a.reg.Retain(func(ep agent.Endpoint) bool {
-		return ep.HostIface == "" || a.ns.LinkExists(ep.HostIface)
+		return ep.HostIface == "" || a.kernel.LinkExists(ep.HostIface)
 	})
 	if err != nil {
 		a.log.Error("save registry", "err", err)
@@ -356,9 +345,10 @@ func (a *Agent) syncOnce() error {
 		a.metrics.SyncErrors.Inc()
 		a.log.Error("sync failed", "err", err)
 	} else {
+		render, commit := a.dp.LastSyncParts()
 		a.log.Debug("synced", "endpoints", len(rs.Endpoints), "sets", len(rs.Sets), "took", time.Since(start),
 			"compile", compiledAt.Sub(start), "ruleset", enforcedAt.Sub(compiledAt), "dataplane", time.Since(enforcedAt),
-			"render", time.Duration(a.dp.Stats.LastRender.Load()), "commit", time.Duration(a.dp.Stats.LastCommit.Load()))
+			"render", render, "commit", commit)
 	}
 	a.metrics.Endpoints.Set(float64(len(eps)))
 	a.setSynced(compiled, err, warnings, len(eps))

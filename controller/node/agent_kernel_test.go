@@ -15,6 +15,7 @@ import (
 
 	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/controller/node"
+	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/e2e/lab"
 )
 
@@ -36,6 +37,7 @@ type env struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	agent  *node.Agent
+	ns     *dataplane.Namespace
 }
 
 func copyExamples(t *testing.T, dst string) {
@@ -61,11 +63,26 @@ func (e *env) start() {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	a, err := node.New(node.Config{PolicyDir: e.dir, StateDir: e.state, Socket: e.socket, NetNS: e.node.Path,
-		PollInterval: 50 * time.Millisecond}, nil, log, node.NewMetrics())
+	cfg := node.Config{PolicyDir: e.dir, StateDir: e.state, Socket: e.socket, NetNS: e.node.Path,
+		PollInterval: 50 * time.Millisecond}.Defaults()
+	ns, err := dataplane.OpenNamespace(cfg.NetNS)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	reg, err := node.OpenRegistry(cfg.StateDir)
+	if err != nil {
+		ns.Close()
+		e.t.Fatal(err)
+	}
+	metrics := node.NewMetrics()
+	a, err := node.New(cfg, node.Parts{Kernel: ns, Dataplane: dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists),
+		Registry: reg, Source: node.NewDirSource(cfg.PolicyDir, cfg.PollInterval, log, metrics.PolicyErrors.Inc),
+		Log: log, Metrics: metrics})
+	if err != nil {
+		ns.Close()
+		e.t.Fatal(err)
+	}
+	e.ns = ns
 	ctx, cancel := context.WithCancel(context.Background())
 	e.agent, e.cancel, e.done = a, cancel, make(chan struct{})
 	go func() {
@@ -90,7 +107,7 @@ func (e *env) stop() {
 	}
 	e.cancel()
 	<-e.done
-	e.agent.Close()
+	e.ns.Close()
 	e.cancel = nil
 }
 

@@ -32,13 +32,6 @@ type FlowConfig struct {
 	Node string
 }
 
-// RecordObserver is implemented by sources that act on flow records: in
-// Kubernetes mode, Events on the source Pod for alerts and the last use of
-// each ServiceDependency entry. ObserveRecord must not block.
-type RecordObserver interface {
-	ObserveRecord(*flowlog.Record)
-}
-
 // flowLog runs the readers and the pipeline.
 type flowLog struct {
 	pipe            *flowlog.Pipeline
@@ -56,7 +49,7 @@ func (a *Agent) startFlows(ctx context.Context) (*flowLog, error) {
 	if fc.FlowLog == "" {
 		return nil, nil
 	}
-	fd := a.ns.Fd()
+	fd := a.kernel.Fd()
 	if err := flows.EnableAccounting(fd); err != nil {
 		return nil, fmt.Errorf("flow log: %w", err)
 	}
@@ -79,9 +72,7 @@ func (a *Agent) startFlows(ctx context.Context) (*flowLog, error) {
 	}
 	empty := flowlog.NewPolicyResolver(policy.Compile(policy.Input{}), nil, nil)
 	pcfg := flowlog.Config{Node: fc.Node, FlowInterval: fc.Interval}
-	if obs, ok := a.source.(RecordObserver); ok {
-		pcfg.OnRecord = obs.ObserveRecord
-	}
+	pcfg.OnRecord = a.onRecord
 	f.pipe = flowlog.New(pcfg, f.flowOut, f.alerts, empty,
 		flowlog.Sources{Dump: f.ct.Dump, Counters: a.dp.CounterValues, Overflows: flowlog.ReaderOverflows(f.nl, f.ct)})
 	a.metrics.Registry.MustRegister(f.pipe.Collectors()...)

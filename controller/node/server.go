@@ -157,7 +157,7 @@ func (a *Agent) Handle(ctx context.Context, req agent.Request) (*agent.Response,
 // add registers the endpoint and answers once a sync that includes it has
 // put its rules in the kernel, verified by reading them back.
 func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response) error {
-	if ep.HostIface != "" && !a.ns.LinkExists(ep.HostIface) {
+	if ep.HostIface != "" && !a.kernel.LinkExists(ep.HostIface) {
 		return fmt.Errorf("endpoint %s: host interface %q does not exist on this node", EndpointID(ep.Attachment), ep.HostIface)
 	}
 	if err := a.reg.Put(ep); err != nil {

@@ -1,0 +1,55 @@
+package node
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/dataplane"
+)
+
+// Parts are what an agent is made of. cmd/netseg-agent, the composition
+// root, builds them (the namespace handle, the registry, the dataplane,
+// the policy source) and owns their lifetimes; the agent receives them as
+// the small interfaces below.
+type Parts struct {
+	Kernel    Kernel
+	Dataplane Dataplane
+	Registry  *Registry
+	// Source supplies policy; nil only for an agent that is built to
+	// Cleanup.
+	Source Source
+	// OnRecord, when set, receives every flow record the flow log writes
+	// (Kubernetes mode: Events for alerts, the last use of dependencies).
+	// It must not block.
+	OnRecord func(*flowlog.Record)
+	Log      *slog.Logger
+	Metrics  *Metrics
+}
+
+// Kernel is the node's network namespace as the agent uses it: whether a
+// host interface exists, and a handle to open the flow readers' sockets in.
+type Kernel interface {
+	LinkExists(name string) bool
+	Fd() int
+}
+
+// Dataplane is the node's nftables table as the agent keeps it in step.
+type Dataplane interface {
+	Sync(*dataplane.Ruleset) error
+	// Collect deletes what syncs left behind; Garbage says whether there is any.
+	Collect() error
+	Garbage() bool
+	CheckDrift() (string, error)
+	CheckEndpoint(id string) error
+	CheckEndpointChains(id string) error
+	CounterValues() (map[string]uint64, error)
+	// LastSyncParts: the last applied sync's render and commit times.
+	LastSyncParts() (render, commit time.Duration)
+	Cleanup() error
+}
+
+var (
+	_ Dataplane = (*dataplane.Dataplane)(nil)
+	_ Kernel    = (*dataplane.Namespace)(nil)
+)
