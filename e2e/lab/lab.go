@@ -22,7 +22,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"testing"
 )
 
 // Prefix starts the name of every namespace a lab creates:
@@ -35,8 +34,9 @@ const netnsDir = "/var/run/netns"
 var seq atomic.Int64
 
 // T is what a lab needs from its owner: a *testing.T or *testing.B, or a
-// program such as netsegctl's demo that implements the same calls
-// (Fatalf must not return).
+// program such as the demo (e2e/demo) that implements the same calls
+// (Fatalf must not return). The lab does not import the testing package,
+// so a program that uses it links no test code.
 type T interface {
 	Helper()
 	Fatalf(format string, args ...any)
@@ -45,8 +45,6 @@ type T interface {
 	Cleanup(func())
 	TempDir() string
 }
-
-var _ T = testing.TB(nil)
 
 // Lab owns the namespaces of one test and everything inside them.
 type Lab struct {
@@ -189,6 +187,9 @@ func processAlive(pid int) bool {
 	return err == nil || err == syscall.EPERM
 }
 
+// Runner is the part of *testing.M that Main uses.
+type Runner interface{ Run() int }
+
 // Main wraps testing.M for packages with kernel tests: it sweeps stale lab
 // namespaces first, and after the run fails the binary if this process left
 // a lab namespace or a new host nftables table behind. The after functions
@@ -196,7 +197,7 @@ func processAlive(pid int) bool {
 // return), e.g. to remove a directory TestMain made.
 //
 //	func TestMain(m *testing.M) { lab.Main(m) }
-func Main(m *testing.M, after ...func()) {
+func Main(m Runner, after ...func()) {
 	if os.Geteuid() == 0 {
 		if removed, err := SweepStale(); err != nil {
 			fmt.Fprintf(os.Stderr, "lab: sweep stale namespaces: %v\n", err)
