@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane/flows"
@@ -36,7 +37,7 @@ type FlowConfig struct {
 // Kubernetes mode, Events on the source Pod for alerts and the last use of
 // each ServiceDependency entry. ObserveRecord must not block.
 type RecordObserver interface {
-	ObserveRecord(*flowlog.Record)
+	ObserveRecord(*flow.Record)
 }
 
 // flowLog runs the readers and the pipeline.
