@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/dataplane/flows"
 	"github.com/netseg/netseg/e2e/lab"
@@ -148,11 +148,11 @@ func conntrackLoad(b *testing.B, l *lab.Lab, name string) (*lab.Netns, lab.Load)
 // countPairRecords counts final flow records from src to dst, and the
 // connections the agent reported lost, in the log and its rotated files.
 func countPairRecords(b *testing.B, path string, src, dst netip.Addr) (recorded, lost int64) {
-	_ = flowquery.Read(path, &flowquery.Filter{}, func(r *flowlog.Record) {
+	_ = flowquery.Read(path, &flowquery.Filter{}, func(r *flow.Record) {
 		switch {
-		case r.Kind == flowlog.KindFlow && r.Report == flowlog.ReportFinal && r.Src.IP == src.String() && r.Dst.IP == dst.String():
+		case r.Kind == flow.KindFlow && r.Report == flow.ReportFinal && r.Src.IP == src.String() && r.Dst.IP == dst.String():
 			recorded++
-		case r.Kind == flowlog.KindLost && r.Unit == flowlog.UnitConnections:
+		case r.Kind == flow.KindLost && r.Unit == flow.UnitConnections:
 			lost += int64(r.Count)
 		}
 	}, nil)

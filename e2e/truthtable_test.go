@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/e2e/lab"
 )
@@ -89,7 +89,7 @@ func checkFlowLogs(t *testing.T, cases []*truthCase) {
 	deadline := time.Now().Add(20 * time.Second)
 	var missing []string
 	for {
-		logs := map[string]map[struct{ src, dst, port string }]*flowlog.Record{}
+		logs := map[string]map[struct{ src, dst, port string }]*flow.Record{}
 		missing = missing[:0]
 		for _, c := range cases {
 			if logs[c.log] == nil {
@@ -207,10 +207,10 @@ func TestTruthTableStandalone(t *testing.T) {
 }
 
 // readFlows indexes the flow records by (src ip, dst ip, "port/PROTO").
-func readFlows(path string) map[struct{ src, dst, port string }]*flowlog.Record {
-	out := map[struct{ src, dst, port string }]*flowlog.Record{}
-	_ = flowquery.Read(path, &flowquery.Filter{}, func(r *flowlog.Record) {
-		if r.Kind == flowlog.KindFlow && r.Src != nil && r.Dst != nil && r.Origin != nil {
+func readFlows(path string) map[struct{ src, dst, port string }]*flow.Record {
+	out := map[struct{ src, dst, port string }]*flow.Record{}
+	_ = flowquery.Read(path, &flowquery.Filter{}, func(r *flow.Record) {
+		if r.Kind == flow.KindFlow && r.Src != nil && r.Dst != nil && r.Origin != nil {
 			out[struct{ src, dst, port string }{r.Src.IP, r.Dst.IP, fmt.Sprintf("%d/%s", r.Dst.Port, r.Protocol)}] = r
 		}
 	}, nil)

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowquery"
 )
 
@@ -116,8 +116,8 @@ func runRecords(cmd string, args []string, stdout, stderr io.Writer) int {
 	}
 	var table *flowquery.Table
 	enc := json.NewEncoder(stdout)
-	emit := func(r *flowlog.Record) {
-		if cmd == "alerts" && r.Kind != flowlog.KindAlert {
+	emit := func(r *flow.Record) {
+		if cmd == "alerts" && r.Kind != flow.KindAlert {
 			return
 		}
 		if *out == "json" {

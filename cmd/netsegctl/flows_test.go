@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
@@ -18,23 +19,23 @@ import (
 // Test conventions: pods on 10.88.0.0/24, a partner at 203.0.113.10.
 var tFlow = time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)
 
-func flowRec(i int, src, dst flowlog.Endpoint, verdict string, expected bool, kind policy.OriginKind) flowlog.Record {
+func flowRec(i int, src, dst flow.Endpoint, verdict string, expected bool, kind policy.OriginKind) flow.Record {
 	e := expected
-	return flowlog.Record{Schema: flowlog.Schema, Kind: flowlog.KindFlow, Report: flowlog.ReportFinal, Node: "n1",
+	return flow.Record{Schema: flow.Schema, Kind: flow.KindFlow, Report: flow.ReportFinal, Node: "n1",
 		Start: tFlow.Add(time.Duration(i) * time.Minute), End: tFlow.Add(time.Duration(i)*time.Minute + time.Second),
 		Protocol: "TCP", Src: &src, Dst: &dst, Direction: "egress", Verdict: verdict, Expected: &e,
 		Origin: &policy.Origin{ID: uint16(i), Kind: kind, Name: "p", Rule: "r"}, PacketsToDst: 3, BytesToDst: 300}
 }
 
 var (
-	web     = flowlog.Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "web-1", Zone: "web", Labels: map[string]string{"app": "web"}}
-	api     = flowlog.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}
-	apiSSH  = flowlog.Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}
-	batch   = flowlog.Endpoint{IP: "10.88.0.4", Port: 41000, Namespace: "jobs", Name: "batch-7", Zone: "unzoned"}
-	partner = flowlog.Endpoint{IP: "203.0.113.10", Port: 443, Zone: "partners"}
+	web     = flow.Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "web-1", Zone: "web", Labels: map[string]string{"app": "web"}}
+	api     = flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}
+	apiSSH  = flow.Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}
+	batch   = flow.Endpoint{IP: "10.88.0.4", Port: 41000, Namespace: "jobs", Name: "batch-7", Zone: "unzoned"}
+	partner = flow.Endpoint{IP: "203.0.113.10", Port: 443, Zone: "partners"}
 )
 
-func writeLog(t *testing.T, recs ...flowlog.Record) string {
+func writeLog(t *testing.T, recs ...flow.Record) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "flows.log")
 	var b strings.Builder
@@ -55,7 +56,7 @@ func sampleLog(t *testing.T) string {
 		flowRec(3, web, apiSSH, "would-deny", false, policy.OriginZonePolicy),
 		flowRec(4, batch, api, "denied", false, policy.OriginZoneDefault),
 		flowRec(5, batch, api, "allowed", false, policy.OriginZoneDefault),
-		flowlog.Record{Schema: flowlog.Schema, Kind: flowlog.KindLost, Start: tFlow, End: tFlow.Add(time.Minute), Cause: "queue-full", Unit: "connections", Count: 2},
+		flow.Record{Schema: flow.Schema, Kind: flow.KindLost, Start: tFlow, End: tFlow.Add(time.Minute), Cause: "queue-full", Unit: "connections", Count: 2},
 	)
 }
 
@@ -71,11 +72,11 @@ func jsonStarts(t *testing.T, args ...string) []int {
 		if line == "" {
 			continue
 		}
-		var r flowlog.Record
+		var r flow.Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Kind == flowlog.KindLost {
+		if r.Kind == flow.KindLost {
 			got = append(got, -1)
 			continue
 		}
@@ -137,7 +138,7 @@ func TestFlowsReadsRotatedFilesAndFollows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	write := func(r flowlog.Record) {
+	write := func(r flow.Record) {
 		b, _ := json.Marshal(r)
 		if _, err := l.Write(append(b, '\n')); err != nil {
 			t.Fatal(err)
@@ -174,8 +175,8 @@ func TestFlowsReadsRotatedFilesAndFollows(t *testing.T) {
 
 func TestAlerts(t *testing.T) {
 	f := false
-	alert := flowlog.Record{Schema: flowlog.Schema, Kind: flowlog.KindAlert, Start: tFlow, End: tFlow.Add(time.Hour), Protocol: "TCP",
-		Src: &flowlog.Endpoint{IP: "10.88.0.2", Namespace: "shop", Name: "web-1", Zone: "web"}, Dst: &partner, Verdict: "allowed",
+	alert := flow.Record{Schema: flow.Schema, Kind: flow.KindAlert, Start: tFlow, End: tFlow.Add(time.Hour), Protocol: "TCP",
+		Src: &flow.Endpoint{IP: "10.88.0.2", Namespace: "shop", Name: "web-1", Zone: "web"}, Dst: &partner, Verdict: "allowed",
 		Expected: &f, Count: 7, Origin: &policy.Origin{ID: 3, Kind: policy.OriginZoneDefault, FromZone: "web", ToZone: "partners"}}
 	path := writeLog(t, alert)
 	code, out, errOut := runCmd("alerts", "-f", path, "--to", "zone:partners")

@@ -18,7 +18,6 @@ Usage:
   netsegctl explain --from NS/NAME --to NS/NAME --port PORT [-o json]   (live, via the agent)
   netsegctl status [--socket PATH]      the running agent's state
   netsegctl endpoints [--socket PATH]   endpoints registered with the agent
-  netsegctl demo [--rounds N]           run netseg on a lab node with examples/ (root)
   netsegctl flows [-f FILE] [--follow] [--from X] [--to X] [--port P[/PROTO]] [--verdict V] [--unexpected] [--since DUR|TIME] [--until TIME] [-o json|table]
   netsegctl alerts [-f FILE] [--follow] [filters as for flows] [-o json|table]
   netsegctl recommend -f FILE --since 24h [--policy-dir DIR]
@@ -42,8 +41,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runStatus(args[1:], stdout, stderr)
 	case "endpoints":
 		return runEndpoints(args[1:], stdout, stderr)
-	case "demo":
-		return runDemo(args[1:], stdout, stderr)
 	case "flows":
 		return runFlows(args[1:], stdout, stderr)
 	case "alerts":

@@ -3,7 +3,7 @@ package flowlog
 import (
 	"time"
 
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/flow"
 )
 
 // alertKey folds unexpected connections: source and destination workload
@@ -16,7 +16,7 @@ type alertKey struct {
 }
 
 type alert struct {
-	rec         Record // the alert as last written, updated in place
+	rec         flow.Record // the alert as last written, updated in place
 	dirty       bool
 	lastWritten time.Time
 }
@@ -24,7 +24,7 @@ type alert struct {
 // fold counts an unexpected flow record into its alert: Count is the
 // connections (attempts, for denied aggregates) folded. A new key is written at once; later changes at most
 // once per interval (updateAlerts).
-func (p *Pipeline) fold(r *Record) {
+func (p *Pipeline) fold(r *flow.Record) {
 	k := alertKey{src: r.Src.Workload(), dst: r.Dst.Workload(), port: r.Dst.Port, proto: r.Protocol, verdict: r.Verdict}
 	// A connection counts once: in its first record (the first interim
 	// one, or the final one when there was none).
@@ -36,12 +36,12 @@ func (p *Pipeline) fold(r *Record) {
 	a, ok := p.alertsByKey[k]
 	if !ok {
 		if len(p.alertsByKey) >= p.cfg.MaxAlerts {
-			p.lose(CauseAlertTableFull, UnitConnections, n)
+			p.lose(flow.CauseAlertTableFull, flow.UnitConnections, n)
 			return
 		}
 		src, dst := *r.Src, *r.Dst
 		src.Port = 0
-		var origin *policy.Origin
+		var origin *flow.Origin
 		if r.Origin != nil {
 			o := *r.Origin
 			origin = &o
@@ -52,7 +52,7 @@ func (p *Pipeline) fold(r *Record) {
 			icmp = &t
 		}
 		f := false
-		a = &alert{rec: Record{Kind: KindAlert, Start: r.Start, End: r.End, Protocol: r.Protocol,
+		a = &alert{rec: flow.Record{Kind: flow.KindAlert, Start: r.Start, End: r.End, Protocol: r.Protocol,
 			Src: &src, Dst: &dst, ICMPType: icmp, Verdict: r.Verdict, Origin: origin, Expected: &f}}
 		p.alertsByKey[k] = a
 		a.rec.Count = n

@@ -1,9 +1,11 @@
 package flowlog
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
@@ -68,7 +70,7 @@ func (p *Pipeline) conn(ev flows.ConnEvent) {
 		delete(p.open, k)
 		delete(p.missing, k)
 		start := firstNonZero(ev.Start, ev.Time)
-		rec := p.connRecord(&ev, ReportFinal, start)
+		rec := p.connRecord(&ev, flow.ReportFinal, start)
 		rec.End = firstNonZero(ev.Stop, ev.Time)
 		if of != nil && !of.reportedUntil.IsZero() {
 			p.connStart(rec, start)
@@ -96,8 +98,8 @@ func firstNonZero(ts ...time.Time) time.Time {
 // record once written (alerts copy what they keep), so a busy node's
 // twelve thousand records a second are built without allocating.
 type recordParts struct {
-	rec       Record
-	src, dst  Endpoint
+	rec       flow.Record
+	src, dst  flow.Endpoint
 	origin    policy.Origin
 	expected  bool
 	icmp      uint8
@@ -107,10 +109,10 @@ type recordParts struct {
 // connRecord builds a flow record of a conntrack entry with its full
 // counters; callers adjust the interval, and write it before building
 // another.
-func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Time) *Record {
+func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Time) *flow.Record {
 	verdict, origin := ev.Mark.Decision()
 	rec := &p.parts.rec
-	*rec = Record{Kind: KindFlow, Report: report, Start: start, End: ev.Time,
+	*rec = flow.Record{Kind: flow.KindFlow, Report: report, Start: start, End: ev.Time,
 		PacketsToDst: ev.Orig.Packets, BytesToDst: ev.Orig.Bytes,
 		PacketsToSrc: ev.Reply.Packets, BytesToSrc: ev.Reply.Bytes}
 	p.describe(rec, ev.Proto, ev.Src, ev.Dst, ev.ICMPType, verdict, origin, start)
@@ -119,13 +121,13 @@ func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Tim
 
 // connStart sets rec's connection start (a record that covers part of a
 // connection).
-func (p *Pipeline) connStart(rec *Record, t time.Time) {
+func (p *Pipeline) connStart(rec *flow.Record, t time.Time) {
 	p.parts.connStart = t
 	rec.ConnStart = &p.parts.connStart
 }
 
 // describe fills the connection's names, verdict, origin and expected flag.
-func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, connStart time.Time) {
+func (p *Pipeline) describe(rec *flow.Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, connStart time.Time) {
 	tr := p.resolverAt(connStart)
 	res := tr.r
 	rec.Protocol = ProtocolName(proto)
@@ -158,8 +160,8 @@ func (p *Pipeline) describe(rec *Record, proto dataplane.Protocol, src, dst neti
 
 // endpoint fills e with the address and what peer (the address resolved
 // under tr) names.
-func (p *Pipeline) endpoint(e *Endpoint, tr timedResolver, ap netip.AddrPort, peer *Peer) *Endpoint {
-	*e = Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone,
+func (p *Pipeline) endpoint(e *flow.Endpoint, tr timedResolver, ap netip.AddrPort, peer *Peer) *flow.Endpoint {
+	*e = flow.Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone,
 		Labels: p.selectedLabels(tr.gen, peer)}
 	return e
 }
@@ -198,7 +200,7 @@ func (p *Pipeline) selectedLabels(gen uint64, peer *Peer) map[string]string {
 	return m
 }
 
-func (p *Pipeline) emitFlow(rec *Record) {
+func (p *Pipeline) emitFlow(rec *flow.Record) {
 	p.write(rec)
 	if !rec.IsExpected() {
 		p.fold(rec)
@@ -222,7 +224,7 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 		if !ok {
 			if len(p.open) >= p.cfg.MaxOpenFlows {
 				if now.Sub(start) >= p.cfg.FlowInterval {
-					p.lose(CauseOpenTableFull, UnitRecords, 1)
+					p.lose(flow.CauseOpenTableFull, flow.UnitRecords, 1)
 				}
 				continue
 			}
@@ -233,7 +235,7 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 		if now.Sub(from) < p.cfg.FlowInterval {
 			continue
 		}
-		rec := p.connRecord(ev, ReportInterim, from)
+		rec := p.connRecord(ev, flow.ReportInterim, from)
 		rec.End = now
 		p.connStart(rec, of.connStart)
 		rec.PacketsToDst -= of.orig.Packets
@@ -276,7 +278,7 @@ func (p *Pipeline) packet(pkt flows.Packet) {
 	a, ok := p.denied[k]
 	if !ok {
 		if len(p.denied) >= p.cfg.MaxDenied {
-			p.lose(CauseDeniedTableFull, UnitPackets, 1)
+			p.lose(flow.CauseDeniedTableFull, flow.UnitPackets, 1)
 			return
 		}
 		a = &aggregate{first: pkt.Time, mark: pkt.Mark, icmp: icmp, icmpType: pkt.ICMPType}
@@ -296,10 +298,27 @@ func (p *Pipeline) packet(pkt flows.Packet) {
 func (p *Pipeline) flushDenied(now time.Time) {
 	for k, a := range p.denied {
 		verdict, origin := a.mark.Decision()
-		rec := &Record{Kind: KindFlow, Report: ReportAggregate, Start: a.first, End: a.last,
+		rec := &flow.Record{Kind: flow.KindFlow, Report: flow.ReportAggregate, Start: a.first, End: a.last,
 			PacketsToDst: a.packets, BytesToDst: a.bytes}
 		p.describe(rec, k.proto, k.src, k.dst, a.icmpType, verdict, origin, a.first)
 		p.emitFlow(rec)
 		delete(p.denied, k)
 	}
+}
+
+// ProtocolName names an IP protocol number as records do.
+func ProtocolName(p dataplane.Protocol) string {
+	switch p {
+	case dataplane.TCP:
+		return "TCP"
+	case dataplane.UDP:
+		return "UDP"
+	case dataplane.SCTP:
+		return "SCTP"
+	case dataplane.ICMP:
+		return "ICMP"
+	case dataplane.ICMPv6:
+		return "ICMPv6"
+	}
+	return fmt.Sprintf("%d", uint8(p))
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/flow"
 )
 
 // appendRecord appends r as a JSON object: exactly the bytes
@@ -15,7 +15,7 @@ import (
 // RFC 3339 times with nanoseconds; TestAppendRecord holds it to that),
 // without reflection and without allocating. At ten thousand connections
 // a second the reflective encoder was the pipeline's largest cost.
-func appendRecord(b []byte, r *Record) []byte {
+func appendRecord(b []byte, r *flow.Record) []byte {
 	b = append(b, `{"schema":`...)
 	b = appendString(b, r.Schema)
 	b = append(b, `,"kind":`...)
@@ -63,7 +63,7 @@ func appendRecord(b []byte, r *Record) []byte {
 	return append(b, '}')
 }
 
-func appendEndpoint(b []byte, e *Endpoint) []byte {
+func appendEndpoint(b []byte, e *flow.Endpoint) []byte {
 	b = append(b, '{')
 	n := len(b)
 	b = appendStringField(b, "ip", e.IP)
@@ -92,7 +92,7 @@ func appendEndpoint(b []byte, e *Endpoint) []byte {
 	return closeObject(b, n)
 }
 
-func appendOrigin(b []byte, o *policy.Origin) []byte {
+func appendOrigin(b []byte, o *flow.Origin) []byte {
 	b = append(b, `{"id":`...)
 	b = strconv.AppendUint(b, uint64(o.ID), 10)
 	b = append(b, `,"kind":`...)

@@ -6,11 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/policy"
 )
 
 // fill sets every field reachable from v (pointers allocated, maps given
-// two keys) to a value built from s: a field added to Record later is
+// two keys) to a value built from s: a field added to flow.Record later is
 // then covered by TestAppendRecord without editing it.
 func fill(v reflect.Value, s string, n uint64) {
 	switch v.Kind() {
@@ -43,22 +44,22 @@ func fill(v reflect.Value, s string, n uint64) {
 }
 
 func TestAppendRecord(t *testing.T) {
-	var full Record
+	var full flow.Record
 	fill(reflect.ValueOf(&full).Elem(), "x", 1)
 	f := false
 	var zeroICMP uint8
 	odd := "quote\" back\\ tab\t nl\n ctl\x01 html<>& é \u2028 bad\xff"
-	records := map[string]*Record{
+	records := map[string]*flow.Record{
 		"every field": &full,
 		"zero":        {},
-		"flow": {Schema: Schema, Kind: KindFlow, Report: ReportFinal, Start: time.Unix(1_700_000_000, 123), End: time.Unix(1_700_000_001, 0).UTC(),
-			Protocol: "TCP", Src: &Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "checkout", Zone: "web", Labels: map[string]string{"app": "checkout", "tier": "front", "a": "b"}},
-			Dst:       &Endpoint{IP: "fd00::3"},
+		"flow": {Schema: flow.Schema, Kind: flow.KindFlow, Report: flow.ReportFinal, Start: time.Unix(1_700_000_000, 123), End: time.Unix(1_700_000_001, 0).UTC(),
+			Protocol: "TCP", Src: &flow.Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "checkout", Zone: "web", Labels: map[string]string{"app": "checkout", "tier": "front", "a": "b"}},
+			Dst:       &flow.Endpoint{IP: "fd00::3"},
 			Direction: "egress", Verdict: "allowed", Origin: &policy.Origin{ID: 0, Kind: policy.OriginServiceDependency}, Expected: &f},
-		"icmp type 0": {Kind: KindFlow, ICMPType: &zeroICMP, Src: &Endpoint{}, Dst: &Endpoint{Port: 1}},
-		"escaping": {Schema: odd, Node: odd, Src: &Endpoint{Name: odd, Labels: map[string]string{odd: odd}},
+		"icmp type 0": {Kind: flow.KindFlow, ICMPType: &zeroICMP, Src: &flow.Endpoint{}, Dst: &flow.Endpoint{Port: 1}},
+		"escaping": {Schema: odd, Node: odd, Src: &flow.Endpoint{Name: odd, Labels: map[string]string{odd: odd}},
 			Origin: &policy.Origin{Kind: policy.OriginKind(odd), Rule: odd}},
-		"lost": {Schema: Schema, Kind: KindLost, Cause: CauseQueueFull, Unit: UnitConnections, Count: 1 << 40},
+		"lost": {Schema: flow.Schema, Kind: flow.KindLost, Cause: flow.CauseQueueFull, Unit: flow.UnitConnections, Count: 1 << 40},
 	}
 	for name, r := range records {
 		want, err := json.Marshal(r)
@@ -90,9 +91,9 @@ func TestAppendStringEachByte(t *testing.T) {
 
 func BenchmarkEncodeRecord(b *testing.B) {
 	yes := true
-	r := &Record{Schema: Schema, Kind: KindFlow, Report: ReportFinal, Node: "node-1", Start: time.Now(), End: time.Now(),
-		Protocol: "TCP", Src: &Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "checkout", Zone: "web", Labels: map[string]string{"app": "checkout"}},
-		Dst:       &Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "pay", Name: "payments", Zone: "pci", Labels: map[string]string{"app": "payments"}},
+	r := &flow.Record{Schema: flow.Schema, Kind: flow.KindFlow, Report: flow.ReportFinal, Node: "node-1", Start: time.Now(), End: time.Now(),
+		Protocol: "TCP", Src: &flow.Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "checkout", Zone: "web", Labels: map[string]string{"app": "checkout"}},
+		Dst:       &flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "pay", Name: "payments", Zone: "pci", Labels: map[string]string{"app": "payments"}},
 		Direction: "egress", Verdict: "allowed", Origin: &policy.Origin{ID: 12, Kind: policy.OriginServiceDependency, Name: "checkout", Namespace: "shop", Rule: "payments"},
 		Expected: &yes, PacketsToDst: 5, BytesToDst: 300, PacketsToSrc: 4, BytesToSrc: 250}
 	b.Run("append", func(b *testing.B) {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/controller/policy"
@@ -187,10 +188,10 @@ func (ag *agent) stop(t testing.TB) {
 	ag.alerts.Close()
 }
 
-func readAll(t testing.TB, path string, f *flowquery.Filter) []*flowlog.Record {
+func readAll(t testing.TB, path string, f *flowquery.Filter) []*flow.Record {
 	t.Helper()
-	var out []*flowlog.Record
-	if err := flowquery.Read(path, f, func(r *flowlog.Record) { out = append(out, r) }, func(err error) { t.Error(err) }); err != nil {
+	var out []*flow.Record
+	if err := flowquery.Read(path, f, func(r *flow.Record) { out = append(out, r) }, func(err error) { t.Error(err) }); err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -244,7 +245,7 @@ func TestFlowRecords(t *testing.T) {
 	for {
 		got := map[uint16]bool{}
 		for _, r := range readAll(t, ag.path, &flowquery.Filter{}) {
-			if r.Kind == flowlog.KindFlow {
+			if r.Kind == flow.KindFlow {
 				got[r.Dst.Port] = true
 			}
 		}
@@ -261,9 +262,9 @@ func TestFlowRecords(t *testing.T) {
 	}
 	ag.stop(t)
 
-	byPort := map[uint16][]*flowlog.Record{}
+	byPort := map[uint16][]*flow.Record{}
 	for _, r := range readAll(t, ag.path, &flowquery.Filter{}) {
-		if r.Kind != flowlog.KindFlow {
+		if r.Kind != flow.KindFlow {
 			t.Errorf("unexpected %s record: %+v", r.Kind, r)
 			continue
 		}
@@ -292,7 +293,7 @@ func TestFlowRecords(t *testing.T) {
 		}
 		t.Logf("8080: %d bytes sent each way; record %d/%d bytes, %d/%d packets", sent, r.BytesToDst, r.BytesToSrc, r.PacketsToDst, r.PacketsToSrc)
 	}
-	if r := byPort[7070]; len(r) == 1 && (r[0].PacketsToDst < 2 || r[0].Report != flowlog.ReportAggregate || r[0].Origin.ID != oDeny) {
+	if r := byPort[7070]; len(r) == 1 && (r[0].PacketsToDst < 2 || r[0].Report != flow.ReportAggregate || r[0].Origin.ID != oDeny) {
 		t.Errorf("7070 record: %d packets (want the SYN and its retries), report %s, origin %+v", r[0].PacketsToDst, r[0].Report, r[0].Origin)
 	}
 	if r := byPort[9090]; len(r) == 1 && r[0].Origin.ID != oStagedDeny {
@@ -383,9 +384,9 @@ func TestFlood(t *testing.T) {
 	lines, flood, interim := 0, 0, 0
 	other := map[string]int{}
 	for _, r := range readAll(t, ag.path, &flowquery.Filter{}) {
-		if r.Kind == flowlog.KindFlow {
+		if r.Kind == flow.KindFlow {
 			lines++
-			if r.Report == flowlog.ReportInterim {
+			if r.Report == flow.ReportInterim {
 				interim++ // an entry that outlived an interval; its final record follows
 				continue
 			}
@@ -474,7 +475,7 @@ func BenchmarkFlowLogOverhead(b *testing.B) {
 		st := ag.p.Stats()
 		recorded := 0
 		for _, r := range readAll(b, ag.path, &flowquery.Filter{}) {
-			if r.Kind == flowlog.KindFlow && r.Report != flowlog.ReportInterim && r.Src.Name == "a" && isPolicyPort(r.Dst.Port) {
+			if r.Kind == flow.KindFlow && r.Report != flow.ReportInterim && r.Src.Name == "a" && isPolicyPort(r.Dst.Port) {
 				recorded++
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
@@ -42,7 +43,7 @@ type Config struct {
 	// on the pipeline's goroutine: it must not block, must not modify the
 	// record (its label maps are shared), and must not keep it or its
 	// parts past the call (their storage is reused).
-	OnRecord func(*Record)
+	OnRecord func(*flow.Record)
 }
 
 // Defaults fills unset fields.
@@ -87,7 +88,7 @@ type Sources struct {
 	// deltas are losses.
 	Counters func() (map[string]uint64, error)
 	// Overflows returns the readers' cumulative overflow counts by cause
-	// (CauseNFLOGOverflow, CauseCtOverflow); see ReaderOverflows.
+	// (flow.CauseNFLOGOverflow, flow.CauseCtOverflow); see ReaderOverflows.
 	Overflows func() map[string]uint64
 }
 
@@ -96,10 +97,10 @@ func ReaderOverflows(nl *flows.NFLOG, ct *flows.Conntrack) func() map[string]uin
 	return func() map[string]uint64 {
 		m := map[string]uint64{}
 		if nl != nil {
-			m[CauseNFLOGOverflow] = nl.Stats().Overflows
+			m[flow.CauseNFLOGOverflow] = nl.Stats().Overflows
 		}
 		if ct != nil {
-			m[CauseCtOverflow] = ct.Stats().Overflows
+			m[flow.CauseCtOverflow] = ct.Stats().Overflows
 		}
 		return m
 	}
@@ -350,17 +351,17 @@ func (p *Pipeline) tick(now time.Time, dump bool) {
 }
 
 func (p *Pipeline) collectLosses() {
-	for unit, v := range map[string]uint64{UnitConnections: p.droppedConns.Load(), UnitPackets: p.droppedPackets.Load(), "messages": p.droppedOther.Load()} {
+	for unit, v := range map[string]uint64{flow.UnitConnections: p.droppedConns.Load(), flow.UnitPackets: p.droppedPackets.Load(), "messages": p.droppedOther.Load()} {
 		if d := v - p.reported[unit]; d > 0 {
-			p.pendingLost[lostKey{CauseQueueFull, unit}] += d
+			p.pendingLost[lostKey{flow.CauseQueueFull, unit}] += d
 			p.reported[unit] = v
 		}
 	}
 	if p.src.Counters != nil {
 		if cur, err := p.src.Counters(); err == nil {
-			for name, cause := range map[string]string{dataplane.CounterLogLimitedAllow: CauseRateLimitAllow, dataplane.CounterLogLimitedDeny: CauseRateLimitDeny} {
-				unit := UnitPackets
-				if cause == CauseRateLimitAllow {
+			for name, cause := range map[string]string{dataplane.CounterLogLimitedAllow: flow.CauseRateLimitAllow, dataplane.CounterLogLimitedDeny: flow.CauseRateLimitDeny} {
+				unit := flow.UnitPackets
+				if cause == flow.CauseRateLimitAllow {
 					// Accepted connections keep their records (conntrack);
 					// only their NFLOG message is missing.
 					unit = "messages"
@@ -376,7 +377,7 @@ func (p *Pipeline) collectLosses() {
 		cur := p.src.Overflows()
 		for cause, v := range cur {
 			if d := delta(v, p.lastOverflow[cause]); d > 0 {
-				p.pendingLost[lostKey{cause, UnitOverflows}] += d
+				p.pendingLost[lostKey{cause, flow.UnitOverflows}] += d
 			}
 		}
 		p.lastOverflow = cur
@@ -400,7 +401,7 @@ func (p *Pipeline) lose(cause, unit string, n uint64) {
 
 func (p *Pipeline) writeLost(start, end time.Time) {
 	for k, n := range p.pendingLost {
-		p.write(&Record{Kind: KindLost, Start: start, End: end, Cause: k.cause, Unit: k.unit, Count: n})
+		p.write(&flow.Record{Kind: flow.KindLost, Start: start, End: end, Cause: k.cause, Unit: k.unit, Count: n})
 		p.m.lost.WithLabelValues(k.cause, k.unit).Add(float64(n))
 		p.statsMu.Lock()
 		p.stats.LostByCause[k.cause+"/"+k.unit] += n
@@ -410,11 +411,11 @@ func (p *Pipeline) writeLost(start, end time.Time) {
 }
 
 // write encodes one record to its log.
-func (p *Pipeline) write(r *Record) {
-	r.Schema = Schema
+func (p *Pipeline) write(r *flow.Record) {
+	r.Schema = flow.Schema
 	r.Node = p.cfg.Node
 	out := p.flowOut
-	if r.Kind == KindAlert {
+	if r.Kind == flow.KindAlert {
 		out = p.alerts
 	}
 	if out == nil {
@@ -430,12 +431,12 @@ func (p *Pipeline) write(r *Record) {
 	}
 	p.statsMu.Lock()
 	switch r.Kind {
-	case KindFlow:
+	case flow.KindFlow:
 		p.stats.Flows++
 		p.stats.ByVerdict[r.Verdict]++
-	case KindLost:
+	case flow.KindLost:
 		p.stats.Lost++
-	case KindAlert:
+	case flow.KindAlert:
 		p.stats.Alerts++
 	}
 	p.statsMu.Unlock()

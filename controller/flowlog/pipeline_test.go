@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
@@ -64,14 +65,14 @@ func newTest(cfg Config, src Sources) (*Pipeline, *bytes.Buffer, *bytes.Buffer, 
 	return p, &out, &alerts, c
 }
 
-func records(t *testing.T, b *bytes.Buffer) []Record {
+func records(t *testing.T, b *bytes.Buffer) []flow.Record {
 	t.Helper()
-	var out []Record
+	var out []flow.Record
 	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 		if line == "" {
 			continue
 		}
-		var r Record
+		var r flow.Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("bad line %q: %v", line, err)
 		}
@@ -107,19 +108,19 @@ func TestFinalRecords(t *testing.T) {
 		verdict  string
 		expected bool
 		origin   uint16
-		dst      Endpoint
+		dst      flow.Endpoint
 		dir      string
 	}{
 		{"allowed by a ZonePolicy rule", ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(time.Second), 1000), "allowed", true, 1,
-			Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
+			flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
 		{"allowed by a ServiceDependency", ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 2), t0, t0.Add(time.Second), 1000), "allowed", true, 2,
-			Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
+			flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
 		{"allowed by default is unexpected", ct(flows.ConnDestroy, 3, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 1000), "allowed", false, 3,
-			Endpoint{IP: "203.0.113.10", Port: 443, Zone: "partners"}, "egress"},
+			flow.Endpoint{IP: "203.0.113.10", Port: 443, Zone: "partners"}, "egress"},
 		{"would-deny is unexpected", ct(flows.ConnDestroy, 4, web, api, 22, mark(dataplane.WouldDeny, 4), t0, t0.Add(time.Second), 1000), "would-deny", false, 4,
-			Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
+			flow.Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
 		{"unknown origin id is unexpected", ct(flows.ConnDestroy, 5, partner, api, 22, mark(dataplane.Allowed, 99), t0, t0.Add(time.Second), 1000), "allowed", false, 99,
-			Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "ingress"},
+			flow.Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "ingress"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -132,8 +133,8 @@ func TestFinalRecords(t *testing.T) {
 			}
 			res := timedResolver{r: fakeResolver{origins}}
 			peer := res.r.Resolve(tt.ev.Src.Addr())
-			src := p.endpoint(&Endpoint{}, res, tt.ev.Src, &peer)
-			want := []Record{{Schema: Schema, Kind: KindFlow, Node: "n1", Report: ReportFinal, Start: t0, End: t0.Add(time.Second),
+			src := p.endpoint(&flow.Endpoint{}, res, tt.ev.Src, &peer)
+			want := []flow.Record{{Schema: flow.Schema, Kind: flow.KindFlow, Node: "n1", Report: flow.ReportFinal, Start: t0, End: t0.Add(time.Second),
 				Protocol: "TCP", Src: src, Dst: &tt.dst, Direction: tt.dir, Verdict: tt.verdict, Origin: &o, Expected: boolp(tt.expected),
 				PacketsToDst: 10, BytesToDst: 1000, PacketsToSrc: 5, BytesToSrc: 500}}
 			if diff := cmp.Diff(want, got); diff != "" {
@@ -175,9 +176,9 @@ func TestInterimRecords(t *testing.T) {
 		total += r.BytesToDst
 	}
 	want := []span{
-		{ReportInterim, 0, 90 * time.Second, 5000, true},
-		{ReportInterim, 90 * time.Second, 150 * time.Second, 3000, true},
-		{ReportFinal, 150 * time.Second, 160 * time.Second, 2000, true},
+		{flow.ReportInterim, 0, 90 * time.Second, 5000, true},
+		{flow.ReportInterim, 90 * time.Second, 150 * time.Second, 3000, true},
+		{flow.ReportFinal, 150 * time.Second, 160 * time.Second, 2000, true},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
@@ -247,7 +248,7 @@ func TestAlertsFold(t *testing.T) {
 	}
 	var got []al
 	for _, r := range records(t, alerts) {
-		if r.Kind != KindAlert || r.IsExpected() {
+		if r.Kind != flow.KindAlert || r.IsExpected() {
 			t.Fatalf("bad alert %+v", r)
 		}
 		got = append(got, al{r.Src.Workload(), r.Dst.Workload(), r.Dst.Port, r.Verdict, r.Count, r.End.Sub(t0)})
@@ -266,7 +267,7 @@ func TestAlertsFold(t *testing.T) {
 // cap drops become lost records with their cause and unit, once.
 func TestLosses(t *testing.T) {
 	counters := map[string]uint64{dataplane.CounterLogLimitedAllow: 5, dataplane.CounterLogLimitedDeny: 7}
-	overflows := map[string]uint64{CauseNFLOGOverflow: 1}
+	overflows := map[string]uint64{flow.CauseNFLOGOverflow: 1}
 	p, out, _, c := newTest(Config{QueueSize: 1, MaxDenied: 1, MaxAlerts: 1}, Sources{
 		Counters:  func() (map[string]uint64, error) { return counters, nil },
 		Overflows: func() map[string]uint64 { return overflows },
@@ -282,13 +283,13 @@ func TestLosses(t *testing.T) {
 		p.conn(ct(flows.ConnDestroy, 20+i, web, netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 443, mark(dataplane.Allowed, 3), t0, t0, 1))
 	}
 	counters = map[string]uint64{dataplane.CounterLogLimitedAllow: 6, dataplane.CounterLogLimitedDeny: 10}
-	overflows = map[string]uint64{CauseNFLOGOverflow: 3, CauseCtOverflow: 1}
+	overflows = map[string]uint64{flow.CauseNFLOGOverflow: 3, flow.CauseCtOverflow: 1}
 	c.t = t0.Add(time.Minute)
 	p.tick(c.t, true)
 	p.tick(t0.Add(2*time.Minute), true) // nothing new
 	got := map[string]uint64{}
 	for _, r := range records(t, out) {
-		if r.Kind == KindLost {
+		if r.Kind == flow.KindLost {
 			if !r.Start.Equal(t0) || !r.End.Equal(t0.Add(time.Minute)) {
 				t.Errorf("lost record spans %v..%v", r.Start, r.End)
 			}
@@ -334,11 +335,11 @@ func TestMemoryBound(t *testing.T) {
 	var lost uint64
 	for _, r := range records(t, out) {
 		switch {
-		case r.Report == ReportFinal:
+		case r.Report == flow.ReportFinal:
 			final++
-		case r.Report == ReportInterim:
+		case r.Report == flow.ReportInterim:
 			interim++
-		case r.Kind == KindLost && r.Cause == CauseOpenTableFull:
+		case r.Kind == flow.KindLost && r.Cause == flow.CauseOpenTableFull:
 			lost += r.Count
 		}
 	}
@@ -357,7 +358,7 @@ func TestResolverHistory(t *testing.T) {
 	p.conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0.Add(90*time.Second), t0.Add(2*time.Minute), 1))
 	var kinds []policy.OriginKind
 	for _, r := range records(t, out) {
-		if r.Kind == KindFlow {
+		if r.Kind == flow.KindFlow {
 			kinds = append(kinds, r.Origin.Kind)
 		}
 	}
@@ -417,9 +418,9 @@ func TestBatchQueue(t *testing.T) {
 	var final int
 	for _, r := range records(t, out) {
 		switch {
-		case r.Kind == KindLost:
+		case r.Kind == flow.KindLost:
 			got[r.Cause+"/"+r.Unit] += r.Count
-		case r.Report == ReportFinal:
+		case r.Report == flow.ReportFinal:
 			final++
 		}
 	}

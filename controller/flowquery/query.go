@@ -1,13 +1,14 @@
-// Package flowquery reads flow and alert logs (controller/flowlog's JSON
-// lines, rotated files included), filters them for netsegctl flows and
-// alerts, prints them as tables, and recommends ServiceDependencies that
-// would make unexpected allowed flows expected.
+// Package flowquery reads flow and alert logs (api/flow's JSON lines, as
+// controller/flowlog writes them, rotated files included), filters them
+// for netsegctl flows and alerts, prints them as tables, and recommends
+// ServiceDependencies that would make unexpected allowed flows expected.
+// It does not import controller/flowlog: a reader of the logs links no
+// kernel or metrics code.
 package flowquery
 
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -16,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 )
 
 // Peer matches one side of a connection: "namespace/name", "zone:NAME",
@@ -51,7 +52,7 @@ func ParsePeer(s string) (Peer, error) {
 	return Peer{prefix: netip.PrefixFrom(a, a.BitLen())}, nil
 }
 
-func (p Peer) match(e *flowlog.Endpoint) bool {
+func (p Peer) match(e *flow.Endpoint) bool {
 	if e == nil {
 		return false
 	}
@@ -101,11 +102,11 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 
 // Match reports whether r passes the filter. Lost records pass only the
 // time filters (they concern every flow).
-func (f *Filter) Match(r *flowlog.Record) bool {
+func (f *Filter) Match(r *flow.Record) bool {
 	if !f.Since.IsZero() && r.End.Before(f.Since) || !f.Until.IsZero() && r.Start.After(f.Until) {
 		return false
 	}
-	if r.Kind == flowlog.KindLost {
+	if r.Kind == flow.KindLost {
 		return f.From == nil && f.To == nil && f.Port == 0 && f.Protocol == "" && f.Verdict == "" && !f.Unexpected
 	}
 	switch {
@@ -137,7 +138,7 @@ func Files(path string) []string {
 // Read calls fn for every record of the log and its rotated files, oldest
 // first, that passes f. Lines that are not records of a known schema
 // version are reported to bad (may be nil) and skipped.
-func Read(path string, f *Filter, fn func(*flowlog.Record), bad func(error)) error {
+func Read(path string, f *Filter, fn func(*flow.Record), bad func(error)) error {
 	for _, name := range Files(path) {
 		file, err := os.Open(name)
 		if err != nil {
@@ -154,7 +155,7 @@ func Read(path string, f *Filter, fn func(*flowlog.Record), bad func(error)) err
 
 // scan reads whole lines from r; it returns the bytes consumed (up to the
 // last newline).
-func scan(r io.Reader, name string, f *Filter, fn func(*flowlog.Record), bad func(error)) (int64, error) {
+func scan(r io.Reader, name string, f *Filter, fn func(*flow.Record), bad func(error)) (int64, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var n int64
 	line := 0
@@ -168,8 +169,8 @@ func scan(r io.Reader, name string, f *Filter, fn func(*flowlog.Record), bad fun
 		}
 		n += int64(len(b))
 		line++
-		var rec flowlog.Record
-		if err := json.Unmarshal(b, &rec); err != nil || !strings.HasPrefix(rec.Schema, "netseg.flow/v1") {
+		rec, err := flow.Decode(b)
+		if err != nil {
 			if bad != nil {
 				bad(fmt.Errorf("%s:%d: not a netseg.flow/v1 record", name, line))
 			}
@@ -185,7 +186,7 @@ func scan(r io.Reader, name string, f *Filter, fn func(*flowlog.Record), bad fun
 // interval; it notices rotation (the file replaced or truncated) and
 // continues with the new file from its start. Without from it begins at the
 // end of the current file.
-func Follow(ctx context.Context, path string, f *Filter, interval time.Duration, fn func(*flowlog.Record), bad func(error)) error {
+func Follow(ctx context.Context, path string, f *Filter, interval time.Duration, fn func(*flow.Record), bad func(error)) error {
 	var file *os.File
 	var offset int64
 	open := func(fromEnd bool) error {

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -22,7 +22,7 @@ type Recommender struct {
 	Label string
 	// Covered, when set, reports whether the current policy already makes
 	// a connection expected (such flows are skipped).
-	Covered func(r *flowlog.Record) bool
+	Covered func(r *flow.Record) bool
 
 	clients map[clientKey]*client
 	flows   int
@@ -48,8 +48,8 @@ type dep struct {
 
 // Add considers one record: final or aggregate flow records that are
 // allowed and unexpected, from a workload.
-func (rc *Recommender) Add(r *flowlog.Record) {
-	if r.Kind != flowlog.KindFlow || r.Verdict != "allowed" || r.IsExpected() || r.Src == nil || r.Src.Name == "" || r.Dst == nil {
+func (rc *Recommender) Add(r *flow.Record) {
+	if r.Kind != flow.KindFlow || r.Verdict != "allowed" || r.IsExpected() || r.Src == nil || r.Src.Name == "" || r.Dst == nil {
 		return
 	}
 	if r.ConnStart != nil && !r.Start.Equal(*r.ConnStart) {
@@ -100,7 +100,7 @@ func (rc *Recommender) Add(r *flowlog.Record) {
 	rc.flows++
 }
 
-func (rc *Recommender) workload(e *flowlog.Endpoint) (clientKey, bool) {
+func (rc *Recommender) workload(e *flow.Endpoint) (clientKey, bool) {
 	label := rc.Label
 	if label == "" {
 		label = "app"
@@ -214,9 +214,9 @@ func yamlString(s string) string { return fmt.Sprintf("%q", s) }
 // CoveredBy reports whether the compiled policy already makes the
 // record's connection expected (compiled without endpoints, workloads are
 // matched by the labels the record carries).
-func CoveredBy(c *policy.Compiled) func(r *flowlog.Record) bool {
-	return func(r *flowlog.Record) bool {
-		peer := func(e *flowlog.Endpoint) policy.Peer {
+func CoveredBy(c *policy.Compiled) func(r *flow.Record) bool {
+	return func(r *flow.Record) bool {
+		peer := func(e *flow.Endpoint) policy.Peer {
 			a, _ := netip.ParseAddr(e.IP)
 			if e.Name != "" {
 				// The record's labels are those the flow log selects: the

@@ -8,7 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 )
 
 // Table prints records as an aligned table, one per line.
@@ -24,7 +24,7 @@ func NewTable(w io.Writer, alerts bool) *Table {
 }
 
 // Add prints one record.
-func (t *Table) Add(r *flowlog.Record) {
+func (t *Table) Add(r *flow.Record) {
 	if !t.header {
 		if t.alerts {
 			fmt.Fprintln(t.tw, "FIRST SEEN\tLAST SEEN\tSOURCE\tDESTINATION\tPORT\tVERDICT\tCOUNT\tORIGIN")
@@ -34,7 +34,7 @@ func (t *Table) Add(r *flowlog.Record) {
 		t.header = true
 	}
 	ts := func(x time.Time) string { return x.Local().Format("2006-01-02 15:04:05") }
-	if r.Kind == flowlog.KindLost {
+	if r.Kind == flow.KindLost {
 		fmt.Fprintf(t.tw, "%s\t%s\tLOST %d %s\t(%s)\t\t\t\t\t\t\n", ts(r.Start), ts(r.End), r.Count, r.Unit, r.Cause)
 		return
 	}
@@ -55,7 +55,7 @@ func (t *Table) Add(r *flowlog.Record) {
 		port(r), r.Verdict, expected, origin, r.PacketsToDst, r.PacketsToSrc, r.BytesToDst, r.BytesToSrc)
 }
 
-func side(e *flowlog.Endpoint, withPort bool) string {
+func side(e *flow.Endpoint, withPort bool) string {
 	if e == nil {
 		return "-"
 	}
@@ -74,7 +74,7 @@ func side(e *flowlog.Endpoint, withPort bool) string {
 	return b.String()
 }
 
-func port(r *flowlog.Record) string {
+func port(r *flow.Record) string {
 	if r.ICMPType != nil {
 		return fmt.Sprintf("%s type %d", r.Protocol, *r.ICMPType)
 	}

@@ -9,7 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -35,11 +35,11 @@ type usage struct {
 //     verdict) every 5 minutes;
 //   - a flow allowed by a ServiceDependency entry advances that entry's
 //     lastSeen, written to the ServiceDependency's status.
-func (s *Source) ObserveRecord(r *flowlog.Record) {
+func (s *Source) ObserveRecord(r *flow.Record) {
 	switch {
-	case r.Kind == flowlog.KindAlert && r.Src != nil && r.Src.Name != "":
+	case r.Kind == flow.KindAlert && r.Src != nil && r.Src.Name != "":
 		s.eventForAlert(r)
-	case r.Kind == flowlog.KindFlow && r.Origin != nil && r.Origin.Kind == policy.OriginServiceDependency:
+	case r.Kind == flow.KindFlow && r.Origin != nil && r.Origin.Kind == policy.OriginServiceDependency:
 		key := r.Origin.Namespace + "/" + r.Origin.Name + "/" + r.Origin.Rule
 		s.usage.mu.Lock()
 		prev, had := s.usage.seen[key]
@@ -53,7 +53,7 @@ func (s *Source) ObserveRecord(r *flowlog.Record) {
 	}
 }
 
-func (s *Source) eventForAlert(r *flowlog.Record) {
+func (s *Source) eventForAlert(r *flow.Record) {
 	if s.status == nil || !s.cfg.WriteStatus {
 		return
 	}

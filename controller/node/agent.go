@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/enforce"
-	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 )
@@ -115,7 +115,7 @@ type Agent struct {
 	dp       Dataplane
 	reg      *Registry
 	source   Source
-	onRecord func(*flowlog.Record)
+	onRecord func(*flow.Record)
 
 	kick     chan struct{}
 	flows    *flowLog

@@ -4,7 +4,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/dataplane"
 )
 
@@ -22,7 +22,7 @@ type Parts struct {
 	// OnRecord, when set, receives every flow record the flow log writes
 	// (Kubernetes mode: Events for alerts, the last use of dependencies).
 	// It must not block.
-	OnRecord func(*flowlog.Record)
+	OnRecord func(*flow.Record)
 	Log      *slog.Logger
 	Metrics  *Metrics
 }

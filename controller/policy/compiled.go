@@ -1,9 +1,10 @@
 package policy
 
 import (
-	"fmt"
 	"net/netip"
 	"sort"
+
+	"github.com/netseg/netseg/api/flow"
 )
 
 // Compiled is the output of the compiler. Treat it as read-only: rule
@@ -142,40 +143,17 @@ func (c *Compiled) Endpoint(ns, name string) (*EndpointRules, bool) {
 	return nil, false
 }
 
-// OriginKind says which kind of object decided.
-type OriginKind string
+// Origin is what decided a connection: the compiler assigns them and flow
+// records carry them, so the type is defined beside the record (api/flow),
+// where a log reader finds it without linking the compiler.
+type (
+	Origin     = flow.Origin
+	OriginKind = flow.OriginKind
+)
 
 // Origin kinds.
 const (
-	OriginZonePolicy        OriginKind = "ZonePolicy"
-	OriginServiceDependency OriginKind = "ServiceDependency"
-	OriginZoneDefault       OriginKind = "ZoneDefault"
+	OriginZonePolicy        = flow.OriginZonePolicy
+	OriginServiceDependency = flow.OriginServiceDependency
+	OriginZoneDefault       = flow.OriginZoneDefault
 )
-
-// Origin is what decided a connection. IDs are assigned in the order of
-// (kind, names, rule index), so the same input always gets the same ids;
-// a different input may renumber them.
-type Origin struct {
-	ID   uint16     `json:"id"`
-	Kind OriginKind `json:"kind"`
-	// Name is the ZonePolicy's or ServiceDependency's name.
-	Name      string `json:"name,omitempty"`
-	Namespace string `json:"namespace,omitempty"`
-	// Rule is the ZonePolicy rule's or the dependency entry's name.
-	Rule string `json:"rule,omitempty"`
-	// FromZone and ToZone are the zones of a ZoneDefault.
-	FromZone string `json:"fromZone,omitempty"`
-	ToZone   string `json:"toZone,omitempty"`
-}
-
-func (o Origin) String() string {
-	switch o.Kind {
-	case OriginZonePolicy:
-		return fmt.Sprintf("ZonePolicy %s rule %s", o.Name, o.Rule)
-	case OriginServiceDependency:
-		return fmt.Sprintf("ServiceDependency %s/%s entry %s", o.Namespace, o.Name, o.Rule)
-	case OriginZoneDefault:
-		return fmt.Sprintf("ZoneDefault %s -> %s", o.FromZone, o.ToZone)
-	}
-	return "none"
-}

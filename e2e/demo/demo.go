@@ -4,7 +4,8 @@
 // plugin chained with the netseg plugin, and scripted connections between
 // them (expected, undeclared, denied, would-deny) show what netseg decides
 // and enforces. Everything it creates lives in namespaces it removes when
-// it stops, Ctrl-C included. "netsegctl demo" runs it.
+// it stops, Ctrl-C included. The netseg-demo program (cmd/netseg-demo)
+// runs it; "make demo" builds and starts that program.
 package demo
 
 import (

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/netseg/netseg/controller/flowlog"
+	"github.com/netseg/netseg/api/flow"
 	"github.com/netseg/netseg/controller/flowquery"
 )
 
@@ -21,14 +21,14 @@ func (d *demo) follow(ctx context.Context) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			_ = flowquery.Follow(fctx, f.path, &flowquery.Filter{}, 200*time.Millisecond,
-				func(r *flowlog.Record) { d.say("%s %s", f.tag, describe(r)) }, func(error) {})
+				func(r *flow.Record) { d.say("%s %s", f.tag, describe(r)) }, func(error) {})
 		}()
 	}
 }
 
 // describe renders a record on one line.
-func describe(r *flowlog.Record) string {
-	if r.Kind == flowlog.KindLost {
+func describe(r *flow.Record) string {
+	if r.Kind == flow.KindLost {
 		return fmt.Sprintf("LOST %d %s (%s)", r.Count, r.Unit, r.Cause)
 	}
 	port := r.Protocol
@@ -39,7 +39,7 @@ func describe(r *flowlog.Record) string {
 	if r.Origin != nil {
 		origin = r.Origin.String()
 	}
-	zone := func(e *flowlog.Endpoint) string {
+	zone := func(e *flow.Endpoint) string {
 		if e == nil {
 			return "-"
 		}

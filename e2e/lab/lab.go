@@ -12,6 +12,7 @@
 package lab
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,7 +23,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"testing"
 )
 
 // Prefix starts the name of every namespace a lab creates:
@@ -35,8 +35,9 @@ const netnsDir = "/var/run/netns"
 var seq atomic.Int64
 
 // T is what a lab needs from its owner: a *testing.T or *testing.B, or a
-// program such as netsegctl's demo that implements the same calls
-// (Fatalf must not return).
+// program such as the demo (e2e/demo) that implements the same calls
+// (Fatalf must not return). The lab does not import the testing package,
+// so a program that uses it links no test code.
 type T interface {
 	Helper()
 	Fatalf(format string, args ...any)
@@ -45,8 +46,6 @@ type T interface {
 	Cleanup(func())
 	TempDir() string
 }
-
-var _ T = testing.TB(nil)
 
 // Lab owns the namespaces of one test and everything inside them.
 type Lab struct {
@@ -64,7 +63,7 @@ type Lab struct {
 // (make unit: the tests that need no kernel) skips them.
 func New(t T) *Lab {
 	t.Helper()
-	if sk, ok := t.(interface{ Skip(args ...any) }); ok && testing.Testing() && testing.Short() {
+	if sk, ok := t.(interface{ Skip(args ...any) }); ok && short() {
 		sk.Skip("kernel test: skipped under -short (make test runs it)")
 	}
 	if os.Geteuid() != 0 {
@@ -193,6 +192,9 @@ func processAlive(pid int) bool {
 	return err == nil || err == syscall.EPERM
 }
 
+// Runner is the part of *testing.M that Main uses.
+type Runner interface{ Run() int }
+
 // Main wraps testing.M for packages with kernel tests: it sweeps stale lab
 // namespaces first, and after the run fails the binary if this process left
 // a lab namespace or a new host nftables table behind. The after functions
@@ -200,7 +202,7 @@ func processAlive(pid int) bool {
 // return), e.g. to remove a directory TestMain made.
 //
 //	func TestMain(m *testing.M) { lab.Main(m) }
-func Main(m *testing.M, after ...func()) {
+func Main(m Runner, after ...func()) {
 	if os.Geteuid() == 0 {
 		if removed, err := SweepStale(); err != nil {
 			fmt.Fprintf(os.Stderr, "lab: sweep stale namespaces: %v\n", err)
@@ -252,4 +254,12 @@ func difference(a, b []string) []string {
 		}
 	}
 	return out
+}
+
+// short reports whether this is a test binary run with -short. It reads
+// the flag rather than call testing.Short, so that the lab links no
+// testing package into the demo program.
+func short() bool {
+	f := flag.Lookup("test.short")
+	return f != nil && f.Value.String() == "true"
 }

@@ -18,6 +18,9 @@ import (
 
 func TestMain(m *testing.M) { lab.Main(m) }
 
+// A test's *testing.T or *testing.B owns a lab.
+var _ lab.T = testing.TB(nil)
+
 // Test address conventions: every lab network uses documentation-free
 // private ranges that exist only inside the test's own namespaces.
 const (

@@ -1,17 +1,16 @@
-// Package flowlog is the flow-log pipeline stage: it turns the kernel's
-// connection events (dataplane/flows) into flow records for security
-// analysts, folds the unexpected ones into alerts, counts every loss, and
-// writes JSON lines (schema netseg.flow/v1, docs/flow-log.md). It needs no
-// kernel: events come in through Packet and Conn, names through a Resolver,
-// counters and dumps through Sources.
-package flowlog
+// Package flow is the schema of netseg's flow and alert logs (netseg.flow/v1,
+// docs/flow-log.md): one JSON object per line, written by the agent's
+// flow-log pipeline (controller/flowlog) and read back by netsegctl flows,
+// alerts and recommend (controller/flowquery). It imports nothing but the
+// standard library, so a reader of the logs links no kernel, nftables or
+// metrics code.
+package flow
 
 import (
+	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
-
-	"github.com/netseg/netseg/controller/policy"
-	"github.com/netseg/netseg/dataplane"
 )
 
 // Schema versions the records; a reader refuses other major versions.
@@ -45,16 +44,16 @@ type Record struct {
 	Node   string    `json:"node,omitempty"`
 
 	// flow and alert
-	Report    string         `json:"report,omitempty"`
-	ConnStart *time.Time     `json:"connStart,omitempty"`
-	Protocol  string         `json:"protocol,omitempty"`
-	Src       *Endpoint      `json:"src,omitempty"`
-	Dst       *Endpoint      `json:"dst,omitempty"`
-	ICMPType  *uint8         `json:"icmpType,omitempty"`
-	Direction string         `json:"direction,omitempty"`
-	Verdict   string         `json:"verdict,omitempty"`
-	Origin    *policy.Origin `json:"origin,omitempty"`
-	Expected  *bool          `json:"expected,omitempty"`
+	Report    string     `json:"report,omitempty"`
+	ConnStart *time.Time `json:"connStart,omitempty"`
+	Protocol  string     `json:"protocol,omitempty"`
+	Src       *Endpoint  `json:"src,omitempty"`
+	Dst       *Endpoint  `json:"dst,omitempty"`
+	ICMPType  *uint8     `json:"icmpType,omitempty"`
+	Direction string     `json:"direction,omitempty"`
+	Verdict   string     `json:"verdict,omitempty"`
+	Origin    *Origin    `json:"origin,omitempty"`
+	Expected  *bool      `json:"expected,omitempty"`
 
 	PacketsToDst uint64 `json:"packetsToDst,omitempty"`
 	BytesToDst   uint64 `json:"bytesToDst,omitempty"`
@@ -94,21 +93,18 @@ func (e *Endpoint) Workload() string {
 // IsExpected reports the record's expected flag (false when absent).
 func (r *Record) IsExpected() bool { return r.Expected != nil && *r.Expected }
 
-// ProtocolName names an IP protocol number as records do.
-func ProtocolName(p dataplane.Protocol) string {
-	switch p {
-	case dataplane.TCP:
-		return "TCP"
-	case dataplane.UDP:
-		return "UDP"
-	case dataplane.SCTP:
-		return "SCTP"
-	case dataplane.ICMP:
-		return "ICMP"
-	case dataplane.ICMPv6:
-		return "ICMPv6"
+// Decode parses one line of a log. It refuses a line that is not a JSON
+// object or whose schema does not start with netseg.flow/v1: v1 may gain
+// fields, a change of meaning makes v2 (docs/flow-log.md).
+func Decode(line []byte) (Record, error) {
+	var r Record
+	if err := json.Unmarshal(line, &r); err != nil {
+		return Record{}, fmt.Errorf("not a flow record: %w", err)
 	}
-	return fmt.Sprintf("%d", uint8(p))
+	if !strings.HasPrefix(r.Schema, Schema) {
+		return Record{}, fmt.Errorf("not a %s record: schema %q", Schema, r.Schema)
+	}
+	return r, nil
 }
 
 // Loss causes (Record.Cause) and their units (Record.Unit).

@@ -1,0 +1,44 @@
+package flow
+
+import "fmt"
+
+// OriginKind says which kind of object decided.
+type OriginKind string
+
+// Origin kinds.
+const (
+	OriginZonePolicy        OriginKind = "ZonePolicy"
+	OriginServiceDependency OriginKind = "ServiceDependency"
+	OriginZoneDefault       OriginKind = "ZoneDefault"
+)
+
+// Origin is what decided a connection. The policy compiler assigns them
+// (controller/policy names this type policy.Origin) and every flow record
+// carries one, so it is defined here, beside the record, where a log
+// reader finds it without linking the compiler. IDs are assigned in the
+// order of (kind, names, rule index), so the same input always gets the
+// same ids; a different input may renumber them.
+type Origin struct {
+	ID   uint16     `json:"id"`
+	Kind OriginKind `json:"kind"`
+	// Name is the ZonePolicy's or ServiceDependency's name.
+	Name      string `json:"name,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	// Rule is the ZonePolicy rule's or the dependency entry's name.
+	Rule string `json:"rule,omitempty"`
+	// FromZone and ToZone are the zones of a ZoneDefault.
+	FromZone string `json:"fromZone,omitempty"`
+	ToZone   string `json:"toZone,omitempty"`
+}
+
+func (o Origin) String() string {
+	switch o.Kind {
+	case OriginZonePolicy:
+		return fmt.Sprintf("ZonePolicy %s rule %s", o.Name, o.Rule)
+	case OriginServiceDependency:
+		return fmt.Sprintf("ServiceDependency %s/%s entry %s", o.Namespace, o.Name, o.Rule)
+	case OriginZoneDefault:
+		return fmt.Sprintf("ZoneDefault %s -> %s", o.FromZone, o.ToZone)
+	}
+	return "none"
+}
