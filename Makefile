@@ -10,8 +10,8 @@ export PATH := $(PATH):/usr/local/go/bin
 all: build
 
 # Static binaries, as deploy/Dockerfile ships them: the CNI plugin runs on
-# hosts whatever their C library, and a statically linked plugin starts in
-# 1.3 ms where the glibc-linked one took 2.1 (exec of a VERSION call).
+# hosts whatever their C library, and is exec'd once per container, so it
+# must start fast (docs/cni-plugin.md has the figures).
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/netseg-agent ./cmd/netseg-agent
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/netseg ./cni-plugin

@@ -18,9 +18,10 @@ import (
 // the last ruleset in one batch, counts a drift repair, and returns what it
 // found. It returns "" when the kernel matches.
 //
-// The kernel is read without the dataplane's lock (about 80 ms at 1,000
-// endpoints, 0.7 s at 10,000), so that syncs and endpoint checks do not
-// wait for it: only the expectation is copied under the lock. A check
+// The kernel is read without the dataplane's lock, since reading a large
+// table back takes long (it grows with the endpoints), so that syncs and
+// endpoint checks do not wait for it: only the expectation is copied
+// under the lock. A check
 // during which the dataplane wrote to the kernel compares nothing and
 // returns "" (what it read may be part of that write); after
 // driftOvertakenMax such checks in a row, the next one holds the lock

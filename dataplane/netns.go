@@ -47,7 +47,7 @@ func (n *Namespace) Dial(opts ...nftables.ConnOption) (*nftables.Conn, error) {
 // a batch in one sendmsg, which the kernel refuses (EMSGSIZE) when it is
 // larger than the send buffer, and the kernel answers every message with
 // an ack, which overflows a small receive buffer (ENOBUFS). A full resync
-// of 1,000 endpoints is a few MB. The FORCE variants (root) pass the
+// grows with the endpoints, to megabytes. The FORCE variants (root) pass the
 // net.core.[rw]mem_max caps; memory is only used while a batch is in flight.
 const batchBuffer = 256 << 20
 

@@ -110,8 +110,8 @@ type state struct {
 // endpoints' names and chains, and the elements of the address maps. A
 // render reuses, cleared, those of the rendering before its predecessor:
 // nothing reads them once the predecessor is applied (a failed sync
-// starts over from no state). At 1,000 endpoints they were a third of
-// what a render allocated.
+// starts over from no state). They grow with the endpoints, and filling
+// new ones on every sync was most of a render's allocation.
 type renderMaps struct {
 	chains         map[string]*chainSpec
 	endpointChains map[string][]string
@@ -152,8 +152,8 @@ type Config struct {
 	// NFLOG. Off by default: accepted and would-deny connections reach the
 	// flow log through conntrack events, which carry the same decision
 	// (the ct mark) plus counters, and copying every new connection to
-	// userspace a second time costs a busy node a third of its
-	// connection rate (measured: 9,200/s vs 15,400/s on 2 vCPUs).
+	// userspace a second time costs a busy node much of its connection
+	// rate (docs/flow-log.md).
 	LogAccepted bool
 	// LogRate and LogBurst cap NFLOG messages per second per verdict kind;
 	// packets over the cap are still decided, not logged, and counted.

@@ -60,8 +60,8 @@ type Dataplane struct {
 // Dialer opens an nftables connection in the node's network namespace,
 // with opts added. With nftables.AsLasting, for a caller that reads many
 // objects, the connection keeps one netlink socket (otherwise each read
-// opens its own, in the namespace: half of a drift check's time at 1,000
-// endpoints); the caller then ends it with CloseLasting.
+// opens its own, entering the namespace each time); the caller then ends
+// it with CloseLasting.
 type Dialer func(opts ...nftables.ConnOption) (*nftables.Conn, error)
 
 // New returns a dataplane that programs through connections from dial.
@@ -251,8 +251,8 @@ func (d *Dataplane) CheckEndpoint(id string) error { return d.checkEndpoint(id, 
 // CheckEndpointChains is what the agent checks after a sync that
 // committed: it reads back the endpoint's own chains (its dispatch chains,
 // whose live rule goes to its policy chains, and its anti-spoofing chain),
-// not the verdict maps (a read of every element: about 1 ms at 1,000
-// endpoints) nor the policy chains other endpoints share: those came in
+// not the verdict maps (a read of every endpoint's element) nor the policy
+// chains other endpoints share: those came in
 // the same atomic transaction or an earlier one, and the kernel refuses a
 // goto to a chain that does not exist.
 func (d *Dataplane) CheckEndpointChains(id string) error { return d.checkEndpoint(id, false) }

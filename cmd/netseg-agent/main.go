@@ -27,9 +27,10 @@ import (
 )
 
 func main() {
-	// Every sync allocates its whole desired state; a lazier collector
-	// spends a quarter less CPU per sync at 1,000 endpoints for a heap a
-	// few times the live set (tens of MB). GOGC in the environment wins.
+	// Every sync allocates its whole desired state, most of it garbage by
+	// the next sync: a lazier collector trades a heap a few times the live
+	// set for less CPU per sync (docs/operations.md has the figures). GOGC
+	// in the environment wins.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}

@@ -125,9 +125,9 @@ type Pipeline struct {
 	// The queue: readers append to pending, Run takes it whole (swapping
 	// in the slice it has processed) and is woken through ready. Two
 	// slices reused, not a channel of QueueSize events: a channel's ring
-	// of 65,536 events (20 MB) is written all round, so every slot is
-	// cold by the time it comes back (page faults once the kernel has
-	// reclaimed it) and the collector scans all of it on every cycle.
+	// is written all round, so every slot is cold by the time it comes
+	// back (page faults once the kernel has reclaimed it) and the
+	// collector scans all of it on every cycle.
 	qMu     sync.Mutex
 	pending []item
 	ready   chan struct{} // capacity 1: pending is not empty

@@ -273,8 +273,7 @@ func (a *Agent) loop(ctx context.Context) {
 
 // checkDrift compares the kernel with the applied rules every
 // DriftInterval, apart from the sync loop: reading a large table back
-// takes long (0.7 s at 10,000 endpoints), and a change or a new container
-// must not wait for it.
+// takes long, and a change or a new container must not wait for it.
 func (a *Agent) checkDrift(ctx context.Context) {
 	drift := time.NewTicker(a.cfg.DriftInterval)
 	defer drift.Stop()

@@ -10,8 +10,8 @@ import (
 // compileModel keeps the compiler's model between syncs. A sync after a
 // CNI ADD or DEL changes one endpoint of the node's thousand: the model is
 // updated with that one instead of being rebuilt from a copy of every
-// endpoint (a tenth of a sync's time at 1,000 endpoints). A new policy
-// generation rebuilds it.
+// endpoint, work that grows with the node. A new policy generation
+// rebuilds it.
 type compileModel struct {
 	m   *policy.Model
 	gen int64

@@ -61,8 +61,8 @@ type Model struct {
 	endpoints  map[key]Endpoint
 	services   map[key]Service
 	// epKeys are the endpoints' keys in order, kept across updates (a node
-	// agent upserts one endpoint of a thousand between compiles, and
-	// sorting them all was a tenth of a compile); nil: not computed.
+	// agent upserts one endpoint of many between compiles, and sorting
+	// them all again would cost every compile); nil: not computed.
 	epKeys []key
 }
 

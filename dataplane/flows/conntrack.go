@@ -35,10 +35,8 @@ type ConntrackConfig struct {
 	// wakeup per batch rather than one per connection (each wakeup takes a
 	// core from the workloads, and each idle-to-busy turn restarts Go's
 	// system monitor at its 20 µs tick). Events wait in the kernel
-	// meanwhile; at 15,000 connections a second 200 ms is about 3,000
-	// events, some 4 MB of the 64 MiB buffer. Default 200 ms (at 50 ms the
-	// monitor and scheduler took a fifth of the agent's time under load);
-	// negative: no wait.
+	// meanwhile, in a socket buffer sized to hold many batches at the
+	// lab's highest connection rate. Default 200 ms; negative: no wait.
 	BatchWait time.Duration
 }
 
