@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -303,11 +303,7 @@ func (a *Agent) syncOnce() error {
 		return err
 	}
 	eps, quarantined := a.reg.List()
-	addrs := make([][]netip.Prefix, len(eps)) // parsed once per sync
-	for i, ep := range eps {
-		addrs[i] = prefixes(ep.IPs)
-	}
-	local, uids := compilerEndpoints(eps, addrs)
+	local, uids := compilerEndpoints(eps)
 	if snap.Enrich != nil {
 		for i := range local {
 			snap.Enrich(&local[i], uids[i])
@@ -316,13 +312,13 @@ func (a *Agent) syncOnce() error {
 	compiled := a.model.compile(snap, policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}, local)
 	compiledAt := time.Now()
 	locals := make([]enforce.Local, 0, len(eps))
-	for i, ep := range eps {
+	for _, ep := range eps {
 		locals = append(locals, enforce.Local{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace, Name: ep.Name,
-			HostIface: ep.HostIface, IPs: addrs[i]})
+			HostIface: ep.HostIface, IPs: ep.Prefixes})
 	}
 	rs, errs := enforce.Ruleset(compiled, locals)
 	for _, ep := range quarantined {
-		for _, p := range prefixes(ep.IPs) {
+		for _, p := range ep.Prefixes {
 			rs.Quarantine = append(rs.Quarantine, p.Addr())
 		}
 	}
@@ -378,36 +374,27 @@ func (a *Agent) Ready() bool {
 	return a.ready
 }
 
-// compilerEndpoints merges interfaces of one pod into one endpoint (addrs:
-// each registration's parsed addresses); uids holds each merged endpoint's
-// pod UID.
-func compilerEndpoints(eps []agent.Endpoint, addrs [][]netip.Prefix) (out []policy.Endpoint, uids []string) {
+// compilerEndpoints merges interfaces of one pod into one endpoint; uids
+// holds each merged endpoint's pod UID. Labels are copied: a source's
+// Enrich completes them, and the registry's own maps are read by the
+// socket handlers meanwhile.
+func compilerEndpoints(eps []Registered) (out []policy.Endpoint, uids []string) {
 	index := make(map[[2]string]int, len(eps))
 	out = make([]policy.Endpoint, 0, len(eps))
 	uids = make([]string, 0, len(eps))
-	for k, ep := range eps {
+	for _, ep := range eps {
 		key := [2]string{ep.Namespace, ep.Name}
 		i, ok := index[key]
 		if !ok {
 			i = len(out)
 			index[key] = i
-			out = append(out, policy.Endpoint{Namespace: ep.Namespace, Name: ep.Name, Labels: ep.Labels})
+			out = append(out, policy.Endpoint{Namespace: ep.Namespace, Name: ep.Name, Labels: maps.Clone(ep.Labels)})
 			uids = append(uids, "")
 		}
 		uids[i] = ep.UID
-		for _, p := range addrs[k] {
+		for _, p := range ep.Prefixes {
 			out[i].IPs = append(out[i].IPs, p.Addr())
 		}
 	}
 	return out, uids
-}
-
-func prefixes(ips []string) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(ips))
-	for _, s := range ips {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
 }

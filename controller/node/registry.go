@@ -27,8 +27,28 @@ type Registry struct {
 	legacy string // dir/endpoints.json: the single-file form of earlier versions
 
 	mu          sync.Mutex
-	endpoints   map[string]agent.Endpoint // by ID
-	quarantined map[string]agent.Endpoint // interfaces whose ADD failed
+	endpoints   map[string]Registered // by ID
+	quarantined map[string]Registered // interfaces whose ADD failed
+}
+
+// Registered is a registration with its addresses parsed, once, when it
+// was registered or loaded: the agent's syncs use Prefixes, never the
+// wire form's strings.
+type Registered struct {
+	agent.Endpoint
+	Prefixes []netip.Prefix
+}
+
+// registered parses ep's addresses; those that do not parse are left out
+// (Put refuses them; a quarantine keeps what it can).
+func registered(ep agent.Endpoint) Registered {
+	r := Registered{Endpoint: ep, Prefixes: make([]netip.Prefix, 0, len(ep.IPs))}
+	for _, s := range ep.IPs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			r.Prefixes = append(r.Prefixes, p)
+		}
+	}
+	return r
 }
 
 // regEntry is one endpoint's file.
@@ -53,7 +73,7 @@ func EndpointID(a agent.Attachment) string { return a.ContainerID + "/" + a.IfNa
 // OpenRegistry loads the registry from dir (creating dir if needed).
 func OpenRegistry(dir string) (*Registry, error) {
 	r := &Registry{epDir: filepath.Join(dir, "endpoints"), legacy: filepath.Join(dir, "endpoints.json"),
-		endpoints: map[string]agent.Endpoint{}, quarantined: map[string]agent.Endpoint{}}
+		endpoints: map[string]Registered{}, quarantined: map[string]Registered{}}
 	if err := os.MkdirAll(r.epDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", r.epDir, err)
 	}
@@ -75,7 +95,7 @@ func OpenRegistry(dir string) (*Registry, error) {
 		if err := json.Unmarshal(b, &ent); err != nil {
 			return nil, fmt.Errorf("parse registry entry %s: %w", filepath.Join(r.epDir, name), err)
 		}
-		r.mapOf(ent.Quarantined)[EndpointID(ent.Endpoint.Attachment)] = ent.Endpoint
+		r.mapOf(ent.Quarantined)[EndpointID(ent.Endpoint.Attachment)] = registered(ent.Endpoint)
 	}
 	if err := r.migrate(); err != nil {
 		return nil, err
@@ -105,7 +125,7 @@ func (r *Registry) migrate() error {
 			if err := r.write(ep, q); err != nil {
 				return err
 			}
-			r.mapOf(q)[EndpointID(ep.Attachment)] = ep
+			r.mapOf(q)[EndpointID(ep.Attachment)] = registered(ep)
 		}
 	}
 	if err := os.Remove(r.legacy); err != nil {
@@ -114,7 +134,7 @@ func (r *Registry) migrate() error {
 	return nil
 }
 
-func (r *Registry) mapOf(quarantined bool) map[string]agent.Endpoint {
+func (r *Registry) mapOf(quarantined bool) map[string]Registered {
 	if quarantined {
 		return r.quarantined
 	}
@@ -169,7 +189,7 @@ func (r *Registry) Put(ep agent.Endpoint) error {
 		// Not on disk, so not registered: memory follows the disk.
 		return err
 	}
-	r.endpoints[id] = ep
+	r.endpoints[id] = registered(ep)
 	delete(r.quarantined, id)
 	return nil
 }
@@ -183,7 +203,7 @@ func (r *Registry) Quarantine(ep agent.Endpoint) error {
 	}
 	id := EndpointID(ep.Attachment)
 	delete(r.endpoints, id)
-	r.quarantined[id] = ep
+	r.quarantined[id] = registered(ep)
 	return nil
 }
 
@@ -210,11 +230,13 @@ func (r *Registry) Get(a agent.Attachment) (agent.Endpoint, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ep, ok := r.endpoints[EndpointID(a)]
-	return ep, ok
+	return ep.Endpoint, ok
 }
 
 // List returns the registered endpoints sorted by ID, and the quarantined.
-func (r *Registry) List() (eps, quarantined []agent.Endpoint) {
+// The entries share their label maps and prefixes with the registry: a
+// caller copies before it changes them.
+func (r *Registry) List() (eps, quarantined []Registered) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return sortedEndpoints(r.endpoints), sortedEndpoints(r.quarantined)
@@ -226,16 +248,16 @@ func (r *Registry) Retain(keep func(agent.Endpoint) bool) ([]agent.Endpoint, err
 	defer r.mu.Unlock()
 	var removed []agent.Endpoint
 	var errs []error
-	for _, m := range []map[string]agent.Endpoint{r.endpoints, r.quarantined} {
+	for _, m := range []map[string]Registered{r.endpoints, r.quarantined} {
 		for id, ep := range m {
-			if keep(ep) {
+			if keep(ep.Endpoint) {
 				continue
 			}
 			if err := r.erase(id); err != nil {
 				errs = append(errs, err) // still registered: memory follows the disk
 				continue
 			}
-			removed = append(removed, ep)
+			removed = append(removed, ep.Endpoint)
 			delete(m, id)
 		}
 	}
@@ -253,13 +275,13 @@ func (r *Registry) Remove() error {
 	return errors.Join(errs...)
 }
 
-func sortedEndpoints(m map[string]agent.Endpoint) []agent.Endpoint {
+func sortedEndpoints(m map[string]Registered) []Registered {
 	ids := make([]string, 0, len(m))
 	for id := range m {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	out := make([]agent.Endpoint, len(ids))
+	out := make([]Registered, len(ids))
 	for i, id := range ids {
 		out[i] = m[id]
 	}

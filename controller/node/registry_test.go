@@ -25,7 +25,10 @@ func mustOpen(t *testing.T, dir string) *Registry {
 	return r
 }
 
-func listed(r *Registry) (eps, q []agent.Endpoint) { return r.List() }
+func listed(r *Registry) (eps, q []agent.Endpoint) {
+	e, qe := r.List()
+	return wire(e), wire(qe)
+}
 
 // TestRegistryPersists: every change is on disk, one file per endpoint,
 // and a reopened registry holds what the last one held.

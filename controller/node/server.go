@@ -116,7 +116,7 @@ func (a *Agent) Handle(ctx context.Context, req agent.Request) (*agent.Response,
 		return resp, a.check(*req.Endpoint, resp)
 	case agent.OpList:
 		eps, _ := a.reg.List()
-		resp.Endpoints = a.withZones(eps)
+		resp.Endpoints = a.withZones(wire(eps))
 		return resp, nil
 	case agent.OpGC:
 		keep := map[string]bool{}
@@ -276,4 +276,13 @@ func (a *Agent) peer(ref string) (policy.Peer, error) {
 		return policy.Peer{}, fmt.Errorf("no endpoint %s is registered on this node", ref)
 	}
 	return explain.ParsePeer(ref, "")
+}
+
+// wire returns the registrations in the protocol's form.
+func wire(eps []Registered) []agent.Endpoint {
+	out := make([]agent.Endpoint, len(eps))
+	for i, ep := range eps {
+		out[i] = ep.Endpoint
+	}
+	return out
 }
