@@ -58,6 +58,16 @@ type peer struct {
 	zone     string
 }
 
+// ZoneOfAddr returns the zone of an address: the zone of the endpoint that
+// has it, else of the CIDR zone that contains it, else unzoned.
+func (c *Compiled) ZoneOfAddr(a netip.Addr) string {
+	a = a.Unmap().WithZone("")
+	if e, ok := c.m.epByIP[a]; ok {
+		return e.zone
+	}
+	return c.m.zoneOfAddr(a)
+}
+
 // resolve finds a peer's zone. A bare address of a known endpoint is that
 // endpoint; an endpoint named without labels or addresses is looked up.
 func (m *model) resolve(p Peer) peer {

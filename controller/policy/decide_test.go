@@ -197,3 +197,39 @@ func TestProblems(t *testing.T) {
 		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 }
+
+// TestZoneOfAddrAgreesWithDecide: the direct zone lookup of an address
+// gives the zone the decision resolves it to, for endpoints' addresses and
+// bare ones, in random worlds.
+func TestZoneOfAddrAgreesWithDecide(t *testing.T) {
+	checked, zoned := 0, 0
+	for seed := range 300 {
+		b := make([]byte, 96)
+		for i := range b {
+			b[i] = byte(seed*131 + i*17 + seed*i)
+		}
+		in := policytest.Gen(b)
+		c := policy.Compile(in)
+		var addrs []netip.Addr
+		for _, s := range policytest.ProbeAddrs {
+			addrs = append(addrs, netip.MustParseAddr(s))
+		}
+		for _, e := range in.Endpoints {
+			addrs = append(addrs, e.IPs...)
+		}
+		for _, a := range addrs {
+			want := c.Decide(policy.AddrPeer(a), policy.AddrPeer(a), 0, policy.ICMP).SrcZone
+			if got := c.ZoneOfAddr(a); got != want {
+				t.Fatalf("world %d: ZoneOfAddr(%s) = %q, Decide resolves %q", seed, a, got, want)
+			}
+			checked++
+			if want != policy.Unzoned {
+				zoned++
+			}
+		}
+	}
+	if zoned == 0 || zoned == checked {
+		t.Fatalf("%d of %d addresses zoned: the worlds do not exercise both", zoned, checked)
+	}
+	t.Logf("%d addresses checked, %d in a zone", checked, zoned)
+}
