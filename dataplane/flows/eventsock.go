@@ -171,7 +171,7 @@ func readBatches[T any](s *eventSocket, buf []byte, slot int, pause time.Duratio
 	}
 	s.running = true
 	s.mu.Unlock()
-	defer s.release()
+	defer s.finish()
 	r := newRecvBuffers(buf, slot)
 	var batch []T
 	for {
@@ -273,6 +273,15 @@ func (s *eventSocket) Close() {
 		_, _ = unix.Write(s.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		return
 	}
+	s.release()
+}
+
+// finish ends a read: the descriptors are released under the lock, so a
+// Close meanwhile neither writes to a descriptor being closed (whose
+// number the process may already have reused) nor races its release.
+func (s *eventSocket) finish() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.release()
 }
 
