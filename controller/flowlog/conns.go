@@ -1,12 +1,10 @@
 package flowlog
 
 import (
-	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
@@ -19,6 +17,10 @@ type connKey struct {
 	src, dst netip.AddrPort
 }
 
+func keyOf(ev *flows.ConnEvent) connKey {
+	return connKey{id: ev.ID, proto: ev.Proto, src: ev.Src, dst: ev.Dst}
+}
+
 // openFlow is a connection tracked for interim records.
 type openFlow struct {
 	connStart time.Time
@@ -28,25 +30,69 @@ type openFlow struct {
 	orig, reply flows.Counters
 }
 
-// tupleKey is a denied 5-tuple (ICMP: type and code instead of ports).
-type tupleKey struct {
-	proto    dataplane.Protocol
-	src, dst netip.AddrPort
-	icmp     uint16
+// since subtracts what earlier interim records reported from rec's
+// counters.
+func (of *openFlow) since(rec *flow.Record) {
+	rec.PacketsToDst -= of.orig.Packets
+	rec.BytesToDst -= of.orig.Bytes
+	rec.PacketsToSrc -= of.reply.Packets
+	rec.BytesToSrc -= of.reply.Bytes
 }
 
-type aggregate struct {
-	first, last    time.Time
-	packets, bytes uint64
-	mark           dataplane.Mark
-	icmp           bool
-	icmpType       uint8
+// openConns are the connections tracked for interim records (at most
+// max), and how many dumps in a row each has been missing from.
+type openConns struct {
+	byKey   map[connKey]*openFlow
+	missing map[connKey]int
+	max     int
 }
 
-func keyOf(ev *flows.ConnEvent) connKey {
-	return connKey{id: ev.ID, proto: ev.Proto, src: ev.Src, dst: ev.Dst}
+func newOpenConns(max int) *openConns {
+	return &openConns{byKey: map[connKey]*openFlow{}, missing: map[connKey]int{}, max: max}
 }
 
+func (o *openConns) len() int { return len(o.byKey) }
+
+// track starts tracking k; false: the table is full.
+func (o *openConns) track(k connKey, start time.Time) (*openFlow, bool) {
+	if of, ok := o.byKey[k]; ok {
+		return of, true
+	}
+	if len(o.byKey) >= o.max {
+		return nil, false
+	}
+	of := &openFlow{connStart: start}
+	o.byKey[k] = of
+	return of, true
+}
+
+// end stops tracking k and returns what it was (nil: untracked).
+func (o *openConns) end(k connKey) *openFlow {
+	of := o.byKey[k]
+	delete(o.byKey, k)
+	delete(o.missing, k)
+	return of
+}
+
+// sweep forgets entries gone from two dumps in a row (seen: the entries
+// of this dump): they lost their DESTROY event (the loss was counted
+// where it happened). One dump is not enough: the DESTROY may still wait
+// in the queue.
+func (o *openConns) sweep(seen map[connKey]bool) {
+	for k := range o.byKey {
+		if seen[k] {
+			delete(o.missing, k)
+			continue
+		}
+		o.missing[k]++
+		if o.missing[k] >= 2 {
+			o.end(k)
+		}
+	}
+}
+
+// conn handles a conntrack event: NEW starts tracking, DESTROY writes the
+// final record (the counters since the last interim one).
 func (p *Pipeline) conn(ev flows.ConnEvent) {
 	verdict, _ := ev.Mark.Decision()
 	if verdict == dataplane.VerdictNone || verdict == dataplane.Denied {
@@ -57,153 +103,20 @@ func (p *Pipeline) conn(ev flows.ConnEvent) {
 	k := keyOf(&ev)
 	switch ev.Type {
 	case flows.ConnNew:
-		if _, ok := p.open[k]; ok {
-			return
-		}
-		if len(p.open) >= p.cfg.MaxOpenFlows {
+		if _, ok := p.open.track(k, firstNonZero(ev.Start, ev.Time)); !ok {
 			p.m.untracked.Inc()
-			return
 		}
-		p.open[k] = &openFlow{connStart: firstNonZero(ev.Start, ev.Time)}
 	case flows.ConnDestroy:
-		of := p.open[k]
-		delete(p.open, k)
-		delete(p.missing, k)
+		of := p.open.end(k)
 		start := firstNonZero(ev.Start, ev.Time)
-		rec := p.connRecord(&ev, flow.ReportFinal, start)
+		rec := p.rec.connRecord(&ev, flow.ReportFinal, start, p.res.at(start))
 		rec.End = firstNonZero(ev.Stop, ev.Time)
 		if of != nil && !of.reportedUntil.IsZero() {
-			p.connStart(rec, start)
+			p.rec.connStart(rec, start)
 			rec.Start = of.reportedUntil
-			rec.PacketsToDst -= of.orig.Packets
-			rec.BytesToDst -= of.orig.Bytes
-			rec.PacketsToSrc -= of.reply.Packets
-			rec.BytesToSrc -= of.reply.Bytes
+			of.since(rec)
 		}
 		p.emitFlow(rec)
-	}
-}
-
-func firstNonZero(ts ...time.Time) time.Time {
-	for _, t := range ts {
-		if !t.IsZero() {
-			return t
-		}
-	}
-	return time.Time{}
-}
-
-// recordParts is the storage of the flow record being built. The
-// pipeline builds and writes one record at a time and nothing keeps a
-// record once written (alerts copy what they keep), so a busy node's
-// twelve thousand records a second are built without allocating.
-type recordParts struct {
-	rec       flow.Record
-	src, dst  flow.Endpoint
-	origin    policy.Origin
-	expected  bool
-	icmp      uint8
-	connStart time.Time
-}
-
-// connRecord builds a flow record of a conntrack entry with its full
-// counters; callers adjust the interval, and write it before building
-// another.
-func (p *Pipeline) connRecord(ev *flows.ConnEvent, report string, start time.Time) *flow.Record {
-	verdict, origin := ev.Mark.Decision()
-	rec := &p.parts.rec
-	*rec = flow.Record{Kind: flow.KindFlow, Report: report, Start: start, End: ev.Time,
-		PacketsToDst: ev.Orig.Packets, BytesToDst: ev.Orig.Bytes,
-		PacketsToSrc: ev.Reply.Packets, BytesToSrc: ev.Reply.Bytes}
-	p.describe(rec, ev.Proto, ev.Src, ev.Dst, ev.ICMPType, verdict, origin, start)
-	return rec
-}
-
-// connStart sets rec's connection start (a record that covers part of a
-// connection).
-func (p *Pipeline) connStart(rec *flow.Record, t time.Time) {
-	p.parts.connStart = t
-	rec.ConnStart = &p.parts.connStart
-}
-
-// describe fills the connection's names, verdict, origin and expected flag.
-func (p *Pipeline) describe(rec *flow.Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, connStart time.Time) {
-	tr := p.resolverAt(connStart)
-	res := tr.r
-	rec.Protocol = ProtocolName(proto)
-	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
-	rec.Src = p.endpoint(&p.parts.src, tr, src, &sp)
-	rec.Dst = p.endpoint(&p.parts.dst, tr, dst, &dp)
-	if proto == dataplane.ICMP || proto == dataplane.ICMPv6 {
-		p.parts.icmp = icmpType
-		rec.ICMPType = &p.parts.icmp
-		rec.Src.Port, rec.Dst.Port = 0, 0
-	}
-	switch {
-	case sp.Local:
-		rec.Direction = "egress"
-	case dp.Local:
-		rec.Direction = "ingress"
-	default:
-		rec.Direction = "forward"
-	}
-	rec.Verdict = v.String()
-	o, ok := res.Origin(originID)
-	if !ok {
-		o = policy.Origin{ID: originID}
-	}
-	p.parts.origin = o
-	rec.Origin = &p.parts.origin
-	p.parts.expected = v == dataplane.Allowed && ok && (o.Kind == policy.OriginZonePolicy || o.Kind == policy.OriginServiceDependency)
-	rec.Expected = &p.parts.expected
-}
-
-// endpoint fills e with the address and what peer (the address resolved
-// under tr) names.
-func (p *Pipeline) endpoint(e *flow.Endpoint, tr timedResolver, ap netip.AddrPort, peer *Peer) *flow.Endpoint {
-	*e = flow.Endpoint{IP: addrString(ap.Addr()), Port: ap.Port(), Namespace: peer.Namespace, Name: peer.Name, Zone: peer.Zone,
-		Labels: p.selectedLabels(tr.gen, peer)}
-	return e
-}
-
-// labelsKey names a workload under one resolver (its generation).
-type labelsKey struct {
-	gen             uint64
-	namespace, name string
-}
-
-// selectedLabels returns the workload's labels that the config selects,
-// nil when none. The map is shared by every record of the workload under
-// this resolver (records are read-only once built): one map per workload,
-// not two per connection.
-func (p *Pipeline) selectedLabels(gen uint64, peer *Peer) map[string]string {
-	if len(peer.Labels) == 0 {
-		return nil
-	}
-	k := labelsKey{gen, peer.Namespace, peer.Name}
-	if m, ok := p.labels[k]; ok {
-		return m
-	}
-	var m map[string]string
-	for _, l := range p.cfg.Labels {
-		if v, ok := peer.Labels[l]; ok {
-			if m == nil {
-				m = map[string]string{}
-			}
-			m[l] = v
-		}
-	}
-	if len(p.labels) >= 10000 {
-		clear(p.labels) // workloads of old resolvers go
-	}
-	p.labels[k] = m
-	return m
-}
-
-func (p *Pipeline) emitFlow(rec *flow.Record) {
-	p.write(rec)
-	if !rec.IsExpected() {
-		p.fold(rec)
 	}
 }
 
@@ -220,105 +133,32 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 		k := keyOf(ev)
 		seen[k] = true
 		start := firstNonZero(ev.Start, ev.Time)
-		of, ok := p.open[k]
+		of, ok := p.open.track(k, start)
 		if !ok {
-			if len(p.open) >= p.cfg.MaxOpenFlows {
-				if now.Sub(start) >= p.cfg.FlowInterval {
-					p.lose(flow.CauseOpenTableFull, flow.UnitRecords, 1)
-				}
-				continue
+			if now.Sub(start) >= p.cfg.FlowInterval {
+				p.losses.add(flow.CauseOpenTableFull, flow.UnitRecords, 1)
 			}
-			of = &openFlow{connStart: start}
-			p.open[k] = of
+			continue
 		}
 		from := firstNonZero(of.reportedUntil, of.connStart)
 		if now.Sub(from) < p.cfg.FlowInterval {
 			continue
 		}
-		rec := p.connRecord(ev, flow.ReportInterim, from)
+		rec := p.rec.connRecord(ev, flow.ReportInterim, from, p.res.at(from))
 		rec.End = now
-		p.connStart(rec, of.connStart)
-		rec.PacketsToDst -= of.orig.Packets
-		rec.BytesToDst -= of.orig.Bytes
-		rec.PacketsToSrc -= of.reply.Packets
-		rec.BytesToSrc -= of.reply.Bytes
+		p.rec.connStart(rec, of.connStart)
+		of.since(rec)
 		of.reportedUntil, of.orig, of.reply = now, ev.Orig, ev.Reply
 		p.emitFlow(rec)
 	}
-	// Entries gone from two dumps in a row lost their DESTROY event (the
-	// loss was counted where it happened): stop tracking them. One dump is
-	// not enough: the DESTROY may still wait in the queue.
-	for k := range p.open {
-		if seen[k] {
-			delete(p.missing, k)
-			continue
-		}
-		p.missing[k]++
-		if p.missing[k] >= 2 {
-			delete(p.open, k)
-			delete(p.missing, k)
-		}
-	}
+	p.open.sweep(seen)
 }
 
-// packet aggregates a denied first packet by 5-tuple.
-func (p *Pipeline) packet(pkt flows.Packet) {
-	verdict, _ := pkt.Mark.Decision()
-	if pkt.Prefix != flows.PrefixDeny || verdict != dataplane.Denied {
-		// Accepted connections are reported from conntrack, which carries
-		// the same decision and the byte counts.
-		p.m.nflogIgnored.Inc()
-		return
-	}
-	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
-	icmp := pkt.Proto == dataplane.ICMP || pkt.Proto == dataplane.ICMPv6
-	if icmp {
-		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
-	}
-	a, ok := p.denied[k]
-	if !ok {
-		if len(p.denied) >= p.cfg.MaxDenied {
-			p.lose(flow.CauseDeniedTableFull, flow.UnitPackets, 1)
-			return
+func firstNonZero(ts ...time.Time) time.Time {
+	for _, t := range ts {
+		if !t.IsZero() {
+			return t
 		}
-		a = &aggregate{first: pkt.Time, mark: pkt.Mark, icmp: icmp, icmpType: pkt.ICMPType}
-		p.denied[k] = a
 	}
-	a.packets++
-	a.bytes += uint64(pkt.Length)
-	if pkt.Time.Before(a.first) {
-		a.first = pkt.Time
-	}
-	if pkt.Time.After(a.last) {
-		a.last = pkt.Time
-	}
-}
-
-// flushDenied writes one record per denied 5-tuple of the interval.
-func (p *Pipeline) flushDenied(now time.Time) {
-	for k, a := range p.denied {
-		verdict, origin := a.mark.Decision()
-		rec := &flow.Record{Kind: flow.KindFlow, Report: flow.ReportAggregate, Start: a.first, End: a.last,
-			PacketsToDst: a.packets, BytesToDst: a.bytes}
-		p.describe(rec, k.proto, k.src, k.dst, a.icmpType, verdict, origin, a.first)
-		p.emitFlow(rec)
-		delete(p.denied, k)
-	}
-}
-
-// ProtocolName names an IP protocol number as records do.
-func ProtocolName(p dataplane.Protocol) string {
-	switch p {
-	case dataplane.TCP:
-		return "TCP"
-	case dataplane.UDP:
-		return "UDP"
-	case dataplane.SCTP:
-		return "SCTP"
-	case dataplane.ICMP:
-		return "ICMP"
-	case dataplane.ICMPv6:
-		return "ICMPv6"
-	}
-	return fmt.Sprintf("%d", uint8(p))
+	return time.Time{}
 }

@@ -2,15 +2,10 @@ package flowlog
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"net/netip"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
 
@@ -106,72 +101,26 @@ func ReaderOverflows(nl *flows.NFLOG, ct *flows.Conntrack) func() map[string]uin
 	}
 }
 
-// item is one queued event.
-type item struct {
-	pkt  flows.Packet
-	conn flows.ConnEvent
-	isCt bool
-}
-
 // Pipeline turns events into records. Packets and Conns may be called from
-// any goroutine (the readers'); Run owns everything else.
+// any goroutine (the readers'); Run's loop owns everything else. Each part
+// owns its state: the queue (events in), the open connections, the
+// denied aggregates, the alerts, the losses, and the recorder (records
+// out); the loop moves events and intervals between them.
 type Pipeline struct {
-	cfg     Config
-	src     Sources
-	flowOut io.Writer
-	alerts  io.Writer
-	m       *metrics
+	cfg Config
+	src Sources
+	m   *metrics
 
-	// The queue: readers append to pending, Run takes it whole (swapping
-	// in the slice it has processed) and is woken through ready. Two
-	// slices reused, not a channel of QueueSize events: a channel's ring
-	// is written all round, so every slot is cold by the time it comes
-	// back (page faults once the kernel has reclaimed it) and the
-	// collector scans all of it on every cycle.
-	qMu     sync.Mutex
-	pending []item
-	ready   chan struct{} // capacity 1: pending is not empty
-
-	resMu     sync.Mutex
-	resolvers []timedResolver // newest last
-
-	// Drops at the queue, by unit; read by the loop each interval.
-	droppedConns, droppedPackets, droppedOther atomic.Uint64
+	q   *queue
+	res *resolverHistory
 
 	// Owned by Run.
-	open         map[connKey]*openFlow
-	missing      map[connKey]int // open flows absent from consecutive dumps
-	denied       map[tupleKey]*aggregate
-	alertsByKey  map[alertKey]*alert
-	lastTick     time.Time
-	lastCounters map[string]uint64
-	lastOverflow map[string]uint64
-	reported     map[string]uint64 // queue drops already reported, by unit
-	pendingLost  map[lostKey]uint64
-	writeErr     error
-	enc          []byte // the record being written
-	parts        recordParts
-	labels       map[labelsKey]map[string]string
-
-	statsMu sync.Mutex
-	stats   Stats
-}
-
-type timedResolver struct {
-	since time.Time
-	r     Resolver
-	gen   uint64 // numbers the resolvers in the order they were set
-}
-
-type lostKey struct{ cause, unit string }
-
-// Stats are the pipeline's totals since New.
-type Stats struct {
-	// Records written by kind, flow records also by verdict.
-	Flows, Lost, Alerts uint64
-	ByVerdict           map[string]uint64
-	// LostByCause sums the counts of lost records by "cause/unit".
-	LostByCause map[string]uint64
+	open     *openConns
+	denied   *deniedAggs
+	alerts   *alertBook
+	losses   *losses
+	rec      *recorder
+	lastTick time.Time
 }
 
 // New returns a pipeline writing flow and lost records to flowOut and
@@ -180,19 +129,18 @@ type Stats struct {
 func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pipeline {
 	cfg = cfg.Defaults()
 	p := &Pipeline{
-		cfg: cfg, src: src, flowOut: flowOut, alerts: alertOut,
-		ready:       make(chan struct{}, 1),
-		open:        map[connKey]*openFlow{},
-		missing:     map[connKey]int{},
-		denied:      map[tupleKey]*aggregate{},
-		alertsByKey: map[alertKey]*alert{},
-		reported:    map[string]uint64{},
-		pendingLost: map[lostKey]uint64{},
-		labels:      map[labelsKey]map[string]string{},
-		stats:       Stats{ByVerdict: map[string]uint64{}, LostByCause: map[string]uint64{}},
+		cfg: cfg, src: src,
+		q:      newQueue(cfg.QueueSize),
+		res:    &resolverHistory{list: []timedResolver{{r: res}}},
+		open:   newOpenConns(cfg.MaxOpenFlows),
+		denied: newDeniedAggs(cfg.MaxDenied),
+		alerts: newAlertBook(cfg.MaxAlerts, cfg.FlowInterval, cfg.AlertTTL),
+		losses: newLosses(),
 	}
-	p.resolvers = []timedResolver{{r: res}}
 	p.m = newMetrics(p)
+	p.rec = &recorder{node: cfg.Node, labels: cfg.Labels, flowOut: flowOut, alerts: alertOut, onRecord: cfg.OnRecord, m: p.m,
+		byWorkload: map[labelsKey]map[string]string{},
+		stats:      Stats{ByVerdict: map[string]uint64{}, LostByCause: map[string]uint64{}}}
 	return p
 }
 
@@ -200,74 +148,16 @@ func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pi
 // every policy change. Origin ids are renumbered by a recompile, so
 // connections that began before the change keep the previous resolver's
 // origins (the last few are kept).
-func (p *Pipeline) SetResolver(r Resolver) {
-	p.resMu.Lock()
-	defer p.resMu.Unlock()
-	p.resolvers = append(p.resolvers, timedResolver{since: p.cfg.Now(), r: r, gen: p.resolvers[len(p.resolvers)-1].gen + 1})
-	if len(p.resolvers) > 4 {
-		p.resolvers = p.resolvers[len(p.resolvers)-4:]
-	}
-}
-
-// resolverAt returns the resolver in force when a connection began.
-func (p *Pipeline) resolverAt(t time.Time) timedResolver {
-	p.resMu.Lock()
-	defer p.resMu.Unlock()
-	for i := len(p.resolvers) - 1; i > 0; i-- {
-		if !t.Before(p.resolvers[i].since) {
-			return p.resolvers[i]
-		}
-	}
-	return p.resolvers[0]
-}
+func (p *Pipeline) SetResolver(r Resolver) { p.res.set(r, p.cfg.Now()) }
 
 // Packets queues a batch of NFLOG packets (a flows.NFLOG handler).
 func (p *Pipeline) Packets(pkts []flows.Packet) {
-	p.push(len(pkts), func(i int) item { return item{pkt: pkts[i]} })
+	p.q.push(len(pkts), func(i int) item { return item{pkt: pkts[i]} })
 }
 
 // Conns queues a batch of conntrack events (a flows.Conntrack handler).
 func (p *Pipeline) Conns(evs []flows.ConnEvent) {
-	p.push(len(evs), func(i int) item { return item{conn: evs[i], isCt: true} })
-}
-
-// push queues the n events at(0), ..., at(n-1) with one lock and at most
-// one wake-up of Run. It never blocks: events past QueueSize are dropped
-// and counted by unit.
-func (p *Pipeline) push(n int, at func(int) item) {
-	p.qMu.Lock()
-	fit := min(n, max(0, p.cfg.QueueSize-len(p.pending)))
-	wake := len(p.pending) == 0 && fit > 0
-	for i := range fit {
-		p.pending = append(p.pending, at(i))
-	}
-	p.qMu.Unlock()
-	for i := fit; i < n; i++ {
-		switch it := at(i); {
-		case it.isCt && it.conn.Type == flows.ConnDestroy:
-			p.droppedConns.Add(1)
-		case !it.isCt && it.pkt.Prefix == flows.PrefixDeny:
-			p.droppedPackets.Add(1)
-		default:
-			p.droppedOther.Add(1)
-		}
-	}
-	if wake {
-		select {
-		case p.ready <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// take returns the queued events, handing the queue spare (emptied) to
-// fill next.
-func (p *Pipeline) take(spare []item) []item {
-	p.qMu.Lock()
-	defer p.qMu.Unlock()
-	got := p.pending
-	p.pending = spare[:0]
-	return got
+	p.q.push(len(evs), func(i int) item { return item{conn: evs[i], isCt: true} })
 }
 
 // Run processes events until ctx ends, then drains the queue, writes the
@@ -275,19 +165,18 @@ func (p *Pipeline) take(spare []item) []item {
 // Open connections get no record at shutdown (their conntrack entries
 // outlive the agent). It returns the first write error, if any.
 func (p *Pipeline) Run(ctx context.Context) error {
-	now := p.cfg.Now()
-	p.lastTick = now
+	p.lastTick = p.cfg.Now()
 	p.baseline()
 	ticker := time.NewTicker(p.cfg.FlowInterval)
 	defer ticker.Stop()
 	var spare []item
 	for {
 		select {
-		case <-p.ready:
+		case <-p.q.ready:
 			// Everything queued, then a flush, so that readers of the
 			// file see records soon without a write per record.
 			spare = p.drain(spare)
-			p.flush()
+			p.rec.flush()
 			if p.cfg.BatchWait > 0 {
 				time.Sleep(p.cfg.BatchWait)
 			}
@@ -296,192 +185,67 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			p.drain(spare)
 			p.tick(p.cfg.Now(), false)
-			return p.writeErr
+			return p.rec.err
 		}
 	}
 }
 
+// baseline reads the loss sources' current values so that only later
+// changes count as losses.
+func (p *Pipeline) baseline() { p.losses.baseline(p.src) }
+
 // drain processes the queued events, without waiting for more, and
 // returns the emptied slice for reuse.
 func (p *Pipeline) drain(spare []item) []item {
-	got := p.take(spare)
+	got := p.q.take(spare)
 	for i := range got {
-		p.process(got[i])
+		if got[i].isCt {
+			p.conn(got[i].conn)
+		} else {
+			p.packet(got[i].pkt)
+		}
 	}
 	clear(got) // no references kept past their records
 	return got[:0]
 }
 
-// baseline reads the counters' current values so that only later
-// changes count as losses.
-func (p *Pipeline) baseline() {
-	if p.src.Counters != nil {
-		if c, err := p.src.Counters(); err == nil {
-			p.lastCounters = c
-		}
-	}
-	if p.src.Overflows != nil {
-		p.lastOverflow = p.src.Overflows()
-	}
-}
-
-func (p *Pipeline) process(it item) {
-	if it.isCt {
-		p.conn(it.conn)
-		return
-	}
-	p.packet(it.pkt)
-}
-
 // tick ends an interval: denied aggregates, interim records (with dump),
 // losses, alert updates, then a flush.
 func (p *Pipeline) tick(now time.Time, dump bool) {
-	p.flushDenied(now)
+	p.flushDenied()
 	if dump && p.src.Dump != nil {
 		if evs, err := p.src.Dump(); err == nil {
 			p.interim(now, evs)
 		}
 	}
-	p.collectLosses()
+	p.losses.collect(p.q.dropped(), p.src)
 	p.writeLost(p.lastTick, now)
-	p.updateAlerts(now, !dump)
+	p.alerts.due(now, !dump, func(a *alert) { p.writeAlert(a, now) })
 	p.lastTick = now
-	p.flush()
-	p.m.setGauges(len(p.open), len(p.denied), len(p.alertsByKey))
+	p.rec.flush()
+	p.m.setGauges(p.open.len(), p.denied.len(), p.alerts.len())
 }
 
-func (p *Pipeline) collectLosses() {
-	for unit, v := range map[string]uint64{flow.UnitConnections: p.droppedConns.Load(), flow.UnitPackets: p.droppedPackets.Load(), "messages": p.droppedOther.Load()} {
-		if d := v - p.reported[unit]; d > 0 {
-			p.pendingLost[lostKey{flow.CauseQueueFull, unit}] += d
-			p.reported[unit] = v
-		}
-	}
-	if p.src.Counters != nil {
-		if cur, err := p.src.Counters(); err == nil {
-			for name, cause := range map[string]string{dataplane.CounterLogLimitedAllow: flow.CauseRateLimitAllow, dataplane.CounterLogLimitedDeny: flow.CauseRateLimitDeny} {
-				unit := flow.UnitPackets
-				if cause == flow.CauseRateLimitAllow {
-					// Accepted connections keep their records (conntrack);
-					// only their NFLOG message is missing.
-					unit = "messages"
-				}
-				if d := delta(cur[name], p.lastCounters[name]); d > 0 {
-					p.pendingLost[lostKey{cause, unit}] += d
-				}
-			}
-			p.lastCounters = cur
-		}
-	}
-	if p.src.Overflows != nil {
-		cur := p.src.Overflows()
-		for cause, v := range cur {
-			if d := delta(v, p.lastOverflow[cause]); d > 0 {
-				p.pendingLost[lostKey{cause, flow.UnitOverflows}] += d
-			}
-		}
-		p.lastOverflow = cur
-	}
-}
-
-// delta of a counter that only grows, unless it was reset (the table was
-// recreated): then all of cur is new.
-func delta(cur, last uint64) uint64 {
-	if cur < last {
-		return cur
-	}
-	return cur - last
-}
-
-func (p *Pipeline) lose(cause, unit string, n uint64) {
-	if n > 0 {
-		p.pendingLost[lostKey{cause, unit}] += n
-	}
-}
-
+// writeLost writes the interval's losses as lost records.
 func (p *Pipeline) writeLost(start, end time.Time) {
-	for k, n := range p.pendingLost {
-		p.write(&flow.Record{Kind: flow.KindLost, Start: start, End: end, Cause: k.cause, Unit: k.unit, Count: n})
+	p.losses.drain(func(k lostKey, n uint64) {
+		p.rec.write(&flow.Record{Kind: flow.KindLost, Start: start, End: end, Cause: k.cause, Unit: k.unit, Count: n})
 		p.m.lost.WithLabelValues(k.cause, k.unit).Add(float64(n))
-		p.statsMu.Lock()
-		p.stats.LostByCause[k.cause+"/"+k.unit] += n
-		p.statsMu.Unlock()
-		delete(p.pendingLost, k)
-	}
+		p.rec.countLost(k, n)
+	})
 }
 
-// write encodes one record to its log.
-func (p *Pipeline) write(r *flow.Record) {
-	r.Schema = flow.Schema
-	r.Node = p.cfg.Node
-	out := p.flowOut
-	if r.Kind == flow.KindAlert {
-		out = p.alerts
-	}
-	if out == nil {
-		return
-	}
-	p.enc = append(appendRecord(p.enc[:0], r), '\n')
-	if _, err := out.Write(p.enc); err != nil {
-		p.setErr(fmt.Errorf("write %s record: %w", r.Kind, err))
-		return
-	}
-	if p.cfg.OnRecord != nil {
-		p.cfg.OnRecord(r)
-	}
-	p.statsMu.Lock()
-	switch r.Kind {
-	case flow.KindFlow:
-		p.stats.Flows++
-		p.stats.ByVerdict[r.Verdict]++
-	case flow.KindLost:
-		p.stats.Lost++
-	case flow.KindAlert:
-		p.stats.Alerts++
-	}
-	p.statsMu.Unlock()
-	p.m.records.WithLabelValues(r.Kind, r.Verdict).Inc()
-}
-
-func (p *Pipeline) setErr(err error) {
-	if p.writeErr == nil {
-		p.writeErr = err
-	}
-	p.m.writeErrors.Inc()
-}
-
-type flusher interface{ Flush() error }
-
-func (p *Pipeline) flush() {
-	for _, w := range []io.Writer{p.flowOut, p.alerts} {
-		if f, ok := w.(flusher); ok {
-			if err := f.Flush(); err != nil {
-				p.setErr(fmt.Errorf("flush: %w", err))
-			}
-		}
+// emitFlow writes a flow record, and folds it into its alert when it is
+// unexpected.
+func (p *Pipeline) emitFlow(rec *flow.Record) {
+	p.rec.write(rec)
+	if !rec.IsExpected() {
+		p.fold(rec)
 	}
 }
 
 // Stats returns the totals so far.
-func (p *Pipeline) Stats() Stats {
-	p.statsMu.Lock()
-	defer p.statsMu.Unlock()
-	s := p.stats
-	s.ByVerdict, s.LostByCause = map[string]uint64{}, map[string]uint64{}
-	for k, v := range p.stats.ByVerdict {
-		s.ByVerdict[k] = v
-	}
-	for k, v := range p.stats.LostByCause {
-		s.LostByCause[k] = v
-	}
-	return s
-}
+func (p *Pipeline) Stats() Stats { return p.rec.totals() }
 
 // QueueLen is the number of events waiting.
-func (p *Pipeline) QueueLen() int {
-	p.qMu.Lock()
-	defer p.qMu.Unlock()
-	return len(p.pending)
-}
-
-func addrString(a netip.Addr) string { return a.Unmap().String() }
+func (p *Pipeline) QueueLen() int { return p.q.len() }

@@ -133,7 +133,7 @@ func TestFinalRecords(t *testing.T) {
 			}
 			res := timedResolver{r: fakeResolver{origins}}
 			peer := res.r.Resolve(tt.ev.Src.Addr())
-			src := p.endpoint(&flow.Endpoint{}, res, tt.ev.Src, &peer)
+			src := p.rec.endpoint(&flow.Endpoint{}, res, tt.ev.Src, &peer)
 			want := []flow.Record{{Schema: flow.Schema, Kind: flow.KindFlow, Node: "n1", Report: flow.ReportFinal, Start: t0, End: t0.Add(time.Second),
 				Protocol: "TCP", Src: src, Dst: &tt.dst, Direction: tt.dir, Verdict: tt.verdict, Origin: &o, Expected: boolp(tt.expected),
 				PacketsToDst: 10, BytesToDst: 1000, PacketsToSrc: 5, BytesToSrc: 500}}
@@ -183,8 +183,8 @@ func TestInterimRecords(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
-	if total != 10000 || len(p.open) != 0 {
-		t.Errorf("total %d bytes, %d open", total, len(p.open))
+	if total != 10000 || p.open.len() != 0 {
+		t.Errorf("total %d bytes, %d open", total, p.open.len())
 	}
 }
 
@@ -323,8 +323,8 @@ func TestMemoryBound(t *testing.T) {
 		p.conn(ct(flows.ConnNew, i, web, api, 8443, m, t0, time.Time{}, 0))
 		dump = append(dump, ct(flows.ConnDump, i, web, api, 8443, m, t0, time.Time{}, 100))
 	}
-	if len(p.open) != 10 {
-		t.Fatalf("%d open flows, cap 10", len(p.open))
+	if p.open.len() != 10 {
+		t.Fatalf("%d open flows, cap 10", p.open.len())
 	}
 	c.t = t0.Add(2 * time.Minute)
 	p.tick(c.t, true)
@@ -343,8 +343,8 @@ func TestMemoryBound(t *testing.T) {
 			lost += r.Count
 		}
 	}
-	if final != 100 || interim != 10 || lost != 90 || len(p.open) != 0 {
-		t.Errorf("final %d interim %d lost interim %d open %d; want 100, 10, 90, 0", final, interim, lost, len(p.open))
+	if final != 100 || interim != 10 || lost != 90 || p.open.len() != 0 {
+		t.Errorf("final %d interim %d lost interim %d open %d; want 100, 10, 90, 0", final, interim, lost, p.open.len())
 	}
 }
 

@@ -3,6 +3,7 @@ package flowlog
 import (
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -82,3 +83,40 @@ func (r *PolicyResolver) Resolve(ip netip.Addr) Peer {
 
 // Origin implements Resolver.
 func (r *PolicyResolver) Origin(id uint16) (policy.Origin, bool) { return r.c.Origin(id) }
+
+// timedResolver is a resolver and the time from which it is in force.
+type timedResolver struct {
+	since time.Time
+	r     Resolver
+	gen   uint64 // numbers the resolvers in the order they were set
+}
+
+// resolverHistory keeps the last few resolvers: origin ids are renumbered
+// by a recompile, so a connection that began before a policy change is
+// named with the resolver in force when it began.
+type resolverHistory struct {
+	mu   sync.Mutex
+	list []timedResolver // newest last
+}
+
+// set installs r from since on.
+func (h *resolverHistory) set(r Resolver, since time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.list = append(h.list, timedResolver{since: since, r: r, gen: h.list[len(h.list)-1].gen + 1})
+	if len(h.list) > 4 {
+		h.list = h.list[len(h.list)-4:]
+	}
+}
+
+// at returns the resolver in force at t.
+func (h *resolverHistory) at(t time.Time) timedResolver {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := len(h.list) - 1; i > 0; i-- {
+		if !t.Before(h.list[i].since) {
+			return h.list[i]
+		}
+	}
+	return h.list[0]
+}
