@@ -164,3 +164,27 @@ func TestPlanRevivedChainKeepsShadowedRules(t *testing.T) {
 		t.Errorf("revived %s expected with %d rules (%q), the kernel holds 2", epo, len(tags), tags)
 	}
 }
+
+// TestSpentMemoRendersFromNothing: a rendering's memo serves one render; a
+// second render from it gives the same content as a fresh one (it once
+// panicked on element maps handed on to the first).
+func TestSpentMemoRendersFromNothing(t *testing.T) {
+	cfg := Config{}.Defaults()
+	prev, err := render(cfg, planWorld(3, 80), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 {
+		st, err := render(cfg, planWorld(4, 80), prev)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		fresh, _ := render(cfg, planWorld(4, 80), nil)
+		for name, want := range fresh.sets {
+			got := st.sets[name]
+			if got == nil || len(got.elems) != len(want.elems) {
+				t.Fatalf("round %d: set %s differs from a fresh render", round, name)
+			}
+		}
+	}
+}

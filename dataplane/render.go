@@ -74,8 +74,10 @@ type chainSpec struct {
 // exceptions that belong to the memo: a derived interval set takes over
 // its predecessor's element map (deriveIntervals), and a render takes over
 // the maps of the rendering before its predecessor (renderMaps). A
-// rendering is therefore the memo of one render only, and a failed sync
-// starts over from none.
+// rendering is therefore the memo of one render only (spent marks it; a
+// second render from it starts from nothing), and a failed sync starts
+// over from none. What the kernel holds is the plan's business (applied),
+// which reads a rendering's content, never its memo.
 type state struct {
 	// The desired content: sets and chains by name, and for each endpoint
 	// id the chains it needs (for CHECK).
@@ -104,6 +106,9 @@ type state struct {
 	own, spare renderMaps
 	// cfg is the config the base chains were rendered for.
 	cfg Config
+	// spent: a render took this rendering's memo; a second render from it
+	// starts from nothing rather than from element maps handed on.
+	spent bool
 }
 
 // renderMaps are the maps a render fills from nothing: the chains, the
@@ -194,6 +199,9 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	if err := rs.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid ruleset: %w", err)
 	}
+	if prev != nil && prev.spent {
+		prev = nil // its memo went to an earlier render: start from nothing
+	}
 	var perFam [7]int // maps sized up front: growing them was a tenth of a sync
 	for _, ep := range rs.Endpoints {
 		for _, ip := range ep.IPs {
@@ -211,6 +219,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	if prev != nil {
 		st.cache = prev.made
 		st.spare = prev.own
+		prev.spent = true
 	}
 	for _, fs := range fixedSets {
 		for _, fam := range []int{4, 6} {
