@@ -3,6 +3,7 @@ package node
 import (
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -17,8 +18,15 @@ type dirWatch struct {
 	log   *slog.Logger
 	w     *fsnotify.Watcher
 	dirty atomic.Bool
+	last  atomic.Int64 // when the last event came (Unix nanoseconds)
 	done  chan struct{}
 }
+
+// settle is how long a policy directory must be quiet before a read: a
+// file set being written (a copy of many files, an editor's save) is read
+// once it is complete, not half-way. Writers that replace files by rename
+// are complete at once.
+const settle = 300 * time.Millisecond
 
 // watchDir starts a watch for dir. It is marked until the first read
 // (it cannot tell what happened before it began); the reads add the
@@ -44,6 +52,7 @@ func (d *dirWatch) run() {
 			if !ok {
 				return
 			}
+			d.last.Store(time.Now().UnixNano())
 			d.dirty.Store(true)
 		case err, ok := <-d.w.Errors:
 			if !ok {
@@ -56,10 +65,16 @@ func (d *dirWatch) run() {
 	}
 }
 
-// take reports whether something may have changed since the last take,
-// and clears the mark: an event during the read that follows marks it
-// again, so the next check reads again.
-func (d *dirWatch) take() bool { return d.dirty.Swap(false) }
+// take reports whether something may have changed since the last take
+// and the directory has been quiet for settle since, and then clears the
+// mark: an event during the read that follows marks it again, so the next
+// check reads again. While events keep coming it reports false.
+func (d *dirWatch) take() bool {
+	if !d.dirty.Load() || time.Since(time.Unix(0, d.last.Load())) < settle {
+		return false
+	}
+	return d.dirty.Swap(false)
+}
 
 // mark makes the next check read the directory (a read failed). A nil
 // watch does nothing: without one, every check reads.

@@ -198,6 +198,9 @@ func (s *DirSource) readFingerprint() string {
 		s.watch.mark()
 		return "error: " + err.Error()
 	}
+	if allowsLoss(s.dir) {
+		fp += " " + AllowLossMarker // creating or removing the marker is a change
+	}
 	return fp
 }
 
@@ -210,9 +213,50 @@ func (s *DirSource) load(fp string) error {
 		s.lastErr = fmt.Errorf("policy directory %s: %w", s.dir, err)
 		return s.lastErr
 	}
+	if lost := lostKinds(s.good, p); len(lost) > 0 && !allowsLoss(s.dir) {
+		s.lastErr = fmt.Errorf("policy directory %s lost every %s it held: refused, the last good policy stays in force "+
+			"(files moved aside, an unmounted volume, a deploy in progress?); to apply it on purpose, create %s in the directory",
+			s.dir, strings.Join(lost, ", every "), AllowLossMarker)
+		return s.lastErr
+	}
 	s.good, s.lastErr = p, nil
 	s.generation++
 	return nil
+}
+
+// AllowLossMarker, a file in the policy directory, lets a reload apply a
+// policy that lost every object of a kind (all Zones, say, or everything):
+// without it such a reload is refused, since a directory emptied by
+// accident would otherwise open every workload. Remove it afterwards.
+const AllowLossMarker = ".netseg-allow-policy-loss"
+
+func allowsLoss(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, AllowLossMarker))
+	return err == nil
+}
+
+// lostKinds names the kinds that old held and now holds none of (old nil:
+// a first load loses nothing).
+func lostKinds(old, now *policyfile.Policy) []string {
+	if old == nil {
+		return nil
+	}
+	var lost []string
+	for _, k := range []struct {
+		kind     string
+		had, has int
+	}{
+		{"Zone", len(old.Zones), len(now.Zones)},
+		{"ZonePolicy", len(old.ZonePolicies), len(now.ZonePolicies)},
+		{"ServiceDependency", len(old.ServiceDependencies), len(now.ServiceDependencies)},
+		{"Namespace", len(old.Namespaces), len(now.Namespaces)},
+		{"Workload", len(old.Workloads), len(now.Workloads)},
+	} {
+		if k.had > 0 && k.has == 0 {
+			lost = append(lost, k.kind)
+		}
+	}
+	return lost
 }
 
 // fingerprint hashes the names, sizes and contents of the directory's
