@@ -195,6 +195,11 @@ func (a *Agent) Run(ctx context.Context) error {
 // gone (the container died while the agent was down); the first sync then
 // removes their rules.
 func (a *Agent) reconcileRegistry() {
+	for _, d := range a.reg.Damaged {
+		a.metrics.RegistryDamaged.Inc()
+		a.log.Error("registry entry unreadable; moved aside, its endpoint stays unprogrammed until its runtime adds it again", "entry", d)
+	}
+	a.reg.Damaged = nil
 	removed, err := a.reg.Retain(func(ep agent.Endpoint) bool {
 		return ep.HostIface == "" || a.kernel.LinkExists(ep.HostIface)
 	})

@@ -18,8 +18,11 @@ type Metrics struct {
 	Endpoints    prometheus.Gauge
 	PolicyErrors prometheus.Counter
 	DriftRepairs prometheus.Counter
-	Requests     *prometheus.CounterVec
-	AddToKernel  prometheus.Histogram
+	// RegistryDamaged counts registry entries that could not be read and
+	// were moved aside at start.
+	RegistryDamaged prometheus.Counter
+	Requests        *prometheus.CounterVec
+	AddToKernel     prometheus.Histogram
 }
 
 // NewMetrics registers the metrics.
@@ -36,12 +39,14 @@ func NewMetrics() *Metrics {
 			Help: "Policy loads that failed; the last good policy stayed in force."}),
 		DriftRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_drift_repairs_total",
 			Help: "Times the kernel ruleset differed from the desired one and was rebuilt."}),
+		RegistryDamaged: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_registry_damaged_total",
+			Help: "Registry entries that could not be read at start and were moved aside (endpoints-damaged in the state directory)."}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netseg_cni_requests_total",
 			Help: "Requests on the agent socket by operation and result."}, []string{"op", "result"}),
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.Requests, m.AddToKernel,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -23,8 +23,11 @@ import (
 // restarted agent re-programs the same rules without asking the runtime,
 // and a change writes one small file whatever the node's size.
 type Registry struct {
-	epDir  string // dir/endpoints
-	legacy string // dir/endpoints.json: the single-file form of earlier versions
+	epDir   string // dir/endpoints
+	legacy  string // dir/endpoints.json: the single-file form of earlier versions
+	damaged string // dir/endpoints-damaged: entries that could not be read, moved aside
+	// Damaged are the entries OpenRegistry moved aside, by file name.
+	Damaged []string
 
 	mu          sync.Mutex
 	endpoints   map[string]Registered // by ID
@@ -73,6 +76,7 @@ func EndpointID(a agent.Attachment) string { return a.ContainerID + "/" + a.IfNa
 // OpenRegistry loads the registry from dir (creating dir if needed).
 func OpenRegistry(dir string) (*Registry, error) {
 	r := &Registry{epDir: filepath.Join(dir, "endpoints"), legacy: filepath.Join(dir, "endpoints.json"),
+		damaged:   filepath.Join(dir, "endpoints-damaged"),
 		endpoints: map[string]Registered{}, quarantined: map[string]Registered{}}
 	if err := os.MkdirAll(r.epDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", r.epDir, err)
@@ -87,13 +91,18 @@ func OpenRegistry(dir string) (*Registry, error) {
 			_ = os.Remove(filepath.Join(r.epDir, name)) // a temporary file of an interrupted write
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(r.epDir, name))
+		ent, err := readEntry(filepath.Join(r.epDir, name))
 		if err != nil {
-			return nil, fmt.Errorf("read registry entry %s: %w", name, err)
-		}
-		var ent regEntry
-		if err := json.Unmarshal(b, &ent); err != nil {
-			return nil, fmt.Errorf("parse registry entry %s: %w", filepath.Join(r.epDir, name), err)
+			// A torn write (power lost after an ADD) or a damaged disk:
+			// one entry must not keep the agent from starting. It is moved
+			// aside for a human; the endpoint's addresses, inside the pod
+			// network but unprogrammed, carry nothing until its runtime
+			// adds it again.
+			if merr := r.moveAside(name); merr != nil {
+				return nil, fmt.Errorf("%w (and moving it aside failed: %v)", err, merr)
+			}
+			r.Damaged = append(r.Damaged, name+": "+err.Error())
+			continue
 		}
 		r.mapOf(ent.Quarantined)[EndpointID(ent.Endpoint.Attachment)] = registered(ent.Endpoint)
 	}
@@ -101,6 +110,29 @@ func OpenRegistry(dir string) (*Registry, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+func readEntry(path string) (regEntry, error) {
+	var ent regEntry
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ent, fmt.Errorf("read registry entry %s: %w", path, err)
+	}
+	if err := json.Unmarshal(b, &ent); err != nil {
+		return ent, fmt.Errorf("parse registry entry %s: %w", path, err)
+	}
+	if err := validEndpoint(ent.Endpoint); err != nil && !ent.Quarantined {
+		return ent, fmt.Errorf("registry entry %s: %w", path, err)
+	}
+	return ent, nil
+}
+
+// moveAside moves an unreadable entry into the damaged directory.
+func (r *Registry) moveAside(name string) error {
+	if err := os.MkdirAll(r.damaged, 0o700); err != nil {
+		return err
+	}
+	return os.Rename(filepath.Join(r.epDir, name), filepath.Join(r.damaged, name))
 }
 
 // migrate turns an endpoints.json of an earlier version into entries.
@@ -152,7 +184,10 @@ func (r *Registry) entryPath(id string) string {
 	return filepath.Join(r.epDir, name+".json")
 }
 
-// write records ep (as registered or quarantined) in its file.
+// write records ep (as registered or quarantined) in its file: a
+// temporary file, synced, renamed over the entry, and the directory
+// synced, so that after a crash the entry is the old one or the new one,
+// whole.
 func (r *Registry) write(ep agent.Endpoint, quarantined bool) error {
 	b, err := json.Marshal(regEntry{Version: 2, Quarantined: quarantined, Endpoint: ep})
 	if err != nil {
@@ -160,19 +195,50 @@ func (r *Registry) write(ep agent.Endpoint, quarantined bool) error {
 	}
 	path := r.entryPath(EndpointID(ep.Attachment))
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := writeSynced(tmp, b); err != nil {
 		return fmt.Errorf("write registry entry: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("replace registry entry: %w", err)
 	}
+	if err := syncDir(r.epDir); err != nil {
+		return fmt.Errorf("sync registry directory: %w", err)
+	}
 	return nil
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // erase removes an endpoint's file.
 func (r *Registry) erase(id string) error {
 	if err := os.Remove(r.entryPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove registry entry: %w", err)
+	}
+	if err := syncDir(r.epDir); err != nil {
+		return fmt.Errorf("sync registry directory: %w", err)
 	}
 	return nil
 }
@@ -267,7 +333,7 @@ func (r *Registry) Retain(keep func(agent.Endpoint) bool) ([]agent.Endpoint, err
 // Remove deletes the registry's files (netseg-agent --cleanup).
 func (r *Registry) Remove() error {
 	var errs []error
-	for _, p := range []string{r.epDir, r.legacy} {
+	for _, p := range []string{r.epDir, r.legacy, r.damaged} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, fmt.Errorf("remove registry: %w", err))
 		}

@@ -140,3 +140,44 @@ func TestRegistryWriteFailure(t *testing.T) {
 		t.Error("OpenRegistry succeeded on a file where its directory should be")
 	}
 }
+
+// TestRegistryMovesTornEntriesAside: a zero-length entry (power lost
+// right after an ADD) or a garbled one does not keep the registry from
+// opening: it is moved aside and named, and the other entries load.
+func TestRegistryMovesTornEntriesAside(t *testing.T) {
+	dir := t.TempDir()
+	r := mustOpen(t, dir)
+	for _, c := range []string{"a", "b", "c"} {
+		if err := r.Put(testEndpoint(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	torn := r.entryPath(EndpointID(testEndpoint("b").Attachment))
+	if err := os.Truncate(torn, 0); err != nil {
+		t.Fatal(err)
+	}
+	garbled := r.entryPath(EndpointID(testEndpoint("c").Attachment))
+	if err := os.WriteFile(garbled, []byte(`{"version":2,"endpoint":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = mustOpen(t, dir)
+	eps, _ := listed(r)
+	if len(eps) != 1 || eps[0].ContainerID != testEndpoint("a").ContainerID {
+		t.Fatalf("loaded %v, want only a", eps)
+	}
+	if len(r.Damaged) != 2 {
+		t.Fatalf("damaged %q, want the two entries", r.Damaged)
+	}
+	for _, p := range []string{torn, garbled} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still in the registry (%v)", p, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "endpoints-damaged", filepath.Base(p))); err != nil {
+			t.Errorf("%s not moved aside: %v", p, err)
+		}
+	}
+	// Opened again, nothing is damaged any more.
+	if r = mustOpen(t, dir); len(r.Damaged) != 0 {
+		t.Fatalf("damaged again: %q", r.Damaged)
+	}
+}
