@@ -135,6 +135,7 @@ type Agent struct {
 	warnings  []string
 	ready     bool
 	flowErr   error // a flow reader that stopped
+	serveErr  error // the socket server stopped for good
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the

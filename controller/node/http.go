@@ -29,7 +29,13 @@ func (a *Agent) ServeHTTP(ctx context.Context, healthAddr, metricsAddr string) (
 	}
 	if healthAddr != "" {
 		m := mux(healthAddr)
-		m.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		m.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := a.Healthy(); err != nil {
+				http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
 		m.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if !a.Ready() {
 				http.Error(w, "not ready: no policy applied to the kernel yet", http.StatusServiceUnavailable)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
@@ -20,17 +21,14 @@ import (
 // requestTimeout bounds one request, the wait for its sync included.
 const requestTimeout = 30 * time.Second
 
-// listen creates the socket: its directory 0700, the socket 0600, owned by
-// the agent's user (root). A socket left by a previous run is replaced.
+// listen creates the socket, 0600, owned by the agent's user (root):
+// only root may connect, whatever the directory. A directory the agent
+// makes is 0700; one that exists (/tmp, a hostPath volume) is left as it
+// is. A socket left by a previous run is replaced; any other file at the
+// path is not touched, and listening fails.
 func (a *Agent) listen() (net.Listener, error) {
-	dir := filepath.Dir(a.cfg.Socket)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o700); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	// MkdirAll leaves an existing directory (made by the plugin or a
-	// hostPath volume) as it was.
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("chmod socket directory: %w", err)
 	}
 	if err := removeSocket(a.cfg.Socket); err != nil {
 		return nil, err
@@ -46,19 +44,71 @@ func (a *Agent) listen() (net.Listener, error) {
 	return ln, nil
 }
 
+// removeSocket removes the socket at path, if there is one; a file of
+// another kind there is an error and stays.
 func removeSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("socket path %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("socket path %s holds a %s, not a socket: not removing it", path, fileKind(fi.Mode()))
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove old socket %s: %w", path, err)
 	}
 	return nil
 }
 
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m.IsRegular():
+		return "regular file"
+	case m.Type() == os.ModeSymlink:
+		return "symbolic link"
+	}
+	return "file of mode " + m.Type().String()
+}
+
+// Backoff of the accept loop after an error that may pass (no file
+// descriptors left, a connection aborted before it was accepted).
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// serve accepts connections until ln is closed. An accept error that may
+// pass is retried after a growing pause, logged and counted; once ln
+// fails for good while the agent runs, the agent is unhealthy (CNI ADDs
+// and DELs can no longer reach it), and says so in /healthz.
 func (a *Agent) serve(ctx context.Context, ln net.Listener) {
+	backoff := time.Duration(0)
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			return // closed
+			if ctx.Err() != nil {
+				return // closed by Run, which is ending
+			}
+			if !retryable(err) {
+				a.setServeErr(fmt.Errorf("agent socket %s stopped accepting: %w", a.cfg.Socket, err))
+				return
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			a.metrics.AcceptErrors.Inc()
+			a.log.Warn("agent socket: accept failed; retrying", "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
 		}
+		backoff = 0
 		a.handlers.Add(1)
 		go func() {
 			defer a.handlers.Done()
@@ -94,6 +144,35 @@ func (a *Agent) handleConn(ctx context.Context, conn net.Conn) {
 		a.log.Debug("request", "op", req.Op, "result", result, "took", time.Since(start), "err", resp.Error)
 	}
 	_ = json.NewEncoder(conn).Encode(resp)
+}
+
+// retryable reports whether an accept error may pass: the process or the
+// system out of descriptors or memory, a connection aborted before it was
+// accepted, an interrupted call.
+func retryable(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// setServeErr records that the socket server stopped for good.
+func (a *Agent) setServeErr(err error) {
+	a.log.Error("agent socket stopped; CNI requests cannot reach the agent until it restarts", "err", err)
+	a.mu.Lock()
+	a.serveErr = err
+	a.mu.Unlock()
+}
+
+// Healthy reports whether every part that must keep running does: nil,
+// or what stopped.
+func (a *Agent) Healthy() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.serveErr
 }
 
 // Handle answers one request. It never returns a nil response.
@@ -225,8 +304,10 @@ func (a *Agent) Status() *agent.Status {
 	if a.syncErr != nil {
 		st.LastSyncError = a.syncErr.Error()
 	}
-	if a.flowErr != nil {
-		st.Warnings = append(append([]string(nil), st.Warnings...), a.flowErr.Error())
+	for _, err := range []error{a.flowErr, a.serveErr} {
+		if err != nil {
+			st.Warnings = append(append([]string(nil), st.Warnings...), err.Error())
+		}
 	}
 	return st
 }

@@ -1,0 +1,152 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/dataplane"
+)
+
+// fakeKernel and fakeDataplane stand in for the kernel where a test needs
+// an agent but no sync.
+type fakeKernel struct{}
+
+func (fakeKernel) LinkExists(string) bool { return true }
+func (fakeKernel) Fd() int                { return -1 }
+
+type fakeDataplane struct{ Dataplane }
+
+func (fakeDataplane) Sync(*dataplane.Ruleset) error { return nil }
+
+func testAgent(t *testing.T, socket string) *Agent {
+	t.Helper()
+	reg, err := OpenRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := New(Config{Socket: socket, StateDir: t.TempDir()}, Parts{Kernel: fakeKernel{}, Dataplane: fakeDataplane{},
+		Registry: reg, Source: NewDirSource(t.TempDir(), time.Second, log, nil), Log: log, Metrics: NewMetrics()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// scriptedListener returns the scripted errors from Accept, then real
+// connections from the wrapped listener.
+type scriptedListener struct {
+	net.Listener
+	errs []error
+}
+
+func (l *scriptedListener) Accept() (net.Conn, error) {
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		return nil, err
+	}
+	return l.Listener.Accept()
+}
+
+// TestServeRetriesTemporaryAcceptErrors: out of file descriptors (EMFILE)
+// and an aborted connection are retried, and the next request is
+// answered; a listener that fails for good makes the agent unhealthy.
+func TestServeRetriesTemporaryAcceptErrors(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	a := testAgent(t, socket)
+	ln, err := a.listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	emfile := &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	aborted := &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.ECONNABORTED)}
+	sl := &scriptedListener{Listener: ln, errs: []error{emfile, emfile, aborted}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.serve(ctx, sl) }()
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	if _, err := agent.Call(rctx, socket, agent.Request{Op: agent.OpList}); err != nil {
+		t.Fatalf("a request after EMFILE and an aborted connection: %v", err)
+	}
+	if err := a.Healthy(); err != nil {
+		t.Fatalf("unhealthy after errors that pass: %v", err)
+	}
+	cancel()
+	ln.Close()
+	<-done
+
+	// A listener that fails for good while the agent runs.
+	ln2, err := a.listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := &scriptedListener{Listener: ln2, errs: []error{errors.New("listener broken")}}
+	a.serve(context.Background(), bad)
+	ln2.Close()
+	if err := a.Healthy(); err == nil || !strings.Contains(err.Error(), "stopped accepting") {
+		t.Fatalf("Healthy = %v, want the socket's failure", err)
+	}
+	if st := a.Status(); !strings.Contains(strings.Join(st.Warnings, "\n"), "stopped accepting") {
+		t.Fatalf("status warnings %q do not name the socket's failure", st.Warnings)
+	}
+}
+
+// TestListenTouchesOnlyItsOwn: an existing directory keeps its mode (a
+// 1777 /tmp stays 1777), and a file that is not a socket at the path is
+// neither removed nor replaced.
+func TestListenTouchesOnlyItsOwn(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(dir, "agent.sock")
+	a := testAgent(t, socket)
+	ln, err := a.listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(socket); err != nil || fi.Mode()&os.ModePerm != 0o600 {
+		t.Fatalf("socket: %v, %v; want mode 0600", fi, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // leave it behind, as a crash does
+	ln.Close()
+	if fi, err := os.Stat(dir); err != nil || fi.Mode()&os.ModePerm != 0o777 || fi.Mode()&os.ModeSticky == 0 {
+		t.Fatalf("directory after listen: %v, %v; want mode 1777 kept", fi, err)
+	}
+	// A socket left behind is replaced.
+	if ln, err = a.listen(); err != nil {
+		t.Fatalf("replace a stale socket: %v", err)
+	}
+	ln.Close()
+	// A regular file is not.
+	file := filepath.Join(dir, "precious")
+	if err := os.WriteFile(file, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a = testAgent(t, file)
+	if _, err := a.listen(); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("listen over a regular file = %v, want refused", err)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "data" {
+		t.Fatalf("the file at the socket path was changed: %q, %v", b, err)
+	}
+	if err := removeSocket(file); err == nil {
+		t.Fatal("cleanup would remove a regular file at the socket path")
+	}
+}
