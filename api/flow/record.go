@@ -117,6 +117,7 @@ const (
 	CauseDeniedTableFull = "denied-table-full"  // denied packets of 5-tuples past MaxDenied
 	CauseOpenTableFull   = "open-table-full"    // interim records skipped: connections past MaxOpenFlows
 	CauseAlertTableFull  = "alert-table-full"   // unexpected connections not folded: keys past MaxAlerts
+	CauseWriteError      = "write-error"        // records a log could not write (a full disk), dropped with its buffer
 
 	UnitConnections = "connections" // flow records of ended connections that are missing
 	UnitPackets     = "packets"     // denied packets not counted in any record

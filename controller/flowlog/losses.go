@@ -15,6 +15,7 @@ type losses struct {
 	reported map[string]uint64 // queue drops already reported, by unit
 	// The sources' values at the last collect: only later growth is lost.
 	lastCounters, lastOverflow map[string]uint64
+	lastDropped                uint64 // records the logs dropped
 }
 
 func newLosses() *losses {
@@ -71,6 +72,13 @@ func (l *losses) collect(dropped map[string]uint64, src Sources) {
 		}
 		l.lastOverflow = cur
 	}
+}
+
+// collectWrites adds the records the logs dropped since the last call
+// (dropped: cumulative).
+func (l *losses) collectWrites(dropped uint64) {
+	l.add(flow.CauseWriteError, flow.UnitRecords, delta(dropped, l.lastDropped))
+	l.lastDropped = dropped
 }
 
 // drain hands each pending loss to f and forgets it.

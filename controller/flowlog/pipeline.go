@@ -39,6 +39,9 @@ type Config struct {
 	// record (its label maps are shared), and must not keep it or its
 	// parts past the call (their storage is reused).
 	OnRecord func(*flow.Record)
+	// OnWriteError, when set, hears when writing a log starts failing (the
+	// error) and when it works again (nil), on the pipeline's goroutine.
+	OnWriteError func(error)
 }
 
 // Defaults fills unset fields.
@@ -138,7 +141,8 @@ func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pi
 		losses: newLosses(),
 	}
 	p.m = newMetrics(p)
-	p.rec = &recorder{node: cfg.Node, labels: cfg.Labels, flowOut: flowOut, alerts: alertOut, onRecord: cfg.OnRecord, m: p.m,
+	p.rec = &recorder{node: cfg.Node, labels: cfg.Labels, flowOut: flowOut, alerts: alertOut, onRecord: cfg.OnRecord,
+		onWriteError: cfg.OnWriteError, m: p.m,
 		byWorkload: map[labelsKey]map[string]string{},
 		stats:      Stats{ByVerdict: map[string]uint64{}, LostByCause: map[string]uint64{}}}
 	return p
@@ -219,6 +223,7 @@ func (p *Pipeline) tick(now time.Time, dump bool) {
 		}
 	}
 	p.losses.collect(p.q.dropped(), p.src)
+	p.losses.collectWrites(p.rec.dropped())
 	p.writeLost(p.lastTick, now)
 	p.alerts.due(now, !dump, func(a *alert) { p.writeAlert(a, now) })
 	p.lastTick = now

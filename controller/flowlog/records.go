@@ -28,6 +28,10 @@ type recorder struct {
 	// byWorkload: the selected labels of each workload under a resolver.
 	byWorkload map[labelsKey]map[string]string
 	err        error // the first write error
+	// failing: the last write or flush failed; onWriteError hears of each
+	// change (the error, then nil once writing works again).
+	failing      bool
+	onWriteError func(error)
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -194,18 +198,50 @@ func (w *recorder) setErr(err error) {
 		w.err = err
 	}
 	w.m.writeErrors.Inc()
+	if !w.failing {
+		w.failing = true
+		if w.onWriteError != nil {
+			w.onWriteError(err)
+		}
+	}
+}
+
+// ok notes a write or flush that worked: a failing log has recovered.
+func (w *recorder) ok() {
+	if w.failing {
+		w.failing = false
+		if w.onWriteError != nil {
+			w.onWriteError(nil)
+		}
+	}
+}
+
+// dropped sums the records the logs dropped with their buffers.
+func (w *recorder) dropped() uint64 {
+	var n uint64
+	for _, out := range []io.Writer{w.flowOut, w.alerts} {
+		if d, ok := out.(interface{ Dropped() uint64 }); ok {
+			n += d.Dropped()
+		}
+	}
+	return n
 }
 
 type flusher interface{ Flush() error }
 
 // flush flushes the logs that buffer.
 func (w *recorder) flush() {
+	failed := false
 	for _, out := range []io.Writer{w.flowOut, w.alerts} {
 		if f, ok := out.(flusher); ok {
 			if err := f.Flush(); err != nil {
 				w.setErr(fmt.Errorf("flush: %w", err))
+				failed = true
 			}
 		}
+	}
+	if !failed {
+		w.ok()
 	}
 }
 

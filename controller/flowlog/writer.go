@@ -2,11 +2,12 @@ package flowlog
 
 import (
 	"bufio"
-	"errors"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // LogFile writes JSON lines to a file rotated by size: when a record would
@@ -14,15 +15,23 @@ import (
 // removed), ..., FILE becomes FILE.1, and a new FILE begins. Path "-"
 // writes to stdout, unrotated. Each Write must be whole lines (the
 // pipeline writes one record per call), so rotation never splits one.
+//
+// A write error (a full disk) does not end the log: the lines buffered
+// since the last flush are dropped and counted (Dropped), the file is
+// closed, and the next write opens it again. (bufio's own error is
+// sticky: kept, one error would fail every later write.)
 type LogFile struct {
 	path     string
 	maxBytes int64
 	keep     int
 
-	mu   sync.Mutex
-	f    *os.File
-	w    *bufio.Writer
-	size int64
+	mu      sync.Mutex
+	f       *os.File
+	w       *bufio.Writer
+	size    int64  // the file's size with what w holds
+	flushed int64  // the file's size after the last flush
+	pending uint64 // lines in w not yet flushed to the file
+	dropped atomic.Uint64
 }
 
 // OpenLog opens (appends to) path. maxBytes <= 0 disables rotation; keep
@@ -54,7 +63,7 @@ func (l *LogFile) open() error {
 		f.Close()
 		return fmt.Errorf("stat flow log: %w", err)
 	}
-	l.f, l.size = f, st.Size()
+	l.f, l.size, l.flushed = f, st.Size(), st.Size()
 	l.w = bufio.NewWriterSize(f, 64<<10)
 	return nil
 }
@@ -81,30 +90,74 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	lines := uint64(bytes.Count(p, []byte{'\n'}))
 	if l.f == nil {
 		if err := l.open(); err != nil {
+			l.dropped.Add(lines)
 			return 0, err
 		}
 	}
 	if l.maxBytes > 0 && l.size > 0 && l.size+int64(len(p)) > l.maxBytes {
 		if err := l.rotate(); err != nil {
+			l.dropped.Add(lines)
+			return 0, err
+		}
+	}
+	// Flush before the buffer would: then a failed write of the file
+	// always loses exactly the lines counted in pending.
+	if len(p) > l.w.Available() && l.w.Buffered() > 0 {
+		if err := l.flush(); err != nil {
+			l.dropped.Add(lines)
 			return 0, err
 		}
 	}
 	n, err := l.w.Write(p)
 	l.size += int64(n)
-	return n, err
+	l.pending += lines
+	if err != nil {
+		return n, l.fail(err)
+	}
+	return n, nil
+}
+
+// Dropped is the number of lines dropped by write errors so far.
+func (l *LogFile) Dropped() uint64 { return l.dropped.Load() }
+
+// flush writes the buffer to the file; on an error the buffer is dropped.
+func (l *LogFile) flush() error {
+	if err := l.w.Flush(); err != nil {
+		return l.fail(err)
+	}
+	l.pending, l.flushed = 0, l.size
+	return nil
+}
+
+// fail drops the buffered lines (counted), cuts what part of them reached
+// the file (no torn line stays), closes the file and leaves the log to be
+// opened again by the next write.
+func (l *LogFile) fail(err error) error {
+	lost := l.pending
+	l.dropped.Add(lost)
+	l.pending, l.size = 0, l.flushed
+	if l.f != nil {
+		_ = l.f.Truncate(l.flushed)
+		_ = l.f.Close()
+	}
+	l.f, l.w = nil, nil
+	return fmt.Errorf("write %s: %w (%d records dropped)", l.path, err, lost)
 }
 
 // rotate renames the files and opens a new one. On failure the log is left
 // closed (l.f nil) and the next write tries to open it again, so one bad
 // moment (a full disk, a renamed directory) does not end the log.
 func (l *LogFile) rotate() error {
-	ferr := l.w.Flush()
+	if err := l.flush(); err != nil {
+		return fmt.Errorf("rotate flow log: %w", err)
+	}
 	cerr := l.f.Close()
 	l.f = nil
-	if err := errors.Join(ferr, cerr); err != nil {
-		return fmt.Errorf("rotate flow log: %w", err)
+	if cerr != nil {
+		return fmt.Errorf("rotate flow log: %w", cerr)
 	}
 	_ = os.Remove(fmt.Sprintf("%s.%d", l.path, l.keep))
 	for i := l.keep - 1; i >= 1; i-- {
@@ -128,7 +181,7 @@ func (l *LogFile) Flush() error {
 	if l.f == nil {
 		return nil
 	}
-	return l.w.Flush()
+	return l.flush()
 }
 
 // Close flushes and closes the file.
@@ -141,12 +194,11 @@ func (l *LogFile) Close() error {
 	if l.f == nil {
 		return nil
 	}
-	err := l.w.Flush()
-	if l.f != nil {
-		if cerr := l.f.Close(); err == nil {
-			err = cerr
-		}
+	if err := l.flush(); err != nil {
+		return err
 	}
+	err := l.f.Close()
+	l.f, l.w = nil, nil
 	return err
 }
 

@@ -136,6 +136,7 @@ type Agent struct {
 	ready     bool
 	flowErr   error // a flow reader that stopped
 	serveErr  error // the socket server stopped for good
+	logErr    error // the flow or alert log cannot be written now
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the

@@ -73,6 +73,16 @@ func (a *Agent) startFlows(ctx context.Context) (*flowLog, error) {
 	empty := flowlog.NewPolicyResolver(policy.Compile(policy.Input{}), nil, nil)
 	pcfg := flowlog.Config{Node: fc.Node, FlowInterval: fc.Interval}
 	pcfg.OnRecord = a.onRecord
+	pcfg.OnWriteError = func(err error) {
+		if err != nil {
+			a.log.Error("flow log: writing failed; records are dropped and counted (lost, write-error) until it works again", "err", err)
+		} else {
+			a.log.Info("flow log: writing works again")
+		}
+		a.mu.Lock()
+		a.logErr = err
+		a.mu.Unlock()
+	}
 	f.pipe = flowlog.New(pcfg, f.flowOut, f.alerts, empty,
 		flowlog.Sources{Dump: f.ct.Dump, Counters: a.dp.CounterValues, Overflows: flowlog.ReaderOverflows(f.nl, f.ct)})
 	a.metrics.Registry.MustRegister(f.pipe.Collectors()...)

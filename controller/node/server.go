@@ -304,7 +304,7 @@ func (a *Agent) Status() *agent.Status {
 	if a.syncErr != nil {
 		st.LastSyncError = a.syncErr.Error()
 	}
-	for _, err := range []error{a.flowErr, a.serveErr} {
+	for _, err := range []error{a.flowErr, a.serveErr, a.logErr} {
 		if err != nil {
 			st.Warnings = append(append([]string(nil), st.Warnings...), err.Error())
 		}
