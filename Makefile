@@ -5,7 +5,7 @@ BIN      := bin
 PKGS     := ./...
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build setup setup-test test unit e2e bench fuzz lint generate verify demo clean
+.PHONY: all build setup setup-test test unit e2e race bench fuzz lint generate verify demo clean
 
 all: build
 
@@ -32,6 +32,13 @@ test: setup-test build
 # Unit tests only: no root, no kernel.
 unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+# The agent under the race detector against a real kernel: its packages'
+# kernel tests with -race, then the end-to-end suite with a race-built
+# agent binary (which stops at the first race it sees).
+race: setup-test build
+	$(GO) test -race -count=1 -p 1 -timeout 30m ./controller/node/ ./controller/flowlog/ ./controller/enforce/ ./dataplane/...
+	NETSEG_E2E_RACE=1 $(GO) test -count=1 -p 1 -timeout 30m ./e2e/
 
 e2e: setup-test build
 	$(GO) test -count=1 -p 1 -timeout 30m ./e2e/...

@@ -29,9 +29,20 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// NETSEG_E2E_RACE=1 (make race) builds the agent with the race
+	// detector, which ends it at the first race (GORACE halt_on_error):
+	// the test that was running fails.
+	race := os.Getenv("NETSEG_E2E_RACE") != ""
+	if race {
+		os.Setenv("GORACE", "halt_on_error=1")
+	}
 	for name, pkg := range map[string]string{"netseg-agent": "./cmd/netseg-agent", "netseg": "./cni-plugin", "netsegctl": "./cmd/netsegctl"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Dir, cmd.Env = "..", append(os.Environ(), "CGO_ENABLED=0") // static, as make build and the image
+		args, env := []string{"build", "-o", filepath.Join(dir, name)}, "CGO_ENABLED=0" // static, as make build and the image
+		if race && name == "netseg-agent" {
+			args, env = append(args, "-race"), "CGO_ENABLED=1"
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
+		cmd.Dir, cmd.Env = "..", append(os.Environ(), env)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v: %s\n", name, err, out)
 			os.RemoveAll(dir)

@@ -67,6 +67,7 @@ Flags:
 type flags struct {
 	cfg          node.Config
 	cleanup      bool
+	keepChained  bool
 	installCNI   bool
 	uninstallCNI bool
 	cni          cniconf.Options
@@ -118,6 +119,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cni.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
 	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/run/netseg", "the CNI plugin's stateDir: its fail-open counter becomes the metric netseg_cni_fail_open_total")
 	fs.StringVar(&f.cni.Plugin, "plugin", "/usr/local/bin/netseg", "the netseg CNI plugin binary to install")
+	fs.BoolVar(&f.keepChained, "keep-chained", false, "check every 10s that the active configuration in --cni-conf-dir chains netseg last, chain it again when the network plugin rewrote it, and report not ready while it cannot")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")
@@ -198,6 +200,17 @@ func run(args []string, stderr io.Writer) int {
 	}
 	defer ns.Close()
 	parts.Kernel = ns
+	if f.keepChained {
+		o := f.cni
+		o.Entry = cniEntry(f)
+		parts.KeepChained = func() (string, error) {
+			ok, _, err := cniconf.Chained(o.ConfDir)
+			if err != nil || ok {
+				return "", err
+			}
+			return cniconf.Chain(o)
+		}
+	}
 	parts.Dataplane = dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists)
 	if parts.Registry, err = node.OpenRegistry(cfg.StateDir); err != nil {
 		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)
@@ -251,7 +264,7 @@ func installCNI(f *flags, log *slog.Logger) int {
 		log.Info("removed netseg from the CNI configuration", "confDir", f.cni.ConfDir, "binDir", f.cni.BinDir)
 		return 0
 	}
-	f.cni.Entry = map[string]any{"socket": f.cfg.Socket, "failurePolicy": "closed"}
+	f.cni.Entry = cniEntry(f)
 	path, err := cniconf.Install(f.cni)
 	if err != nil {
 		log.Error("install CNI plugin", "err", err)
@@ -259,6 +272,11 @@ func installCNI(f *flags, log *slog.Logger) int {
 	}
 	log.Info("chained netseg last in the node's network configuration", "file", path, "plugin", f.cni.BinDir+"/netseg")
 	return 0
+}
+
+// cniEntry is netseg's entry in the node's conflist.
+func cniEntry(f *flags) map[string]any {
+	return map[string]any{"socket": f.cfg.Socket, "failurePolicy": "closed"}
 }
 
 func kubeSource(f *flags, log *slog.Logger) (*kube.Source, error) {

@@ -2,8 +2,12 @@
 // copies the plugin binary into the CNI bin directory and chains netseg
 // last in the node's active network configuration (the first conflist in
 // lexical order, as container runtimes pick it), and removes both on
-// uninstall. Every file is replaced atomically (write, then rename), so a
-// runtime never reads a half-written config.
+// uninstall. Every file is replaced atomically (write, sync, rename, sync
+// the directory), so a runtime never reads a half-written config, and a
+// symbolic link is written through (the link stays, its target changes).
+// It never overwrites a configuration it did not read, and never removes
+// the plugin while a configuration still chains it: either would make
+// every ADD and DEL on the node fail.
 package cniconf
 
 import (
@@ -35,6 +39,32 @@ func Install(o Options) (string, error) {
 	if err := copyFile(o.Plugin, filepath.Join(o.BinDir, PluginType), 0o755); err != nil {
 		return "", fmt.Errorf("install plugin: %w", err)
 	}
+	return Chain(o)
+}
+
+// Chained reports whether the active network configuration chains netseg
+// last (the agent checks it: a network plugin that rewrites its conflist,
+// as many do when they restart, drops netseg from the chain).
+func Chained(confDir string) (bool, string, error) {
+	path, err := activeConfig(confDir)
+	if err != nil {
+		return false, "", err
+	}
+	conf, err := readConfList(path)
+	if err != nil {
+		return false, path, err
+	}
+	plugins, _ := conf["plugins"].([]any)
+	if len(plugins) == 0 {
+		return false, path, nil
+	}
+	last, ok := plugins[len(plugins)-1].(map[string]any)
+	return ok && last["type"] == PluginType && len(withoutNetseg(plugins)) == len(plugins)-1, path, nil
+}
+
+// Chain puts netseg last in the active network configuration (the plugin
+// binary must be installed). It returns the file it changed.
+func Chain(o Options) (string, error) {
 	path, err := activeConfig(o.ConfDir)
 	if err != nil {
 		return "", err
@@ -57,6 +87,9 @@ func Install(o Options) (string, error) {
 		// becomes a .conflist; the old file goes, so the runtime does not
 		// pick it first.
 		out = strings.TrimSuffix(path, ext) + ".conflist"
+		if _, err := os.Lstat(out); err == nil {
+			return "", fmt.Errorf("converting %s: %s exists and is not the active configuration: refusing to overwrite it", path, out)
+		}
 	}
 	if err := writeJSON(out, conf); err != nil {
 		return "", err
@@ -69,8 +102,10 @@ func Install(o Options) (string, error) {
 	return out, nil
 }
 
-// Uninstall removes netseg from every network configuration in ConfDir and
-// the plugin from BinDir. Missing files are fine.
+// Uninstall removes netseg from every network configuration in ConfDir,
+// then the plugin from BinDir, but only once no configuration chains it
+// any more (a chain left pointing at a missing plugin fails every ADD and
+// DEL). Missing files are fine.
 func Uninstall(o Options) error {
 	files, err := configs(o.ConfDir)
 	if err != nil {
@@ -96,10 +131,34 @@ func Uninstall(o Options) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(filepath.Join(o.BinDir, PluginType)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("remove plugin: %w", err))
+	if len(errs) > 0 {
+		return fmt.Errorf("%w; the plugin stays in %s while a configuration may still chain it", errors.Join(errs...), o.BinDir)
 	}
-	return errors.Join(errs...)
+	if still := chaining(files); len(still) > 0 {
+		return fmt.Errorf("%s still chain netseg; the plugin stays in %s", strings.Join(still, ", "), o.BinDir)
+	}
+	if err := os.Remove(filepath.Join(o.BinDir, PluginType)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove plugin: %w", err)
+	}
+	return nil
+}
+
+// chaining lists the configurations among files that chain netseg (or
+// cannot be read, so might).
+func chaining(files []string) []string {
+	var out []string
+	for _, path := range files {
+		conf, err := readConfList(path)
+		if err != nil {
+			out = append(out, path)
+			continue
+		}
+		plugins, _ := conf["plugins"].([]any)
+		if len(withoutNetseg(plugins)) != len(plugins) {
+			out = append(out, path)
+		}
+	}
+	return out
 }
 
 func withoutNetseg(plugins []any) []any {
@@ -180,6 +239,10 @@ func writeJSON(path string, v any) error {
 }
 
 func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	// Through a symbolic link: the link stays, its target is replaced.
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".netseg-*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
@@ -193,11 +256,23 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(path), err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(path), err)
 	}
 	return nil
 }

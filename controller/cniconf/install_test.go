@@ -127,3 +127,99 @@ func TestInstallConvertsSingleJSON(t *testing.T) {
 		t.Fatalf("the .json is still there: %v", err)
 	}
 }
+
+// TestInstallRefusesToOverwrite: converting 10-net.conf would write
+// 10-net.conflist; one that exists already (not the active one) is not
+// overwritten, and nothing changes.
+func TestInstallRefusesToOverwrite(t *testing.T) {
+	single := `{"cniVersion":"1.0.0","name":"k8s","type":"bridge","bridge":"cni0"}`
+	o := setup(t, map[string]string{"10-net.conf": single, "10-net.conflist": bridgeList})
+	if _, err := Install(o); err == nil {
+		t.Fatal("Install overwrote an existing conflist")
+	}
+	for name, want := range map[string]string{"10-net.conf": single, "10-net.conflist": bridgeList} {
+		if b, err := os.ReadFile(filepath.Join(o.ConfDir, name)); err != nil || string(b) != want {
+			t.Errorf("%s changed: %q, %v", name, b, err)
+		}
+	}
+}
+
+// TestInstallWritesThroughSymlinks: a conflist that is a symbolic link
+// stays one; its target gets netseg.
+func TestInstallWritesThroughSymlinks(t *testing.T) {
+	o := setup(t, nil)
+	targetDir := t.TempDir()
+	target := filepath.Join(targetDir, "real.conflist")
+	if err := os.WriteFile(target, []byte(bridgeList), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(o.ConfDir, "10-k8s.conflist")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Install(o); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Fatalf("the link was replaced: %v, %v", fi, err)
+	}
+	if diff := cmp.Diff([]string{"bridge", "portmap", "netseg"}, types(t, target)); diff != "" {
+		t.Errorf("target (-want +got):\n%s", diff)
+	}
+}
+
+// TestUninstallKeepsPluginWhileChained: when a configuration cannot be
+// un-chained, the plugin stays (removing it would fail every ADD and DEL).
+func TestUninstallKeepsPluginWhileChained(t *testing.T) {
+	o := setup(t, map[string]string{"10-k8s.conflist": bridgeList})
+	if _, err := Install(o); err != nil {
+		t.Fatal(err)
+	}
+	broken := `{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"netseg"}]` // cut short
+	if err := os.WriteFile(filepath.Join(o.ConfDir, "20-other.conflist"), []byte(broken), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Uninstall(o); err == nil {
+		t.Fatal("Uninstall reported success with a configuration it could not read")
+	}
+	if _, err := os.Stat(filepath.Join(o.BinDir, PluginType)); err != nil {
+		t.Fatalf("the plugin was removed while a configuration may chain it: %v", err)
+	}
+	if diff := cmp.Diff([]string{"bridge", "portmap"}, types(t, filepath.Join(o.ConfDir, "10-k8s.conflist"))); diff != "" {
+		t.Errorf("the readable configuration was not un-chained (-want +got):\n%s", diff)
+	}
+	// Once the broken file is gone, uninstall completes.
+	if err := os.Remove(filepath.Join(o.ConfDir, "20-other.conflist")); err != nil {
+		t.Fatal(err)
+	}
+	if err := Uninstall(o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(o.BinDir, PluginType)); !os.IsNotExist(err) {
+		t.Fatalf("plugin still there after a clean uninstall: %v", err)
+	}
+}
+
+// TestChainedAfterRewrite: a primary plugin that rewrites its conflist
+// drops netseg; Chained says so and Chain puts it back.
+func TestChainedAfterRewrite(t *testing.T) {
+	o := setup(t, map[string]string{"10-k8s.conflist": bridgeList})
+	if _, err := Install(o); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := Chained(o.ConfDir); !ok || err != nil {
+		t.Fatalf("after install: chained %v, %v", ok, err)
+	}
+	if err := os.WriteFile(filepath.Join(o.ConfDir, "10-k8s.conflist"), []byte(bridgeList), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ok, path, err := Chained(o.ConfDir); ok || err != nil || filepath.Base(path) != "10-k8s.conflist" {
+		t.Fatalf("after the rewrite: chained %v (%s), %v", ok, path, err)
+	}
+	if _, err := Chain(o); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := Chained(o.ConfDir); !ok || err != nil {
+		t.Fatalf("after Chain: chained %v, %v", ok, err)
+	}
+}

@@ -116,6 +116,7 @@ type Agent struct {
 	reg      *Registry
 	source   Source
 	onRecord func(*flow.Record)
+	chain    func() (string, error)
 
 	kick     chan struct{}
 	flows    *flowLog
@@ -137,6 +138,7 @@ type Agent struct {
 	flowErr   error // a flow reader that stopped
 	serveErr  error // the socket server stopped for good
 	logErr    error // the flow or alert log cannot be written now
+	chainErr  error // the CNI configuration does not chain netseg, and could not be fixed
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the
@@ -150,7 +152,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, kick: make(chan struct{}, 1)}
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, kick: make(chan struct{}, 1)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -180,7 +182,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer srv.Close()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); a.keepChained(ctx) }()
 	go func() { defer wg.Done(); a.serve(ctx, srv) }()
 	go func() { defer wg.Done(); a.source.Run(ctx, func() { a.requestSync() }) }()
 	go func() { defer wg.Done(); a.checkDrift(ctx) }()
@@ -374,11 +377,39 @@ func (a *Agent) setSynced(c *policy.Compiled, err error, warnings []string, endp
 	a.ready = err == nil
 }
 
-// Ready reports whether a policy is in force and the kernel was synced.
+// Ready reports whether a policy is in force, the kernel was synced, and
+// (with KeepChained) the node's CNI configuration chains netseg.
 func (a *Agent) Ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.ready
+	return a.ready && a.chainErr == nil
+}
+
+// keepChained runs the chain check at start and every ChainCheckInterval.
+func (a *Agent) keepChained(ctx context.Context) {
+	if a.chain == nil {
+		return
+	}
+	t := time.NewTicker(ChainCheckInterval)
+	defer t.Stop()
+	for {
+		changed, err := a.chain()
+		switch {
+		case err != nil:
+			a.log.Error("the CNI configuration does not chain netseg and could not be fixed; not ready", "err", err)
+		case changed != "":
+			a.metrics.Rechained.Inc()
+			a.log.Warn("the network plugin's CNI configuration dropped netseg; chained it again", "file", changed)
+		}
+		a.mu.Lock()
+		a.chainErr = err
+		a.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // compilerEndpoints merges interfaces of one pod into one endpoint; uids

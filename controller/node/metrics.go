@@ -25,7 +25,10 @@ type Metrics struct {
 	// AcceptErrors counts accept errors of the agent socket that were
 	// retried.
 	AcceptErrors prometheus.Counter
-	AddToKernel  prometheus.Histogram
+	// Rechained counts the times the CNI configuration had dropped netseg
+	// and the agent chained it again.
+	Rechained   prometheus.Counter
+	AddToKernel prometheus.Histogram
 }
 
 // NewMetrics registers the metrics.
@@ -46,12 +49,14 @@ func NewMetrics() *Metrics {
 			Help: "Registry entries that could not be read at start and were moved aside (endpoints-damaged in the state directory)."}),
 		AcceptErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_socket_accept_errors_total",
 			Help: "Accept errors of the agent socket (out of file descriptors, aborted connections), retried after a pause."}),
+		Rechained: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_cni_rechained_total",
+			Help: "Times the node's CNI configuration no longer chained netseg (the network plugin rewrote it) and the agent chained it again."}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netseg_cni_requests_total",
 			Help: "Requests on the agent socket by operation and result."}, []string{"op", "result"}),
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Rechained, m.Requests, m.AddToKernel,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -23,9 +23,17 @@ type Parts struct {
 	// (Kubernetes mode: Events for alerts, the last use of dependencies).
 	// It must not block.
 	OnRecord func(*flow.Record)
-	Log      *slog.Logger
-	Metrics  *Metrics
+	// KeepChained, when set, is run every ChainCheckInterval: it checks
+	// that the node's CNI configuration chains netseg and chains it again
+	// if the network plugin rewrote it, returning the file it changed ("":
+	// none). While it fails, the agent is not ready.
+	KeepChained func() (string, error)
+	Log         *slog.Logger
+	Metrics     *Metrics
 }
+
+// ChainCheckInterval is how often KeepChained runs.
+const ChainCheckInterval = 10 * time.Second
 
 // Kernel is the node's network namespace as the agent uses it: whether a
 // host interface exists, and a handle to open the flow readers' sockets in.

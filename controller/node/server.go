@@ -296,7 +296,7 @@ func (a *Agent) Status() *agent.Status {
 	gen, polErr := snap.Generation, snap.Err
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := &agent.Status{Mode: a.source.Mode(), Ready: a.ready, PolicyGeneration: gen, PolicySource: a.source.Name(),
+	st := &agent.Status{Mode: a.source.Mode(), Ready: a.ready && a.chainErr == nil, PolicyGeneration: gen, PolicySource: a.source.Name(),
 		Endpoints: a.endpoints, LastSync: a.lastSync, Warnings: a.warnings}
 	if polErr != nil {
 		st.LastError = polErr.Error()
@@ -304,7 +304,7 @@ func (a *Agent) Status() *agent.Status {
 	if a.syncErr != nil {
 		st.LastSyncError = a.syncErr.Error()
 	}
-	for _, err := range []error{a.flowErr, a.serveErr, a.logErr} {
+	for _, err := range []error{a.flowErr, a.serveErr, a.logErr, a.chainErr} {
 		if err != nil {
 			st.Warnings = append(append([]string(nil), st.Warnings...), err.Error())
 		}

@@ -150,3 +150,44 @@ func TestListenTouchesOnlyItsOwn(t *testing.T) {
 		t.Fatal("cleanup would remove a regular file at the socket path")
 	}
 }
+
+// TestKeepChained: a chain check that fails makes the agent not ready and
+// names the problem in status; one that re-chained is counted, and the
+// agent is ready again.
+func TestKeepChained(t *testing.T) {
+	a := testAgent(t, filepath.Join(t.TempDir(), "agent.sock"))
+	a.ready = true // as after a good sync
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // one check, then keepChained returns
+	a.chain = func() (string, error) { return "", errors.New("no network configuration in /etc/cni/net.d") }
+	a.keepChained(ctx)
+	if a.Ready() {
+		t.Fatal("ready while the CNI configuration does not chain netseg")
+	}
+	if st := a.Status(); st.Ready || !strings.Contains(strings.Join(st.Warnings, "\n"), "no network configuration") {
+		t.Fatalf("status: ready %v, warnings %q", st.Ready, st.Warnings)
+	}
+	a.chain = func() (string, error) { return "/etc/cni/net.d/10-k8s.conflist", nil }
+	a.keepChained(ctx)
+	if !a.Ready() {
+		t.Fatal("not ready after the chain was fixed")
+	}
+	if n := counterValue(t, a.metrics, "netseg_cni_rechained_total"); n != 1 {
+		t.Fatalf("rechained counted %v times, want 1", n)
+	}
+}
+
+func counterValue(t *testing.T, m *Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
