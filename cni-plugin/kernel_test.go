@@ -240,10 +240,10 @@ func TestDelTolerance(t *testing.T) {
 			t.Errorf("DEL without netns sent %+v", req)
 		}
 
-		// With the agent down: succeeds; the agent reconciles on start.
+		// With the agent down: try again later; the runtime retries.
 		e.agent.Stop()
-		if err := e.cni.Del(b, list, at); err != nil {
-			t.Errorf("DEL with the agent down: %v", err)
+		if code, msg := cniCode(t, e.cni.Del(b, list, at)); code != types.ErrTryAgainLater {
+			t.Errorf("DEL with the agent down: code %d %q, want %d", code, msg, types.ErrTryAgainLater)
 		}
 		if e.version == "1.1.0" {
 			err := e.cni.Config().GetStatusNetworkList(ctx, list)
@@ -309,9 +309,10 @@ func TestFailurePolicy(t *testing.T) {
 			t.Errorf("address %s not quarantined:\n%s", addrs[0], set)
 		}
 		// DEL has no prevResult (the failed ADD cached none) but releases
-		// the addresses from the plugin's record.
-		if err := e.cni.Del(ctr, closed, at); err != nil {
-			t.Errorf("DEL after the failed ADD: %v", err)
+		// the addresses from the plugin's record; with the agent still
+		// down it answers "try again later" (the runtime retries).
+		if code, msg := cniCode(t, e.cni.Del(ctr, closed, at)); code != types.ErrTryAgainLater {
+			t.Errorf("DEL after the failed ADD, agent down: code %d %q, want %d", code, msg, types.ErrTryAgainLater)
 		}
 		if set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "cniquarantine4"); strings.Contains(set, addrs[0]) {
 			t.Errorf("address %s still quarantined after DEL:\n%s", addrs[0], set)

@@ -153,20 +153,24 @@ func TestDelCheckGCStatus(t *testing.T) {
 		t.Fatalf("after GC the agent has %d endpoints, want 3 (keep, down, and the other network's): %+v", len(eps), eps)
 	}
 
-	// Agent down: STATUS fails with code 50, DEL still succeeds; the
-	// restarted agent drops the endpoint whose veth is gone.
+	// Agent down: STATUS fails with code 50, DEL answers "try again
+	// later" (11) and the runtime's retry, once the agent is back, removes
+	// the endpoint.
 	n.stopAgent(syscall.SIGTERM)
 	err = cfg.GetStatusNetworkList(ctx, n.list)
 	var cniErr *types.Error
 	if !errors.As(err, &cniErr) || cniErr.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS with the agent down: %v, want code 50", err)
 	}
-	if err := n.cni.Remove(down, n.list, downA); err != nil {
-		t.Fatalf("DEL with the agent down: %v", err)
+	if err := n.cni.Remove(down, n.list, downA); !errors.As(err, &cniErr) || cniErr.Code != types.ErrTryAgainLater {
+		t.Fatalf("DEL with the agent down: %v, want code 11 (try again later)", err)
 	}
 	n.startAgent()
 	if err := cfg.GetStatusNetworkList(ctx, n.list); err != nil {
 		t.Fatalf("STATUS with the agent up: %v", err)
+	}
+	if err := n.cni.Remove(down, n.list, downA); err != nil {
+		t.Fatalf("DEL retried with the agent back: %v", err)
 	}
 	eps = n.endpoints()
 	names := []string{}

@@ -118,9 +118,12 @@ type Agent struct {
 	onRecord func(*flow.Record)
 	chain    func() (string, error)
 
-	kick     chan struct{}
-	flows    *flowLog
-	handlers sync.WaitGroup // requests being answered
+	kick chan struct{}
+	// policyLoaded is closed once a sync had a valid policy.
+	policyLoaded chan struct{}
+	loadedOnce   sync.Once
+	flows        *flowLog
+	handlers     sync.WaitGroup // requests being answered
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -152,7 +155,8 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, kick: make(chan struct{}, 1)}
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, kick: make(chan struct{}, 1),
+		policyLoaded: make(chan struct{})}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -312,6 +316,7 @@ func (a *Agent) syncOnce() error {
 		a.setSynced(nil, err, nil, 0)
 		return err
 	}
+	a.loadedOnce.Do(func() { close(a.policyLoaded) })
 	eps, quarantined := a.reg.List()
 	local, uids := compilerEndpoints(eps)
 	if snap.Enrich != nil {

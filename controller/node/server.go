@@ -239,6 +239,13 @@ func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response
 	if ep.HostIface != "" && !a.kernel.LinkExists(ep.HostIface) {
 		return fmt.Errorf("endpoint %s: host interface %q does not exist on this node", EndpointID(ep.Attachment), ep.HostIface)
 	}
+	// An ADD while the agent starts waits for its first policy (within the
+	// request's time) rather than fail at once.
+	select {
+	case <-a.policyLoaded:
+	case <-ctx.Done():
+		return fmt.Errorf("endpoint %s: no policy loaded yet (%w); the interface is not registered", EndpointID(ep.Attachment), ctx.Err())
+	}
 	if err := a.reg.Put(ep); err != nil {
 		return err
 	}

@@ -191,3 +191,73 @@ func counterValue(t *testing.T, m *Metrics, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+func (fakeDataplane) CheckEndpointChains(string) error              { return nil }
+func (fakeDataplane) Collect() error                                { return nil }
+func (fakeDataplane) Garbage() bool                                 { return false }
+func (fakeDataplane) CheckDrift() (string, error)                   { return "", nil }
+func (fakeDataplane) LastSyncParts() (render, commit time.Duration) { return 0, 0 }
+
+// TestAddWaitsForFirstPolicy: an ADD that comes while the agent has no
+// valid policy yet waits for one (within its time) instead of failing.
+func TestAddWaitsForFirstPolicy(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "zones.yaml")
+	if err := os.WriteFile(bad, []byte("kind: Zone\nmetadata: {name: [not, a, name]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg, err := OpenRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{Socket: socket, StateDir: t.TempDir()}, Parts{Kernel: fakeKernel{}, Dataplane: fakeDataplane{},
+		Registry: reg, Source: NewDirSource(dir, 10*time.Millisecond, log, nil), Log: log, Metrics: NewMetrics()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+
+	ep := agent.Endpoint{Attachment: agent.Attachment{ContainerID: "c1", IfName: "eth0"}, Namespace: "shop", Name: "web",
+		IPs: []string{"10.88.0.2/24"}}
+	add := func(timeout time.Duration) error {
+		rctx, rcancel := context.WithTimeout(context.Background(), timeout)
+		defer rcancel()
+		_, err := a.Handle(rctx, agent.Request{Version: agent.Version, Op: agent.OpAdd, Endpoint: &ep})
+		return err
+	}
+	// The source is invalid: the agent has loaded no policy. An ADD waits
+	// for one until its time is up, and registers (or quarantines) nothing.
+	waitFor(t, func() bool { _, _, err := a.source.(*DirSource).Current(); return err != nil })
+	if err := add(300 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "no policy loaded yet") {
+		t.Fatalf("ADD without a policy = %v, want it to wait and then say no policy is loaded", err)
+	}
+	if eps, q := reg.List(); len(eps) != 0 || len(q) != 0 {
+		t.Fatalf("an ADD that got no policy left %d registered, %d quarantined", len(eps), len(q))
+	}
+	// Once the file is good, a waiting ADD goes through.
+	added := make(chan error, 1)
+	go func() { added <- add(30 * time.Second) }()
+	if err := os.WriteFile(bad, []byte("apiVersion: netseg.io/v1alpha1\nkind: Zone\nmetadata: {name: web}\nspec: {defaultAction: Allow, podSelector: {matchLabels: {app: web}}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-added; err != nil {
+		t.Fatalf("ADD while the first policy loads: %v", err)
+	}
+}
+
+// waitFor polls cond until it holds (a minute at most).
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in a minute")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

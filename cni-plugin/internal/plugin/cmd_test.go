@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,7 +77,6 @@ func TestGC(t *testing.T) {
 }
 
 func TestDelIsTolerant(t *testing.T) {
-	stderr := captureStderr(t)
 	a := fakeagent.Start(t, t.TempDir())
 	noNetns := args(withSocket(a.Socket, ""))
 	noNetns.Netns = ""
@@ -90,11 +90,9 @@ func TestDelIsTolerant(t *testing.T) {
 		t.Errorf("DEL sent %+v", got)
 	}
 	a.Stop()
-	if err := Del(args(withSocket(a.Socket, ""))); err != nil {
-		t.Errorf("DEL with the agent down: %v", err)
-	}
-	if !strings.Contains(stderr.String(), "the agent reconciles when it starts") {
-		t.Errorf("stderr %q has no note about the agent being down", stderr)
+	var te *types.Error
+	if err := Del(args(withSocket(a.Socket, ""))); !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Msg, "unreachable") {
+		t.Errorf("DEL with the agent down: %v, want code %d (try again later) naming the agent", err, types.ErrTryAgainLater)
 	}
 }
 

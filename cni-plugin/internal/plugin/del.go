@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -13,8 +12,9 @@ import (
 )
 
 // Del forgets the attachment. It is idempotent and tolerant: it succeeds
-// without prevResult, without netns, twice, and with the agent down (the
-// agent reconciles its registry with the runtime when it starts).
+// without prevResult, without netns, and twice. With the agent down it
+// answers "try again later" (CNI code 11): the runtime retries, and the
+// attachment is not reported gone while the agent still holds it.
 func Del(args *skel.CmdArgs) error {
 	conf, result, err := parseConfig(args.StdinData, "DEL")
 	if err != nil {
@@ -34,10 +34,6 @@ func Del(args *skel.CmdArgs) error {
 	// next container that gets them.
 	liftQuarantine(conf, ep.Attachment, ep.IPs)
 	if _, err := callAgent(conf, agent.Request{Op: agent.OpDel, Endpoint: ep}); err != nil {
-		if errors.Is(err, agent.ErrUnavailable) {
-			fmt.Fprintf(Stderr, "netseg: note: DEL of container %s interface %s not sent: %v; the agent reconciles when it starts\n", args.ContainerID, args.IfName, err)
-			return nil
-		}
 		return agentError(conf, fmt.Sprintf("remove container %s interface %s", args.ContainerID, args.IfName), err)
 	}
 	return nil
