@@ -1,6 +1,7 @@
 package explain
 
 import (
+	"encoding/json"
 	"net/netip"
 	"testing"
 
@@ -58,5 +59,34 @@ func TestParsePeer(t *testing.T) {
 		if diff := cmp.Diff(tc.want, got, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 			t.Errorf("ParsePeer(%q, %q) (-want +got):\n%s", tc.ref, tc.labels, diff)
 		}
+	}
+}
+
+// TestResultJSON pins the bytes of an explained decision: the agent's
+// OpExplain answer is json.Marshal of a Result, and netsegctl explain -o
+// json prints one (and reads the agent's back).
+func TestResultJSON(t *testing.T) {
+	r := Result{From: "ops/monitoring", To: "pay/payments", Port: "22/TCP", Decision: policy.Decision{
+		Verdict: policy.WouldDeny, Origin: policy.Origin{ID: 4, Kind: policy.OriginZonePolicy, Name: "lockdown", Rule: "no-ssh"},
+		SrcZone: "ops", DstZone: "payments",
+		Enforced: policy.PassResult{Action: policy.Allow, Origin: policy.Origin{ID: 1, Kind: policy.OriginZoneDefault, FromZone: "ops", ToZone: "payments"}},
+		Staged:   policy.PassResult{Action: policy.Deny, Origin: policy.Origin{ID: 4, Kind: policy.OriginZonePolicy, Name: "lockdown", Rule: "no-ssh"}}}}
+	const want = `{"from":"ops/monitoring","to":"pay/payments","port":"22/TCP","verdict":"would-deny","expected":false,` +
+		`"origin":{"id":4,"kind":"ZonePolicy","name":"lockdown","rule":"no-ssh"},"srcZone":"ops","dstZone":"payments",` +
+		`"enforced":{"action":"Allow","origin":{"id":1,"kind":"ZoneDefault","fromZone":"ops","toZone":"payments"}},` +
+		`"staged":{"action":"Deny","origin":{"id":4,"kind":"ZonePolicy","name":"lockdown","rule":"no-ssh"}}}`
+	got, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Errorf("json.Marshal:\n got: %s\nwant: %s", got, want)
+	}
+	var back Result
+	if err := json.Unmarshal(got, &back); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(r, back); diff != "" {
+		t.Errorf("decoded (-want +got):\n%s", diff)
 	}
 }
