@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -67,10 +68,10 @@ func TestParsePeer(t *testing.T) {
 // json prints one (and reads the agent's back).
 func TestResultJSON(t *testing.T) {
 	r := Result{From: "ops/monitoring", To: "pay/payments", Port: "22/TCP", Decision: policy.Decision{
-		Verdict: policy.WouldDeny, Origin: policy.Origin{ID: 4, Kind: policy.OriginZonePolicy, Name: "lockdown", Rule: "no-ssh"},
+		Verdict: policy.WouldDeny, Origin: segment.Origin{ID: 4, Kind: segment.OriginZonePolicy, Name: "lockdown", Rule: "no-ssh"},
 		SrcZone: "ops", DstZone: "payments",
-		Enforced: policy.PassResult{Action: policy.Allow, Origin: policy.Origin{ID: 1, Kind: policy.OriginZoneDefault, FromZone: "ops", ToZone: "payments"}},
-		Staged:   policy.PassResult{Action: policy.Deny, Origin: policy.Origin{ID: 4, Kind: policy.OriginZonePolicy, Name: "lockdown", Rule: "no-ssh"}}}}
+		Enforced: policy.PassResult{Action: policy.Allow, Origin: segment.Origin{ID: 1, Kind: segment.OriginZoneDefault, FromZone: "ops", ToZone: "payments"}},
+		Staged:   policy.PassResult{Action: policy.Deny, Origin: segment.Origin{ID: 4, Kind: segment.OriginZonePolicy, Name: "lockdown", Rule: "no-ssh"}}}}
 	const want = `{"from":"ops/monitoring","to":"pay/payments","port":"22/TCP","verdict":"would-deny","expected":false,` +
 		`"origin":{"id":4,"kind":"ZonePolicy","name":"lockdown","rule":"no-ssh"},"srcZone":"ops","dstZone":"payments",` +
 		`"enforced":{"action":"Allow","origin":{"id":1,"kind":"ZoneDefault","fromZone":"ops","toZone":"payments"}},` +

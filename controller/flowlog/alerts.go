@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // alertKey folds unexpected connections: source and destination workload
@@ -41,7 +42,7 @@ func (p *Pipeline) fold(r *flow.Record) {
 		}
 		src, dst := *r.Src, *r.Dst
 		src.Port = 0
-		var origin *flow.Origin
+		var origin *segment.Origin
 		if r.Origin != nil {
 			o := *r.Origin
 			origin = &o

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
@@ -100,7 +100,7 @@ func firstNonZero(ts ...time.Time) time.Time {
 type recordParts struct {
 	rec       flow.Record
 	src, dst  flow.Endpoint
-	origin    policy.Origin
+	origin    segment.Origin
 	expected  bool
 	icmp      uint8
 	connStart time.Time
@@ -150,11 +150,11 @@ func (p *Pipeline) describe(rec *flow.Record, proto dataplane.Protocol, src, dst
 	rec.Verdict = v.String()
 	o, ok := res.Origin(originID)
 	if !ok {
-		o = policy.Origin{ID: originID}
+		o = segment.Origin{ID: originID}
 	}
 	p.parts.origin = o
 	rec.Origin = &p.parts.origin
-	p.parts.expected = v == dataplane.Allowed && ok && (o.Kind == policy.OriginZonePolicy || o.Kind == policy.OriginServiceDependency)
+	p.parts.expected = v == dataplane.Allowed && ok && (o.Kind == segment.OriginZonePolicy || o.Kind == segment.OriginServiceDependency)
 	rec.Expected = &p.parts.expected
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/controller/policy"
@@ -39,12 +40,12 @@ const (
 	oDefault     = 16 // zone default allow: unexpected
 )
 
-var testOrigins = map[uint16]policy.Origin{
-	oPolicyAllow: {ID: oPolicyAllow, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "a-to-b"},
-	oDependency:  {ID: oDependency, Kind: policy.OriginServiceDependency, Namespace: "lab", Name: "a", Rule: "dns"},
-	oDeny:        {ID: oDeny, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
-	oStagedDeny:  {ID: oStagedDeny, Kind: policy.OriginZonePolicy, Name: "staged", Rule: "no-9090"},
-	oDefault:     {ID: oDefault, Kind: policy.OriginZoneDefault, FromZone: "za", ToZone: "zb"},
+var testOrigins = map[uint16]segment.Origin{
+	oPolicyAllow: {ID: oPolicyAllow, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "a-to-b"},
+	oDependency:  {ID: oDependency, Kind: segment.OriginServiceDependency, Namespace: "lab", Name: "a", Rule: "dns"},
+	oDeny:        {ID: oDeny, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
+	oStagedDeny:  {ID: oStagedDeny, Kind: segment.OriginZonePolicy, Name: "staged", Rule: "no-9090"},
+	oDefault:     {ID: oDefault, Kind: segment.OriginZoneDefault, FromZone: "za", ToZone: "zb"},
 }
 
 type resolver struct{ a, b netip.Addr }
@@ -59,7 +60,7 @@ func (r resolver) Resolve(ip netip.Addr) flowlog.Peer {
 	return flowlog.Peer{Zone: policy.Unzoned}
 }
 
-func (r resolver) Origin(id uint16) (policy.Origin, bool) {
+func (r resolver) Origin(id uint16) (segment.Origin, bool) {
 	o, ok := testOrigins[id]
 	return o, ok
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
@@ -25,15 +25,15 @@ var (
 	web     = netip.MustParseAddr("10.88.0.2")
 	api     = netip.MustParseAddr("10.88.0.3")
 	partner = netip.MustParseAddr("203.0.113.10")
-	origins = map[uint16]policy.Origin{
-		1: {ID: 1, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "web-to-api"},
-		2: {ID: 2, Kind: policy.OriginServiceDependency, Namespace: "shop", Name: "web", Rule: "api"},
-		3: {ID: 3, Kind: policy.OriginZoneDefault, FromZone: "web", ToZone: "partners"},
-		4: {ID: 4, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
+	origins = map[uint16]segment.Origin{
+		1: {ID: 1, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "web-to-api"},
+		2: {ID: 2, Kind: segment.OriginServiceDependency, Namespace: "shop", Name: "web", Rule: "api"},
+		3: {ID: 3, Kind: segment.OriginZoneDefault, FromZone: "web", ToZone: "partners"},
+		4: {ID: 4, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
 	}
 )
 
-type fakeResolver struct{ origins map[uint16]policy.Origin }
+type fakeResolver struct{ origins map[uint16]segment.Origin }
 
 func (f fakeResolver) Resolve(ip netip.Addr) Peer {
 	switch ip {
@@ -45,7 +45,7 @@ func (f fakeResolver) Resolve(ip netip.Addr) Peer {
 	return Peer{Zone: "partners"}
 }
 
-func (f fakeResolver) Origin(id uint16) (policy.Origin, bool) {
+func (f fakeResolver) Origin(id uint16) (segment.Origin, bool) {
 	o, ok := f.origins[id]
 	return o, ok
 }
@@ -129,7 +129,7 @@ func TestFinalRecords(t *testing.T) {
 			got := records(t, out)
 			o, ok := origins[tt.origin]
 			if !ok {
-				o = policy.Origin{ID: tt.origin}
+				o = segment.Origin{ID: tt.origin}
 			}
 			res := timedResolver{r: fakeResolver{origins}}
 			peer := res.r.Resolve(tt.ev.Src.Addr())
@@ -353,16 +353,16 @@ func TestMemoryBound(t *testing.T) {
 func TestResolverHistory(t *testing.T) {
 	p, out, _, c := newTest(Config{}, Sources{})
 	c.t = t0.Add(time.Minute)
-	p.SetResolver(fakeResolver{map[uint16]policy.Origin{1: {ID: 1, Kind: policy.OriginZoneDefault, FromZone: "a", ToZone: "b"}}})
+	p.SetResolver(fakeResolver{map[uint16]segment.Origin{1: {ID: 1, Kind: segment.OriginZoneDefault, FromZone: "a", ToZone: "b"}}})
 	p.conn(ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(2*time.Minute), 1))
 	p.conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0.Add(90*time.Second), t0.Add(2*time.Minute), 1))
-	var kinds []policy.OriginKind
+	var kinds []segment.OriginKind
 	for _, r := range records(t, out) {
 		if r.Kind == flow.KindFlow {
 			kinds = append(kinds, r.Origin.Kind)
 		}
 	}
-	if diff := cmp.Diff([]policy.OriginKind{policy.OriginZonePolicy, policy.OriginZoneDefault}, kinds); diff != "" {
+	if diff := cmp.Diff([]segment.OriginKind{segment.OriginZonePolicy, segment.OriginZoneDefault}, kinds); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -240,7 +241,7 @@ func dependencyStates(c *policy.Compiled, in policy.Input, d *v1alpha1.ServiceDe
 		if ok {
 			for _, pr := range ports {
 				dec := c.Decide(src, dst, pr.First, pr.Protocol)
-				if dec.Enforced.Action == policy.Deny && dec.Enforced.Origin.Kind == policy.OriginZonePolicy {
+				if dec.Enforced.Action == policy.Deny && dec.Enforced.Origin.Kind == segment.OriginZonePolicy {
 					st.State = v1alpha1.DependencyBlocked
 					st.BlockedBy = fmt.Sprintf("ZonePolicy/%s rule %s", dec.Enforced.Origin.Name, dec.Enforced.Origin.Rule)
 					break

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 )
 
@@ -23,7 +24,7 @@ type model struct {
 	nsLabels   map[string]labels.Set
 	endpoints  []*endpoint // by namespace and name
 	epByIP     map[netip.Addr]*endpoint
-	origins    []Origin
+	origins    []segment.Origin
 	zdOrigin   map[[2]string]uint16
 	errors     []Problem
 	warnings   []Problem

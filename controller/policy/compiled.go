@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"sort"
 
-	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Compiled is the output of the compiler. Treat it as read-only: rule
@@ -12,7 +12,7 @@ import (
 type Compiled struct {
 	Config Config
 	// Origins is indexed by origin id; Origins[0] is the reserved "none".
-	Origins []Origin
+	Origins []segment.Origin
 	// Zones are the declared zones by name, then the implicit "unzoned".
 	Zones []ZoneInfo
 	// Endpoints are sorted by namespace and name.
@@ -115,9 +115,9 @@ func DependencySet(ns, sd, entry string) string { return "dep/" + ns + "/" + sd 
 func WorkloadSet(ns, sd string) string { return "workload/" + ns + "/" + sd }
 
 // Origin returns the origin with the given id.
-func (c *Compiled) Origin(id uint16) (Origin, bool) {
+func (c *Compiled) Origin(id uint16) (segment.Origin, bool) {
 	if int(id) >= len(c.Origins) || id == 0 {
-		return Origin{}, false
+		return segment.Origin{}, false
 	}
 	return c.Origins[id], true
 }
@@ -142,18 +142,3 @@ func (c *Compiled) Endpoint(ns, name string) (*EndpointRules, bool) {
 	}
 	return nil, false
 }
-
-// Origin is what decided a connection: the compiler assigns them and flow
-// records carry them, so the type is defined beside the record (api/flow),
-// where a log reader finds it without linking the compiler.
-type (
-	Origin     = flow.Origin
-	OriginKind = flow.OriginKind
-)
-
-// Origin kinds.
-const (
-	OriginZonePolicy        = flow.OriginZonePolicy
-	OriginServiceDependency = flow.OriginServiceDependency
-	OriginZoneDefault       = flow.OriginZoneDefault
-)

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Verdict is the outcome of a decision.
@@ -18,20 +20,20 @@ const (
 
 // PassResult is the result of one pass of the decision.
 type PassResult struct {
-	Action Action `json:"action"`
-	Origin Origin `json:"origin"`
+	Action Action         `json:"action"`
+	Origin segment.Origin `json:"origin"`
 }
 
 // Decision is the decision for one connection.
 type Decision struct {
 	Verdict Verdict `json:"verdict"`
 	// Expected: allowed by a ZonePolicy Allow rule or a ServiceDependency.
-	Expected bool       `json:"expected"`
-	Origin   Origin     `json:"origin"`
-	SrcZone  string     `json:"srcZone"`
-	DstZone  string     `json:"dstZone"`
-	Enforced PassResult `json:"enforced"`
-	Staged   PassResult `json:"staged"`
+	Expected bool           `json:"expected"`
+	Origin   segment.Origin `json:"origin"`
+	SrcZone  string         `json:"srcZone"`
+	DstZone  string         `json:"dstZone"`
+	Enforced PassResult     `json:"enforced"`
+	Staged   PassResult     `json:"staged"`
 }
 
 // combine makes the verdict out of the two passes.
@@ -44,7 +46,7 @@ func combine(enforced, staged PassResult) Decision {
 		d.Verdict, d.Origin = WouldDeny, staged.Origin
 	default:
 		d.Verdict, d.Origin = Allowed, enforced.Origin
-		d.Expected = d.Origin.Kind == OriginZonePolicy || d.Origin.Kind == OriginServiceDependency
+		d.Expected = d.Origin.Kind == segment.OriginZonePolicy || d.Origin.Kind == segment.OriginServiceDependency
 	}
 	return d
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
@@ -146,7 +147,7 @@ func TestOriginIDs(t *testing.T) {
 	// zone defaults are all pairs of 5 zones and unzoned.
 	n := 0
 	for _, o := range c.Origins {
-		if o.Kind == policy.OriginZoneDefault {
+		if o.Kind == segment.OriginZoneDefault {
 			n++
 		}
 	}

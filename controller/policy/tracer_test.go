@@ -9,6 +9,8 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // TraceEgress evaluates an endpoint's egress rule lists for a connection
@@ -54,7 +56,7 @@ func (c *Compiled) trace(dir Direction, a netip.Addr, port uint16, proto Protoco
 				return PassResult{r.Action, c.Origins[r.Origin]}
 			}
 		}
-		return PassResult{Deny, Origin{}} // unreachable: the tail ends with a catch-all
+		return PassResult{Deny, segment.Origin{}} // unreachable: the tail ends with a catch-all
 	}
 	return combine(pass(dir.Enforced), pass(dir.Staged))
 }
