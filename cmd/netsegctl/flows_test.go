@@ -236,7 +236,7 @@ func TestRecommend(t *testing.T) {
 	eps := []policy.Endpoint{{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"}},
 		{Namespace: "shop", Name: "api-1", Labels: map[string]string{"app": "api"}}}
 	c := policy.Compile(pol.Input(policy.Config{}, eps, nil))
-	if d := c.Decide(policy.Peer{Namespace: "shop", Name: "web-1"}, policy.Peer{Namespace: "shop", Name: "api-1"}, 8443, policy.TCP); !d.Expected {
+	if d := c.Decide(policy.Peer{Namespace: "shop", Name: "web-1"}, policy.Peer{Namespace: "shop", Name: "api-1"}, 8443, segment.TCP); !d.Expected {
 		t.Errorf("web-1 -> api-1:8443 still unexpected with the recommendation: %+v", d)
 	}
 	// With the recommendation as the current policy nothing is left.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 )
@@ -157,11 +158,11 @@ func rules(in []policy.Rule, used map[string]bool) ([]dataplane.Rule, error) {
 		}
 		dr := dataplane.Rule{Peer: r.Peer.Set, PeerNot: r.Peer.Not, Origin: r.Origin}
 		switch r.Action {
-		case policy.Allow:
+		case segment.Allow:
 			dr.Action = dataplane.Allow
-		case policy.Deny:
+		case segment.Deny:
 			dr.Action = dataplane.Deny
-		case policy.Delegate:
+		case segment.Delegate:
 			dr.Action = dataplane.Delegate
 		default:
 			return nil, fmt.Errorf("unknown action %q", r.Action)
@@ -181,15 +182,15 @@ func rules(in []policy.Rule, used map[string]bool) ([]dataplane.Rule, error) {
 	return out, nil
 }
 
-func portRanges(pr policy.PortRange) ([]dataplane.PortRange, error) {
+func portRanges(pr segment.PortRange) ([]dataplane.PortRange, error) {
 	switch pr.Protocol {
-	case policy.TCP:
+	case segment.TCP:
 		return []dataplane.PortRange{{Proto: dataplane.TCP, First: pr.First, Last: pr.Last}}, nil
-	case policy.UDP:
+	case segment.UDP:
 		return []dataplane.PortRange{{Proto: dataplane.UDP, First: pr.First, Last: pr.Last}}, nil
-	case policy.SCTP:
+	case segment.SCTP:
 		return []dataplane.PortRange{{Proto: dataplane.SCTP, First: pr.First, Last: pr.Last}}, nil
-	case policy.ICMP:
+	case segment.ICMP:
 		return []dataplane.PortRange{{Proto: dataplane.ICMP}, {Proto: dataplane.ICMPv6}}, nil
 	}
 	return nil, fmt.Errorf("unknown protocol %q", pr.Protocol)

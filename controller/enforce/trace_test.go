@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/enforce"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
@@ -114,21 +115,21 @@ type want struct {
 }
 
 func decided(d policy.Decision) want {
-	return want{accept: d.Verdict != policy.Denied, decision: &d,
+	return want{accept: d.Verdict != segment.Denied, decision: &d,
 		mark: dataplane.MakeMark(action(d.Enforced.Action), action(d.Staged.Action), d.Enforced.Origin.ID, d.Staged.Origin.ID)}
 }
 
-func action(a policy.Action) dataplane.Action {
+func action(a segment.Action) dataplane.Action {
 	switch a {
-	case policy.Allow:
+	case segment.Allow:
 		return dataplane.Allow
-	case policy.Deny:
+	case segment.Deny:
 		return dataplane.Deny
 	}
-	panic("no pass ends in " + string(a))
+	panic("no pass ends in " + a.String())
 }
 
-var verdicts = map[policy.Verdict]dataplane.Verdict{policy.Allowed: dataplane.Allowed, policy.Denied: dataplane.Denied, policy.WouldDeny: dataplane.WouldDeny}
+var verdicts = map[segment.Verdict]dataplane.Verdict{segment.Allowed: dataplane.Allowed, segment.Denied: dataplane.Denied, segment.WouldDeny: dataplane.WouldDeny}
 
 // check traces every connection of the world and returns how many, and
 // the mismatches (a few at most). kinds counts the outcomes.
@@ -166,7 +167,7 @@ func (w *tracedWorld) check(kinds map[string]int) (int, []string) {
 		n++
 		switch {
 		case exp.decision != nil:
-			kinds[string(exp.decision.Verdict)]++
+			kinds[exp.decision.Verdict.String()]++
 		case exp.counter != "":
 			kinds[exp.counter]++
 		default:
@@ -269,13 +270,13 @@ func passes(r nfttrace.Result, text string) bool {
 func packet(src, dst netip.Addr, pr policytest.Probe, iif string) nfttrace.Packet {
 	p := nfttrace.Packet{Src: src, Dst: dst, DPort: pr.Port, Iif: iif}
 	switch pr.Proto {
-	case policy.TCP:
+	case segment.TCP:
 		p.Proto = 6
-	case policy.UDP:
+	case segment.UDP:
 		p.Proto = 17
-	case policy.SCTP:
+	case segment.SCTP:
 		p.Proto = 132
-	case policy.ICMP: // an echo request
+	case segment.ICMP: // an echo request
 		p.Proto, p.ICMPType, p.DPort = 1, 8, 0
 		if src.Is6() {
 			p.Proto, p.ICMPType = 58, 128

@@ -77,7 +77,7 @@ func (r *PolicyResolver) Resolve(ip netip.Addr) Peer {
 		clear(r.cache)
 	}
 	// Decide resolves a bare address to its zone (a CIDR zone or unzoned).
-	p := Peer{Zone: r.c.Decide(policy.AddrPeer(ip), policy.AddrPeer(ip), 0, policy.ICMP).SrcZone}
+	p := Peer{Zone: r.c.Decide(policy.AddrPeer(ip), policy.AddrPeer(ip), 0, segment.ICMP).SrcZone}
 	r.cache[ip] = p
 	return p
 }

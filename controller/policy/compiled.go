@@ -30,7 +30,7 @@ type Compiled struct {
 type ZoneInfo struct {
 	Name          string
 	Priority      int32
-	DefaultAction Action
+	DefaultAction segment.Action
 	Monitor       bool
 	Endpoints     int
 }
@@ -68,8 +68,8 @@ type Rule struct {
 	Peer PeerMatch
 	// Ports: any may match; none means every protocol and port, ICMP
 	// included. A rule with ports never matches ICMP.
-	Ports  []PortRange
-	Action Action
+	Ports  []segment.PortRange
+	Action segment.Action
 	Origin uint16
 }
 

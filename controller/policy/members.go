@@ -142,26 +142,26 @@ func (m *model) zoneOfAddr(a netip.Addr) string {
 }
 
 // effective is a zone's default action in a pass.
-func (m *model) effective(zoneName string, enforced bool) Action {
+func (m *model) effective(zoneName string, enforced bool) segment.Action {
 	if zoneName == Unzoned {
 		return m.cfg.UnzonedDefault
 	}
 	z := m.zoneByName[zoneName]
 	if z == nil {
-		return Deny
+		return segment.Deny
 	}
 	if enforced && z.monitor {
-		return Allow
+		return segment.Allow
 	}
 	return z.def
 }
 
 // both is the zone-default decision between two zones.
-func (m *model) both(from, to string, enforced bool) Action {
-	if m.effective(from, enforced) == Allow && m.effective(to, enforced) == Allow {
-		return Allow
+func (m *model) both(from, to string, enforced bool) segment.Action {
+	if m.effective(from, enforced) == segment.Allow && m.effective(to, enforced) == segment.Allow {
+		return segment.Allow
 	}
-	return Deny
+	return segment.Deny
 }
 
 // isClient reports whether an endpoint is a client of sd.

@@ -116,7 +116,7 @@ func TestOrderIndependence(t *testing.T) {
 				for _, a := range policytest.ProbeAddrs {
 					p := policy.AddrPeer(netip.MustParseAddr(a))
 					self := policy.Peer{Namespace: e.Namespace, Name: e.Name}
-					if d1, d2 := want.Decide(self, p, 80, policy.TCP), got.Decide(self, p, 80, policy.TCP); d1 != d2 {
+					if d1, d2 := want.Decide(self, p, 80, segment.TCP), got.Decide(self, p, 80, segment.TCP); d1 != d2 {
 						t.Fatalf("%s: Decide(%v, %v) = %+v, incremental %+v", name, self, p, d1, d2)
 					}
 				}
