@@ -175,7 +175,7 @@ func TestExamplesTruthTable(t *testing.T) {
 		key := fmt.Sprintf("%s %s %s %d", strings.ToLower(r.pt.proto.String()), r.src.ip, r.dst.ip, r.pt.num)
 		mark, ok := marks[key]
 		verdict, origin := dataplane.Mark(mark).Decision()
-		if !ok || verdict.String() != r.want.Verdict.String() || origin != r.want.Origin.ID {
+		if !ok || verdict != r.want.Verdict || origin != r.want.Origin.ID {
 			// Before failing, read this entry alone: the whole-table dump
 			// walks a table that changes as the probes' entries end, and
 			// can skip an entry. Once (one CI run) it also gave a mark no
@@ -197,7 +197,7 @@ func TestExamplesTruthTable(t *testing.T) {
 				verdict, origin = dataplane.Mark(mark).Decision()
 			}
 		}
-		if verdict.String() != r.want.Verdict.String() || origin != r.want.Origin.ID {
+		if verdict != r.want.Verdict || origin != r.want.Origin.ID {
 			o, _ := compiled.Origin(origin)
 			t.Errorf("%s: conntrack mark %#x says %s by %s", name, mark, verdict, o)
 		}

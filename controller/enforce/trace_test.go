@@ -119,17 +119,13 @@ func decided(d policy.Decision) want {
 		mark: dataplane.MakeMark(action(d.Enforced.Action), action(d.Staged.Action), d.Enforced.Origin.ID, d.Staged.Origin.ID)}
 }
 
-func action(a segment.Action) dataplane.Action {
-	switch a {
-	case segment.Allow:
-		return dataplane.Allow
-	case segment.Deny:
-		return dataplane.Deny
+// action is a pass's final action, which the mark carries: Allow or Deny.
+func action(a segment.Action) segment.Action {
+	if a != segment.Allow && a != segment.Deny {
+		panic("no pass ends in " + a.String())
 	}
-	panic("no pass ends in " + a.String())
+	return a
 }
-
-var verdicts = map[segment.Verdict]dataplane.Verdict{segment.Allowed: dataplane.Allowed, segment.Denied: dataplane.Denied, segment.WouldDeny: dataplane.WouldDeny}
 
 // check traces every connection of the world and returns how many, and
 // the mismatches (a few at most). kinds counts the outcomes.
@@ -248,7 +244,7 @@ func judge(got nfttrace.Result, err error, exp want) string {
 	}
 	if d := exp.decision; d != nil {
 		v, origin := dataplane.Mark(got.CtMark).Decision()
-		if v != verdicts[d.Verdict] || origin != d.Origin.ID {
+		if v != d.Verdict || origin != d.Origin.ID {
 			msgs = append(msgs, fmt.Sprintf("mark decodes to %s origin %d, Decide says %s origin %d (%s)", v, origin, d.Verdict, d.Origin.ID, d.Origin))
 		}
 	}

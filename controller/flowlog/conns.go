@@ -1,7 +1,6 @@
 package flowlog
 
 import (
-	"fmt"
 	"net/netip"
 	"time"
 
@@ -15,7 +14,7 @@ import (
 // tuple comes along.
 type connKey struct {
 	id       uint32
-	proto    dataplane.Protocol
+	proto    segment.Protocol
 	src, dst netip.AddrPort
 }
 
@@ -30,7 +29,7 @@ type openFlow struct {
 
 // tupleKey is a denied 5-tuple (ICMP: type and code instead of ports).
 type tupleKey struct {
-	proto    dataplane.Protocol
+	proto    segment.Protocol
 	src, dst netip.AddrPort
 	icmp     uint16
 }
@@ -49,7 +48,7 @@ func keyOf(ev *flows.ConnEvent) connKey {
 
 func (p *Pipeline) conn(ev flows.ConnEvent) {
 	verdict, _ := ev.Mark.Decision()
-	if verdict == dataplane.VerdictNone || verdict == dataplane.Denied {
+	if verdict == segment.None || verdict == segment.Denied {
 		// Denied first packets never make a confirmed entry; a mark that
 		// says otherwise is no decision of a connection that passed.
 		return
@@ -127,14 +126,14 @@ func (p *Pipeline) connStart(rec *flow.Record, t time.Time) {
 }
 
 // describe fills the connection's names, verdict, origin and expected flag.
-func (p *Pipeline) describe(rec *flow.Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, connStart time.Time) {
+func (p *Pipeline) describe(rec *flow.Record, proto segment.Protocol, src, dst netip.AddrPort, icmpType uint8, v segment.Verdict, originID uint16, connStart time.Time) {
 	tr := p.resolverAt(connStart)
 	res := tr.r
-	rec.Protocol = ProtocolName(proto)
+	rec.Protocol = proto.String()
 	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
 	rec.Src = p.endpoint(&p.parts.src, tr, src, &sp)
 	rec.Dst = p.endpoint(&p.parts.dst, tr, dst, &dp)
-	if proto == dataplane.ICMP || proto == dataplane.ICMPv6 {
+	if proto == segment.ICMP || proto == segment.ICMPv6 {
 		p.parts.icmp = icmpType
 		rec.ICMPType = &p.parts.icmp
 		rec.Src.Port, rec.Dst.Port = 0, 0
@@ -154,7 +153,7 @@ func (p *Pipeline) describe(rec *flow.Record, proto dataplane.Protocol, src, dst
 	}
 	p.parts.origin = o
 	rec.Origin = &p.parts.origin
-	p.parts.expected = v == dataplane.Allowed && ok && (o.Kind == segment.OriginZonePolicy || o.Kind == segment.OriginServiceDependency)
+	p.parts.expected = v == segment.Allowed && ok && (o.Kind == segment.OriginZonePolicy || o.Kind == segment.OriginServiceDependency)
 	rec.Expected = &p.parts.expected
 }
 
@@ -214,7 +213,7 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 	for i := range evs {
 		ev := &evs[i]
 		verdict, _ := ev.Mark.Decision()
-		if verdict != dataplane.Allowed && verdict != dataplane.WouldDeny {
+		if verdict != segment.Allowed && verdict != segment.WouldDeny {
 			continue
 		}
 		k := keyOf(ev)
@@ -264,14 +263,14 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 // packet aggregates a denied first packet by 5-tuple.
 func (p *Pipeline) packet(pkt flows.Packet) {
 	verdict, _ := pkt.Mark.Decision()
-	if pkt.Prefix != flows.PrefixDeny || verdict != dataplane.Denied {
+	if pkt.Prefix != flows.PrefixDeny || verdict != segment.Denied {
 		// Accepted connections are reported from conntrack, which carries
 		// the same decision and the byte counts.
 		p.m.nflogIgnored.Inc()
 		return
 	}
 	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
-	icmp := pkt.Proto == dataplane.ICMP || pkt.Proto == dataplane.ICMPv6
+	icmp := pkt.Proto == segment.ICMP || pkt.Proto == segment.ICMPv6
 	if icmp {
 		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
 	}
@@ -304,21 +303,4 @@ func (p *Pipeline) flushDenied(now time.Time) {
 		p.emitFlow(rec)
 		delete(p.denied, k)
 	}
-}
-
-// ProtocolName names an IP protocol number as records do.
-func ProtocolName(p dataplane.Protocol) string {
-	switch p {
-	case dataplane.TCP:
-		return "TCP"
-	case dataplane.UDP:
-		return "UDP"
-	case dataplane.SCTP:
-		return "SCTP"
-	case dataplane.ICMP:
-		return "ICMP"
-	case dataplane.ICMPv6:
-		return "ICMPv6"
-	}
-	return fmt.Sprintf("%d", uint8(p))
 }
