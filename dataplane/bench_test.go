@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/e2e/lab"
 )
@@ -30,14 +31,14 @@ func synthetic(n, workloads, rules int, unique bool) *dataplane.Ruleset {
 				port = uint16(1000 + (i*rules+r)%60000)
 			}
 			eg = append(eg, dataplane.Rule{Peer: fmt.Sprintf("workload/%d", (i+r)%workloads),
-				Ports:  []dataplane.PortRange{{Proto: dataplane.TCP, First: port, Last: port}},
-				Action: dataplane.Action(1 + r%2), Origin: uint16(1 + r)})
+				Ports:  []segment.PortRange{{Protocol: segment.TCP, First: port, Last: port}},
+				Action: segment.Action(1 + r%2), Origin: uint16(1 + r)})
 		}
-		eg = append(eg, dataplane.Rule{Action: dataplane.Allow, Origin: 999})
+		eg = append(eg, dataplane.Rule{Action: segment.Allow, Origin: 999})
 		rs.Endpoints = append(rs.Endpoints, dataplane.Endpoint{
 			ID: fmt.Sprintf("ep%d/eth0", i), IPs: []netip.Addr{synthIP(i)},
 			Egress:  dataplane.Policy{Enforced: eg},
-			Ingress: dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Allow, Origin: 999}}},
+			Ingress: dataplane.Policy{Enforced: []dataplane.Rule{{Action: segment.Allow, Origin: 999}}},
 		})
 	}
 	return rs
@@ -100,7 +101,7 @@ func withDependency(rs *dataplane.Ruleset) *dataplane.Ruleset {
 	cp.Sets = append(append([]dataplane.Set{}, rs.Sets...), dataplane.Set{Name: "dep/new", Prefixes: []netip.Prefix{netip.PrefixFrom(synthIP(5000), 32)}})
 	cp.Endpoints = append([]dataplane.Endpoint{}, rs.Endpoints...)
 	ep := cp.Endpoints[0]
-	ep.Egress.Enforced = append([]dataplane.Rule{{Peer: "dep/new", Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: 7000, Last: 7000}}, Action: dataplane.Allow, Origin: 77}}, ep.Egress.Enforced...)
+	ep.Egress.Enforced = append([]dataplane.Rule{{Peer: "dep/new", Ports: []segment.PortRange{{Protocol: segment.TCP, First: 7000, Last: 7000}}, Action: segment.Allow, Origin: 77}}, ep.Egress.Enforced...)
 	cp.Endpoints[0] = ep
 	return &cp
 }
@@ -169,9 +170,9 @@ func (bn *node) withSynthetic(extra int) *dataplane.Ruleset {
 	rs := synthetic(extra, 50, 20, false)
 	var eg []dataplane.Rule
 	for r := 0; r < 19; r++ {
-		eg = append(eg, dataplane.Rule{Peer: fmt.Sprintf("workload/%d", r%50), Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: uint16(2000 + r), Last: uint16(2000 + r)}}, Action: dataplane.Deny, Origin: 5})
+		eg = append(eg, dataplane.Rule{Peer: fmt.Sprintf("workload/%d", r%50), Ports: []segment.PortRange{{Protocol: segment.TCP, First: uint16(2000 + r), Last: uint16(2000 + r)}}, Action: segment.Deny, Origin: 5})
 	}
-	eg = append(eg, dataplane.Rule{Peer: "b", Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: 8080, Last: 8080}}, Action: dataplane.Allow, Origin: 6})
+	eg = append(eg, dataplane.Rule{Peer: "b", Ports: []segment.PortRange{{Protocol: segment.TCP, First: 8080, Last: 8080}}, Action: segment.Allow, Origin: 6})
 	rs.Sets = append(rs.Sets, dataplane.Set{Name: "b", Prefixes: []netip.Prefix{netip.PrefixFrom(bn.b.IP(4), 32)}})
 	rs.Endpoints = append(rs.Endpoints,
 		dataplane.Endpoint{ID: "a/eth0", IPs: []netip.Addr{bn.a.IP(4)}, Egress: dataplane.Policy{Enforced: eg}, Ingress: allowAll},

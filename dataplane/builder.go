@@ -9,6 +9,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // rb builds one nftables rule so that the code reads like its nft text:
@@ -106,7 +108,7 @@ func (r *rb) addrNotPrefix(src bool, p netip.Prefix) *rb {
 }
 
 // l4: meta l4proto tcp.
-func (r *rb) l4(p Protocol) *rb {
+func (r *rb) l4(p segment.Protocol) *rb {
 	return r.add("meta l4proto "+protoName(p),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(p)}})
@@ -202,17 +204,17 @@ func (r *rb) verdict(kind expr.VerdictKind, chain string) *rb {
 	return r.add(text, &expr.Verdict{Kind: kind, Chain: chain})
 }
 
-func protoName(p Protocol) string {
+func protoName(p segment.Protocol) string {
 	switch p {
-	case TCP:
+	case segment.TCP:
 		return "tcp"
-	case UDP:
+	case segment.UDP:
 		return "udp"
-	case SCTP:
+	case segment.SCTP:
 		return "sctp"
-	case ICMP:
+	case segment.ICMP:
 		return "icmp"
-	case ICMPv6:
+	case segment.ICMPv6:
 		return "ipv6-icmp"
 	}
 	return fmt.Sprintf("%d", p)

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // randomMembers draws a set's prefixes: mostly pod addresses (/32, /128)
@@ -64,7 +66,7 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 			if r.Intn(3) != 0 {
 				ip := netip.AddrFrom4([4]byte{10, 2, 0, byte(i + r.Intn(2)*100)})
 				rs.Endpoints = append(rs.Endpoints, Endpoint{ID: fmt.Sprintf("ep%d/eth0", i), IPs: []netip.Addr{ip},
-					Egress: Policy{Enforced: []Rule{{Action: Allow, Origin: 1}}}, Ingress: Policy{Enforced: []Rule{{Action: Action(1 + r.Intn(2)), Origin: 2}}}})
+					Egress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: 1}}}, Ingress: Policy{Enforced: []Rule{{Action: segment.Action(1 + r.Intn(2)), Origin: 2}}}})
 			}
 		}
 		for _, name := range []string{"zone/a", "zone/b", "dep/x"} {

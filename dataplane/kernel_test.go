@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/e2e/lab"
 )
@@ -84,27 +85,27 @@ func prefixes(as []netip.Addr) []netip.Prefix {
 	return out
 }
 
-var allowAll = dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Allow, Origin: oAllowDefault}}}
+var allowAll = dataplane.Policy{Enforced: []dataplane.Rule{{Action: segment.Allow, Origin: oAllowDefault}}}
 
 // policyRuleset: a may reach b on TCP 8080, UDP 5353 and ICMP; a -> b TCP
 // 9090 passes but a staged (Monitor) rule would deny it; a -> anything
 // else is denied. b and c accept everything else.
 func (n *node) policyRuleset(t *testing.T) *dataplane.Ruleset {
-	tcp := []dataplane.PortRange{{Proto: dataplane.TCP, First: 8080, Last: 8080}}
-	udp := []dataplane.PortRange{{Proto: dataplane.UDP, First: 5353, Last: 5353}}
-	icmp := []dataplane.PortRange{{Proto: dataplane.ICMP}, {Proto: dataplane.ICMPv6}}
-	monitored := []dataplane.PortRange{{Proto: dataplane.TCP, First: 9000, Last: 9100}}
+	tcp := []segment.PortRange{{Protocol: segment.TCP, First: 8080, Last: 8080}}
+	udp := []segment.PortRange{{Protocol: segment.UDP, First: 5353, Last: 5353}}
+	icmp := []segment.PortRange{{Protocol: segment.ICMP}, {Protocol: segment.ICMPv6}}
+	monitored := []segment.PortRange{{Protocol: segment.TCP, First: 9000, Last: 9100}}
 	common := []dataplane.Rule{
-		{Peer: "b", Ports: tcp, Action: dataplane.Allow, Origin: oAllowTCP},
-		{Peer: "b", Ports: udp, Action: dataplane.Allow, Origin: oAllowUDP},
-		{Peer: "b", Ports: icmp, Action: dataplane.Allow, Origin: oAllowICMP},
+		{Peer: "b", Ports: tcp, Action: segment.Allow, Origin: oAllowTCP},
+		{Peer: "b", Ports: udp, Action: segment.Allow, Origin: oAllowUDP},
+		{Peer: "b", Ports: icmp, Action: segment.Allow, Origin: oAllowICMP},
 	}
 	enforced := append(append([]dataplane.Rule{}, common...),
-		dataplane.Rule{Peer: "b", Ports: monitored, Action: dataplane.Allow, Origin: oAllowDefault},
-		dataplane.Rule{Action: dataplane.Deny, Origin: oDenyAll})
+		dataplane.Rule{Peer: "b", Ports: monitored, Action: segment.Allow, Origin: oAllowDefault},
+		dataplane.Rule{Action: segment.Deny, Origin: oDenyAll})
 	staged := append(append([]dataplane.Rule{}, common...),
-		dataplane.Rule{Peer: "b", Ports: monitored, Action: dataplane.Deny, Origin: oStagedDeny},
-		dataplane.Rule{Action: dataplane.Deny, Origin: oDenyAll})
+		dataplane.Rule{Peer: "b", Ports: monitored, Action: segment.Deny, Origin: oStagedDeny},
+		dataplane.Rule{Action: segment.Deny, Origin: oDenyAll})
 	return &dataplane.Ruleset{
 		Sets: []dataplane.Set{{Name: "b", Prefixes: prefixes(addrs(n.b))}, {Name: "c", Prefixes: prefixes(addrs(n.c))}},
 		Endpoints: []dataplane.Endpoint{
@@ -182,11 +183,11 @@ func TestConntrackMarkNamesTheDecision(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		port    uint16
-		verdict dataplane.Verdict
+		verdict segment.Verdict
 		origin  uint16
 	}{
-		{8080, dataplane.Allowed, oAllowTCP},
-		{9090, dataplane.WouldDeny, oStagedDeny},
+		{8080, segment.Allowed, oAllowTCP},
+		{9090, segment.WouldDeny, oStagedDeny},
 	} {
 		srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), tc.port).String())
 		conn, err := n.a.Dial("tcp", srv.Addr, probeTimeout)

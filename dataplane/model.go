@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Ruleset is the desired state of the kernel for one node: everything the
@@ -46,46 +48,6 @@ type Policy struct {
 	Staged, StagedTail     []Rule
 }
 
-// Action is what a rule does with a new connection.
-type Action uint8
-
-const (
-	Allow Action = 1
-	Deny  Action = 2
-	// Delegate stops the rules and continues with the tail.
-	Delegate Action = 3
-)
-
-func (a Action) String() string {
-	switch a {
-	case Allow:
-		return "allow"
-	case Deny:
-		return "deny"
-	case Delegate:
-		return "delegate"
-	}
-	return fmt.Sprintf("action(%d)", uint8(a))
-}
-
-// Protocol numbers as in IP headers.
-type Protocol uint8
-
-const (
-	TCP    Protocol = 6
-	UDP    Protocol = 17
-	SCTP   Protocol = 132
-	ICMP   Protocol = 1
-	ICMPv6 Protocol = 58
-)
-
-// PortRange matches a protocol and destination ports First..Last
-// (inclusive). First == 0 matches every port of the protocol.
-type PortRange struct {
-	Proto       Protocol
-	First, Last uint16
-}
-
 // Rule matches a peer and ports and decides.
 type Rule struct {
 	// Peer is a set name from Ruleset.Sets; "" matches any address.
@@ -93,9 +55,10 @@ type Rule struct {
 	// PeerNot inverts the set match: the peer is not in Peer.
 	PeerNot bool
 	// Ports: empty matches every protocol and port (ICMP included); a rule
-	// with ports never matches ICMP.
-	Ports  []PortRange
-	Action Action
+	// with ports never matches ICMP. A range with First 0 matches every
+	// port of its protocol (how ICMP and ICMPv6 are listed).
+	Ports  []segment.PortRange
+	Action segment.Action
 	// Origin identifies the policy element that decided (the compiler's
 	// origin id); it is stamped into the connection's conntrack mark.
 	Origin uint16
@@ -122,51 +85,29 @@ const MaxOrigin = 1<<14 - 1
 type Mark uint32
 
 // MakeMark builds a mark from both passes' results.
-func MakeMark(enforced, staged Action, enforcedOrigin, stagedOrigin uint16) Mark {
+func MakeMark(enforced, staged segment.Action, enforcedOrigin, stagedOrigin uint16) Mark {
 	return Mark(uint32(enforcedOrigin&MaxOrigin) | uint32(enforced&3)<<14 |
 		uint32(stagedOrigin&MaxOrigin)<<16 | uint32(staged&3)<<30)
 }
 
 // half returns the enforced (low) or staged (high) 16-bit half for a
 // single pass's decision.
-func half(a Action, origin uint16) uint32 { return uint32(origin&MaxOrigin) | uint32(a&3)<<14 }
-
-// Verdict is the combined outcome of both passes.
-type Verdict uint8
-
-const (
-	VerdictNone Verdict = iota // not decided by netseg (mark 0)
-	Allowed
-	Denied
-	WouldDeny
-)
-
-func (v Verdict) String() string {
-	switch v {
-	case Allowed:
-		return "allowed"
-	case Denied:
-		return "denied"
-	case WouldDeny:
-		return "would-deny"
-	}
-	return "none"
-}
+func half(a segment.Action, origin uint16) uint32 { return uint32(origin&MaxOrigin) | uint32(a&3)<<14 }
 
 // Decision decodes a mark: the verdict, and the origin of the pass that
 // decided it (the enforced pass's, except for would-deny: the staged one's).
-func (m Mark) Decision() (Verdict, uint16) {
-	ea, eo := Action(m>>14&3), uint16(m&MaxOrigin)
-	sa, so := Action(m>>30&3), uint16(m>>16&MaxOrigin)
+func (m Mark) Decision() (segment.Verdict, uint16) {
+	ea, eo := segment.Action(m>>14&3), uint16(m&MaxOrigin)
+	sa, so := segment.Action(m>>30&3), uint16(m>>16&MaxOrigin)
 	switch {
-	case ea == Deny:
-		return Denied, eo
-	case ea == Allow && sa == Deny:
-		return WouldDeny, so
-	case ea == Allow:
-		return Allowed, eo
+	case ea == segment.Deny:
+		return segment.Denied, eo
+	case ea == segment.Allow && sa == segment.Deny:
+		return segment.WouldDeny, so
+	case ea == segment.Allow:
+		return segment.Allowed, eo
 	}
-	return VerdictNone, 0
+	return segment.None, 0
 }
 
 // Validate reports the first problem that would make the ruleset
@@ -214,13 +155,13 @@ func (rs *Ruleset) Validate() error {
 			}
 			checked[ref] = true
 			for i, r := range p.rules {
-				if r.Action == Delegate && ref.tail {
+				if r.Action == segment.Delegate && ref.tail {
 					return fmt.Errorf("endpoint %s: %s rule %d: delegate in a tail", ep.ID, p.name, i)
 				}
 				if r.Peer != "" && !sets[r.Peer] {
 					return fmt.Errorf("endpoint %s: %s rule %d: unknown peer set %q", ep.ID, p.name, i, r.Peer)
 				}
-				if r.Action != Allow && r.Action != Deny && r.Action != Delegate {
+				if r.Action != segment.Allow && r.Action != segment.Deny && r.Action != segment.Delegate {
 					return fmt.Errorf("endpoint %s: %s rule %d: bad action %d", ep.ID, p.name, i, r.Action)
 				}
 				if r.Origin > MaxOrigin {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Every name the dataplane gives a kernel object is declared or derived in
@@ -197,10 +198,10 @@ var baseRules = []baseRule{
 	// Neighbour discovery and MLD are not tracked by conntrack (their ct
 	// state reads invalid) and must pass for IPv6 to work at all.
 	{on: onHooks, rule: func(Config, int) *rb {
-		return rule().family(6).l4(ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, "")
+		return rule().family(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, "")
 	}},
 	{on: onHooks, rule: func(Config, int) *rb {
-		return rule().family(6).l4(ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, "")
+		return rule().family(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, "")
 	}},
 	{on: onForward, rule: func(Config, int) *rb { return rule().ctState("invalid", 1).verdict(expr.VerdictDrop, "") }},
 	{on: onFromPods, fams: true, rule: quarantined(setQuarantine, true)},

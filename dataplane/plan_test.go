@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // planWorld is a small ruleset: n endpoints of one workload whose egress
@@ -19,8 +21,8 @@ func planWorld(n int, port uint16) *Ruleset {
 		rs.Endpoints = append(rs.Endpoints, Endpoint{
 			ID: "c" + string(rune('a'+i)) + "/eth0", HostIface: "veth" + string(rune('a'+i)),
 			IPs:     []netip.Addr{ps[i].Addr()},
-			Egress:  Policy{Enforced: []Rule{{Peer: "zone/web", Ports: []PortRange{{Proto: TCP, First: port, Last: port}}, Action: Allow, Origin: 3}}},
-			Ingress: Policy{Enforced: []Rule{{Action: Allow, Origin: 4}}},
+			Egress:  Policy{Enforced: []Rule{{Peer: "zone/web", Ports: []segment.PortRange{{Protocol: segment.TCP, First: port, Last: port}}, Action: segment.Allow, Origin: 3}}},
+			Ingress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: 4}}},
 		})
 	}
 	return rs

@@ -10,6 +10,8 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 type setKind uint8
@@ -447,7 +449,7 @@ func passRules(peers map[string][7]string, rules []Rule, tail string, stagedPass
 	for _, r := range rules {
 		for _, b := range expand(peers, r, ingress) {
 			switch {
-			case r.Action == Delegate:
+			case r.Action == segment.Delegate:
 				out = append(out, b.verdict(expr.VerdictGoto, tail))
 			case stagedPass:
 				out = append(out, b.ctMarkSet(half(r.Action, r.Origin)<<16).verdict(expr.VerdictReturn, ""))
@@ -458,7 +460,7 @@ func passRules(peers map[string][7]string, rules []Rule, tail string, stagedPass
 					b.ctMarkSet(uint32(MakeMark(r.Action, r.Action, r.Origin, r.Origin)))
 				}
 				verdictTail := chainAllow
-				if r.Action == Deny {
+				if r.Action == segment.Deny {
 					verdictTail = chainDeny
 				}
 				out = append(out, b.verdict(expr.VerdictGoto, verdictTail))
@@ -470,9 +472,9 @@ func passRules(peers map[string][7]string, rules []Rule, tail string, stagedPass
 		out = append(out, rule().verdict(expr.VerdictGoto, tail))
 	case stagedPass:
 		// The staged list ran out: staged deny, no origin.
-		out = append(out, rule().ctMarkSet(half(Deny, 0)<<16).verdict(expr.VerdictReturn, ""))
+		out = append(out, rule().ctMarkSet(half(segment.Deny, 0)<<16).verdict(expr.VerdictReturn, ""))
 	default:
-		out = append(out, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(Deny, Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
+		out = append(out, rule().counter(counterNoMatch).ctMarkSet(uint32(MakeMark(segment.Deny, segment.Deny, 0, 0))).verdict(expr.VerdictGoto, chainDeny))
 	}
 	return out
 }
@@ -524,7 +526,7 @@ func makePolicyKey(dir string, p Policy) policyKey {
 			buf = append(buf, r.Peer...)
 			buf = append(buf, 0, byte(r.Action), byte(r.Origin>>8), byte(r.Origin), byte(len(r.Ports)))
 			for _, pr := range r.Ports {
-				buf = append(buf, byte(pr.Proto), byte(pr.First>>8), byte(pr.First), byte(pr.Last>>8), byte(pr.Last))
+				buf = append(buf, byte(pr.Protocol), byte(pr.First>>8), byte(pr.First), byte(pr.Last>>8), byte(pr.Last))
 			}
 		}
 	}
@@ -558,18 +560,18 @@ func expand(peers map[string][7]string, r Rule, ingress bool) []*rb {
 	for _, fam := range fams {
 		ports := r.Ports
 		if len(ports) == 0 {
-			ports = []PortRange{{}}
+			ports = []segment.PortRange{{}}
 		}
 		for _, pr := range ports {
-			if (fam == 4 && pr.Proto == ICMPv6) || (fam == 6 && pr.Proto == ICMP) {
+			if (fam == 4 && pr.Protocol == segment.ICMPv6) || (fam == 6 && pr.Protocol == segment.ICMP) {
 				continue // cannot match: ICMP lives in IPv4, ICMPv6 in IPv6
 			}
 			b := rule()
 			if fam != 0 {
 				b.family(fam).addrIn(ingress, peers[r.Peer][fam], r.PeerNot)
 			}
-			if pr.Proto != 0 {
-				b.l4(pr.Proto)
+			if pr.Protocol != 0 {
+				b.l4(pr.Protocol)
 				if pr.First != 0 {
 					b.dport(pr.First, pr.Last)
 				}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // renderWorld: n endpoints in 50 workloads sharing 20-rule egress lists
@@ -16,11 +18,11 @@ func renderWorld(n int) *Ruleset {
 		var eg []Rule
 		for r := 0; r < 20; r++ {
 			eg = append(eg, Rule{Peer: fmt.Sprintf("workload/%d", (w+r)%workloads),
-				Ports: []PortRange{{Proto: TCP, First: uint16(1000 + r), Last: uint16(1000 + r)}}, Action: Action(1 + r%2), Origin: uint16(1 + r)})
+				Ports: []segment.PortRange{{Protocol: segment.TCP, First: uint16(1000 + r), Last: uint16(1000 + r)}}, Action: segment.Action(1 + r%2), Origin: uint16(1 + r)})
 		}
 		lists[w] = Policy{Enforced: eg}
 	}
-	ingress := Policy{Enforced: []Rule{{Action: Allow, Origin: 999}}}
+	ingress := Policy{Enforced: []Rule{{Action: segment.Allow, Origin: 999}}}
 	members := make([][]netip.Prefix, workloads)
 	for i := 0; i < n; i++ {
 		ip := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/e2e/lab"
 )
@@ -31,8 +32,8 @@ func withExtraSet(rs *dataplane.Ruleset, i int) *dataplane.Ruleset {
 	for j, ep := range cp.Endpoints {
 		if ep.ID == "b/eth0" {
 			ep.Egress = dataplane.Policy{Enforced: append([]dataplane.Rule{{Peer: "churn",
-				Ports:  []dataplane.PortRange{{Proto: dataplane.TCP, First: uint16(1000 + i), Last: uint16(1000 + i)}},
-				Action: dataplane.Deny, Origin: 20}}, allowAll.Enforced...)}
+				Ports:  []segment.PortRange{{Protocol: segment.TCP, First: uint16(1000 + i), Last: uint16(1000 + i)}},
+				Action: segment.Deny, Origin: 20}}, allowAll.Enforced...)}
 			cp.Endpoints[j] = ep
 		}
 	}
@@ -292,7 +293,7 @@ func TestHostAccessSwitch(t *testing.T) {
 	// b accepts nothing from outside sources.
 	for i, ep := range rs.Endpoints {
 		if ep.ID == "b/eth0" {
-			rs.Endpoints[i].Ingress = dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Deny, Origin: oDenyAll}}}
+			rs.Endpoints[i].Ingress = dataplane.Policy{Enforced: []dataplane.Rule{{Action: segment.Deny, Origin: oDenyAll}}}
 		}
 	}
 	srv := n.b.ListenTCP(netip.AddrPortFrom(n.b.IP(4), 8080).String())
@@ -355,7 +356,7 @@ func TestCollectRemovesWhatSyncsLeft(t *testing.T) {
 	open := *rs
 	open.Endpoints = append([]dataplane.Endpoint{}, rs.Endpoints...)
 	open.Endpoints[0].Egress = dataplane.Policy{Enforced: append([]dataplane.Rule{{Peer: "b",
-		Ports: []dataplane.PortRange{{Proto: dataplane.TCP, First: 7070, Last: 7070}}, Action: dataplane.Allow, Origin: 30}}, rs.Endpoints[0].Egress.Enforced...),
+		Ports: []segment.PortRange{{Protocol: segment.TCP, First: 7070, Last: 7070}}, Action: segment.Allow, Origin: 30}}, rs.Endpoints[0].Egress.Enforced...),
 		Staged: rs.Endpoints[0].Egress.Staged}
 	for i := 0; i < 3; i++ {
 		if err := n.dp.Sync(&open); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane/nfttrace"
 )
 
@@ -48,58 +49,58 @@ var goldenWorlds = []struct {
 	{"allow-deny-ports", Config{}, Ruleset{Sets: goldenSets, Endpoints: []Endpoint{{
 		ID: "c1/eth0", IPs: []netip.Addr{a1, a1v6},
 		Egress: Policy{Enforced: []Rule{
-			{Peer: "zone/web", Ports: []PortRange{{TCP, 443, 443}, {TCP, 8000, 8100}}, Action: Allow, Origin: oWeb},
-			{Ports: []PortRange{{UDP, 53, 53}}, Action: Allow, Origin: oDNS},
-			{Peer: "zone/db", Ports: []PortRange{{ICMP, 0, 0}, {ICMPv6, 0, 0}}, Action: Allow, Origin: oDB},
-			{Action: Deny, Origin: oDenyAll},
+			{Peer: "zone/web", Ports: []segment.PortRange{{Protocol: segment.TCP, First: 443, Last: 443}, {Protocol: segment.TCP, First: 8000, Last: 8100}}, Action: segment.Allow, Origin: oWeb},
+			{Ports: []segment.PortRange{{Protocol: segment.UDP, First: 53, Last: 53}}, Action: segment.Allow, Origin: oDNS},
+			{Peer: "zone/db", Ports: []segment.PortRange{{Protocol: segment.ICMP}, {Protocol: segment.ICMPv6}}, Action: segment.Allow, Origin: oDB},
+			{Action: segment.Deny, Origin: oDenyAll},
 		}},
 		Ingress: Policy{Enforced: []Rule{
-			{Peer: "zone/web", PeerNot: true, Action: Deny, Origin: oDenyAll},
-			{Ports: []PortRange{{SCTP, 0, 0}}, Action: Allow, Origin: oWeb},
+			{Peer: "zone/web", PeerNot: true, Action: segment.Deny, Origin: oDenyAll},
+			{Ports: []segment.PortRange{{Protocol: segment.SCTP}}, Action: segment.Allow, Origin: oWeb},
 		}},
 	}}}},
 	{"staged", Config{}, Ruleset{Sets: goldenSets, Endpoints: []Endpoint{{
 		ID: "c1/eth0", IPs: []netip.Addr{a1},
 		Egress: Policy{
-			Enforced:     []Rule{{Peer: "zone/db", Action: Allow, Origin: oDB}},
-			EnforcedTail: []Rule{{Action: Allow, Origin: oDefault}},
-			Staged:       []Rule{{Peer: "zone/db", Ports: []PortRange{{TCP, 22, 22}}, Action: Deny, Origin: oStagedDeny}, {Peer: "zone/db", Action: Allow, Origin: oDB}},
-			StagedTail:   []Rule{{Action: Deny, Origin: oDefault}},
+			Enforced:     []Rule{{Peer: "zone/db", Action: segment.Allow, Origin: oDB}},
+			EnforcedTail: []Rule{{Action: segment.Allow, Origin: oDefault}},
+			Staged:       []Rule{{Peer: "zone/db", Ports: []segment.PortRange{{Protocol: segment.TCP, First: 22, Last: 22}}, Action: segment.Deny, Origin: oStagedDeny}, {Peer: "zone/db", Action: segment.Allow, Origin: oDB}},
+			StagedTail:   []Rule{{Action: segment.Deny, Origin: oDefault}},
 		},
 		// A Monitor-mode zone default: the staged pass has a tail only.
-		Ingress: Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}, Staged: []Rule{}, StagedTail: []Rule{{Action: Deny, Origin: oStagedDeny}}},
+		Ingress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}, Staged: []Rule{}, StagedTail: []Rule{{Action: segment.Deny, Origin: oStagedDeny}}},
 	}}}},
 	{"delegate-tail", Config{}, Ruleset{Sets: goldenSets, Endpoints: []Endpoint{{
 		ID: "c1/eth0", IPs: []netip.Addr{a1},
 		Egress: Policy{
-			Enforced:     []Rule{{Peer: "zone/db", Ports: []PortRange{{TCP, 5432, 5432}}, Action: Delegate, Origin: oDB}, {Peer: "zone/db", Action: Deny, Origin: oDenyAll}},
-			EnforcedTail: []Rule{{Peer: "zone/db", Ports: []PortRange{{TCP, 5432, 5432}}, Action: Allow, Origin: oTail}, {Action: Deny, Origin: oDefault}},
+			Enforced:     []Rule{{Peer: "zone/db", Ports: []segment.PortRange{{Protocol: segment.TCP, First: 5432, Last: 5432}}, Action: segment.Delegate, Origin: oDB}, {Peer: "zone/db", Action: segment.Deny, Origin: oDenyAll}},
+			EnforcedTail: []Rule{{Peer: "zone/db", Ports: []segment.PortRange{{Protocol: segment.TCP, First: 5432, Last: 5432}}, Action: segment.Allow, Origin: oTail}, {Action: segment.Deny, Origin: oDefault}},
 		},
 	}}}},
 	{"dual-stack-veth", Config{}, Ruleset{Sets: goldenSets, Managed: []netip.Prefix{podNet, podNet6}, Endpoints: []Endpoint{
 		{
 			ID: "c1/eth0", HostIface: "vethb9d3a290", IPs: []netip.Addr{a1, a1v6},
-			Egress:  Policy{Enforced: []Rule{{Peer: "zone/web", Action: Allow, Origin: oWeb}, {Action: Deny, Origin: oDenyAll}}},
-			Ingress: Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}},
+			Egress:  Policy{Enforced: []Rule{{Peer: "zone/web", Action: segment.Allow, Origin: oWeb}, {Action: segment.Deny, Origin: oDenyAll}}},
+			Ingress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}},
 		},
 		{
 			ID: "c2/eth0", HostIface: "veth5e61c0aa", IPs: []netip.Addr{a2},
-			Egress:  Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}},
-			Ingress: Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}},
+			Egress:  Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}},
+			Ingress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}},
 		},
 	}}},
 	{"quarantine-managed", Config{}, Ruleset{
 		Managed:    []netip.Prefix{podNet, podNet6, netip.MustParsePrefix("10.89.0.0/16")},
 		Quarantine: []netip.Addr{netip.MustParseAddr("10.88.0.9"), netip.MustParseAddr("fd00:88::9")},
 		Endpoints: []Endpoint{{ID: "c1/eth0", IPs: []netip.Addr{a1},
-			Egress:  Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}},
-			Ingress: Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}}}},
+			Egress:  Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}},
+			Ingress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}}}},
 	}},
 	{"log-accepted-deny-host", Config{LogAccepted: true, DenyHostAccess: true, NFLOGGroup: 7, LogRate: 50, LogBurst: 5}, Ruleset{
 		Sets: goldenSets,
 		Endpoints: []Endpoint{{ID: "c1/eth0", IPs: []netip.Addr{a1},
-			Egress:  Policy{Enforced: []Rule{{Action: Allow, Origin: oDefault}}},
-			Ingress: Policy{Enforced: []Rule{{Peer: "zone/web", Action: Allow, Origin: oWeb}, {Action: Deny, Origin: oDenyAll}}}}},
+			Egress:  Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}},
+			Ingress: Policy{Enforced: []Rule{{Peer: "zone/web", Action: segment.Allow, Origin: oWeb}, {Action: segment.Deny, Origin: oDenyAll}}}}},
 	}},
 }
 
@@ -155,7 +156,7 @@ func TestTraceGoldenWorlds(t *testing.T) {
 	a := netip.MustParseAddr
 	out, web, db := a("192.0.2.1"), a("203.0.113.7"), a("198.51.100.7")
 	const tcp, udp, sctp, icmp, icmp6 = 6, 17, 132, 1, 58
-	mark := func(e, s Action, eo, so uint16) uint32 { return uint32(MakeMark(e, s, eo, so)) }
+	mark := func(e, s segment.Action, eo, so uint16) uint32 { return uint32(MakeMark(e, s, eo, so)) }
 	for _, tc := range []struct {
 		world, name string
 		p           nfttrace.Packet
@@ -164,38 +165,38 @@ func TestTraceGoldenWorlds(t *testing.T) {
 		counters    []string
 	}{
 		{"empty", "nothing to decide", nfttrace.Packet{Src: a1, Dst: out, Proto: tcp, DPort: 80}, "accept", 0, nil},
-		{"allow-deny-ports", "egress port range", nfttrace.Packet{Src: a1, Dst: web, Proto: tcp, DPort: 8050}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
-		{"allow-deny-ports", "egress to a member address", nfttrace.Packet{Src: a1, Dst: a2, Proto: tcp, DPort: 443}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
-		{"allow-deny-ports", "egress port outside the ranges", nfttrace.Packet{Src: a1, Dst: web, Proto: tcp, DPort: 8101}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
-		{"allow-deny-ports", "egress any peer", nfttrace.Packet{Src: a1, Dst: out, Proto: udp, DPort: 53}, "accept", mark(Allow, Allow, oDNS, oDNS), nil},
-		{"allow-deny-ports", "egress icmp", nfttrace.Packet{Src: a1, Dst: db, Proto: icmp, ICMPType: 8}, "accept", mark(Allow, Allow, oDB, oDB), nil},
-		{"allow-deny-ports", "egress icmpv6", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:2::7"), Proto: icmp6, ICMPType: 128}, "accept", mark(Allow, Allow, oDB, oDB), nil},
-		{"allow-deny-ports", "icmp to an ipv6 peer of the other set", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:1::7"), Proto: icmp6, ICMPType: 128}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
-		{"allow-deny-ports", "ingress negated peer", nfttrace.Packet{Src: out, Dst: a1, Proto: sctp, DPort: 9}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
-		{"allow-deny-ports", "ingress from the peer set", nfttrace.Packet{Src: web, Dst: a1, Proto: sctp, DPort: 9}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
-		{"allow-deny-ports", "ingress falls off the list", nfttrace.Packet{Src: web, Dst: a1, Proto: tcp, DPort: 9}, "drop", mark(Deny, Deny, 0, 0), []string{counterNoMatch}},
+		{"allow-deny-ports", "egress port range", nfttrace.Packet{Src: a1, Dst: web, Proto: tcp, DPort: 8050}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},
+		{"allow-deny-ports", "egress to a member address", nfttrace.Packet{Src: a1, Dst: a2, Proto: tcp, DPort: 443}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},
+		{"allow-deny-ports", "egress port outside the ranges", nfttrace.Packet{Src: a1, Dst: web, Proto: tcp, DPort: 8101}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
+		{"allow-deny-ports", "egress any peer", nfttrace.Packet{Src: a1, Dst: out, Proto: udp, DPort: 53}, "accept", mark(segment.Allow, segment.Allow, oDNS, oDNS), nil},
+		{"allow-deny-ports", "egress icmp", nfttrace.Packet{Src: a1, Dst: db, Proto: icmp, ICMPType: 8}, "accept", mark(segment.Allow, segment.Allow, oDB, oDB), nil},
+		{"allow-deny-ports", "egress icmpv6", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:2::7"), Proto: icmp6, ICMPType: 128}, "accept", mark(segment.Allow, segment.Allow, oDB, oDB), nil},
+		{"allow-deny-ports", "icmp to an ipv6 peer of the other set", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:1::7"), Proto: icmp6, ICMPType: 128}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
+		{"allow-deny-ports", "ingress negated peer", nfttrace.Packet{Src: out, Dst: a1, Proto: sctp, DPort: 9}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
+		{"allow-deny-ports", "ingress from the peer set", nfttrace.Packet{Src: web, Dst: a1, Proto: sctp, DPort: 9}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},
+		{"allow-deny-ports", "ingress falls off the list", nfttrace.Packet{Src: web, Dst: a1, Proto: tcp, DPort: 9}, "drop", mark(segment.Deny, segment.Deny, 0, 0), []string{counterNoMatch}},
 		{"allow-deny-ports", "established passes", nfttrace.Packet{Src: out, Dst: a1, Proto: tcp, DPort: 9, CtState: "established", CtMark: 7}, "accept", 7, nil},
 		{"allow-deny-ports", "invalid drops", nfttrace.Packet{Src: a1, Dst: web, Proto: tcp, DPort: 443, CtState: "invalid"}, "drop", 0, nil},
-		{"staged", "staged deny, enforced allow", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 22}, "accept", mark(Allow, Deny, oDB, oStagedDeny), nil},
-		{"staged", "both allow", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 80}, "accept", mark(Allow, Allow, oDB, oDB), nil},
-		{"staged", "both tails", nfttrace.Packet{Src: a1, Dst: out, Proto: tcp, DPort: 80}, "accept", mark(Allow, Deny, oDefault, oDefault), nil},
-		{"staged", "staged list is a tail only", nfttrace.Packet{Src: out, Dst: a1, Proto: udp, DPort: 80}, "accept", mark(Allow, Deny, oDefault, oStagedDeny), nil},
-		{"delegate-tail", "delegated to the tail", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 5432}, "accept", mark(Allow, Allow, oTail, oTail), nil},
-		{"delegate-tail", "after the delegate", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 5433}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
-		{"delegate-tail", "no match: the tail", nfttrace.Packet{Src: a1, Dst: out, Proto: tcp, DPort: 5432}, "drop", mark(Deny, Deny, oDefault, oDefault), nil},
-		{"dual-stack-veth", "ipv6 egress", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:1::9"), Proto: tcp, DPort: 1, Iif: "vethb9d3a290"}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
-		{"dual-stack-veth", "endpoint to endpoint: the source decides", nfttrace.Packet{Src: a1, Dst: a2, Proto: tcp, DPort: 1, Iif: "vethb9d3a290"}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
+		{"staged", "staged deny, enforced allow", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 22}, "accept", mark(segment.Allow, segment.Deny, oDB, oStagedDeny), nil},
+		{"staged", "both allow", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 80}, "accept", mark(segment.Allow, segment.Allow, oDB, oDB), nil},
+		{"staged", "both tails", nfttrace.Packet{Src: a1, Dst: out, Proto: tcp, DPort: 80}, "accept", mark(segment.Allow, segment.Deny, oDefault, oDefault), nil},
+		{"staged", "staged list is a tail only", nfttrace.Packet{Src: out, Dst: a1, Proto: udp, DPort: 80}, "accept", mark(segment.Allow, segment.Deny, oDefault, oStagedDeny), nil},
+		{"delegate-tail", "delegated to the tail", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 5432}, "accept", mark(segment.Allow, segment.Allow, oTail, oTail), nil},
+		{"delegate-tail", "after the delegate", nfttrace.Packet{Src: a1, Dst: db, Proto: tcp, DPort: 5433}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
+		{"delegate-tail", "no match: the tail", nfttrace.Packet{Src: a1, Dst: out, Proto: tcp, DPort: 5432}, "drop", mark(segment.Deny, segment.Deny, oDefault, oDefault), nil},
+		{"dual-stack-veth", "ipv6 egress", nfttrace.Packet{Src: a1v6, Dst: a("2001:db8:1::9"), Proto: tcp, DPort: 1, Iif: "vethb9d3a290"}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},
+		{"dual-stack-veth", "endpoint to endpoint: the source decides", nfttrace.Packet{Src: a1, Dst: a2, Proto: tcp, DPort: 1, Iif: "vethb9d3a290"}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},
 		{"dual-stack-veth", "spoofed ipv4", nfttrace.Packet{Src: a2, Dst: web, Proto: tcp, DPort: 1, Iif: "vethb9d3a290"}, "drop", 0, []string{counterSpoof}},
 		{"dual-stack-veth", "spoofed ipv6", nfttrace.Packet{Src: a("fd00:88::5"), Dst: a("2001:db8:1::9"), Proto: tcp, DPort: 1, Iif: "vethb9d3a290"}, "drop", 0, []string{counterSpoof}},
 		{"dual-stack-veth", "link-local passes anti-spoofing", nfttrace.Packet{Src: a("fe80::1"), Dst: a("ff02::1"), Proto: icmp6, ICMPType: 135, CtState: "invalid", Iif: "veth5e61c0aa"}, "accept", 0, nil},
 		{"dual-stack-veth", "unprogrammed managed address", nfttrace.Packet{Src: out, Dst: a("10.88.0.77"), Proto: tcp, DPort: 1}, "drop", 0, []string{counterUnmanaged}},
-		{"dual-stack-veth", "container to the node", nfttrace.Packet{Src: a1, Dst: a("10.88.0.1"), Proto: tcp, DPort: 10250, Hook: "input", Iif: "vethb9d3a290"}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
+		{"dual-stack-veth", "container to the node", nfttrace.Packet{Src: a1, Dst: a("10.88.0.1"), Proto: tcp, DPort: 10250, Hook: "input", Iif: "vethb9d3a290"}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
 		{"quarantine-managed", "quarantined destination", nfttrace.Packet{Src: a1, Dst: a("10.88.0.9"), Proto: tcp, DPort: 1}, "drop", 0, []string{counterQuarantine}},
 		{"quarantine-managed", "quarantined ipv6 source", nfttrace.Packet{Src: a("fd00:88::9"), Dst: a("2001:db8:9::1"), Proto: tcp, DPort: 1}, "drop", 0, []string{counterQuarantine}},
 		{"quarantine-managed", "second managed prefix", nfttrace.Packet{Src: a("10.89.3.3"), Dst: a1, Proto: tcp, DPort: 1}, "drop", 0, []string{counterUnmanaged}},
 		{"quarantine-managed", "node reaches its container", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "accept", 0, nil},
-		{"log-accepted-deny-host", "host access denied", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "drop", mark(Deny, Deny, oDenyAll, oDenyAll), nil},
-		{"log-accepted-deny-host", "host in the peer set", nfttrace.Packet{Src: web, Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "accept", mark(Allow, Allow, oWeb, oWeb), nil},
+		{"log-accepted-deny-host", "host access denied", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
+		{"log-accepted-deny-host", "host in the peer set", nfttrace.Packet{Src: web, Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},
 	} {
 		t.Run(tc.world+"/"+tc.name, func(t *testing.T) {
 			got, err := tables[tc.world].Trace(tc.p)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
 	"github.com/netseg/netseg/e2e/lab"
@@ -58,7 +59,7 @@ func TestKubernetesCrossNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := policy.Compile(pol.Input(policy.Config{}, eps, []policy.Service{{Namespace: "pay", Name: "payments",
-		Selector: paymentsLabels, Ports: []policy.PortRange{{Protocol: policy.TCP, First: 8443, Last: 8443}}}}))
+		Selector: paymentsLabels, Ports: []segment.PortRange{{Protocol: segment.TCP, First: 8443, Last: 8443}}}}))
 
 	pairs := []struct {
 		from, to string
@@ -97,10 +98,10 @@ func TestKubernetesCrossNode(t *testing.T) {
 		if i >= 5 {
 			dir = "b->a"
 		}
-		d := ref.Decide(policy.Peer{Namespace: nsOf[p.from], Name: p.from}, policy.Peer{Namespace: nsOf[p.to], Name: p.to}, p.port, policy.TCP)
+		d := ref.Decide(policy.Peer{Namespace: nsOf[p.from], Name: p.from}, policy.Peer{Namespace: nsOf[p.to], Name: p.to}, p.port, segment.TCP)
 		err := pods[p.from].Probe("tcp", netip.AddrPortFrom(pods[p.to].IP(4), p.port), probeTimeout)
 		what := fmt.Sprintf("%s %s -> %s:%d (reference: %s by %s)", dir, p.from, p.to, p.port, d.Verdict, d.Origin)
-		if d.Verdict == policy.Denied {
+		if d.Verdict == segment.Denied {
 			expectDrop(t, what, err)
 			count[dir+" denied"]++
 		} else {

@@ -2,8 +2,8 @@
 // docs/flow-log.md): one JSON object per line, written by the agent's
 // flow-log pipeline (controller/flowlog) and read back by netsegctl flows,
 // alerts and recommend (controller/flowquery). It imports nothing but the
-// standard library, so a reader of the logs links no kernel, nftables or
-// metrics code.
+// standard library and api/segment (the decision's origin), so a reader of
+// the logs links no kernel, nftables or metrics code.
 package flow
 
 import (
@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Schema versions the records; a reader refuses other major versions.
@@ -44,16 +46,16 @@ type Record struct {
 	Node   string    `json:"node,omitempty"`
 
 	// flow and alert
-	Report    string     `json:"report,omitempty"`
-	ConnStart *time.Time `json:"connStart,omitempty"`
-	Protocol  string     `json:"protocol,omitempty"`
-	Src       *Endpoint  `json:"src,omitempty"`
-	Dst       *Endpoint  `json:"dst,omitempty"`
-	ICMPType  *uint8     `json:"icmpType,omitempty"`
-	Direction string     `json:"direction,omitempty"`
-	Verdict   string     `json:"verdict,omitempty"`
-	Origin    *Origin    `json:"origin,omitempty"`
-	Expected  *bool      `json:"expected,omitempty"`
+	Report    string          `json:"report,omitempty"`
+	ConnStart *time.Time      `json:"connStart,omitempty"`
+	Protocol  string          `json:"protocol,omitempty"`
+	Src       *Endpoint       `json:"src,omitempty"`
+	Dst       *Endpoint       `json:"dst,omitempty"`
+	ICMPType  *uint8          `json:"icmpType,omitempty"`
+	Direction string          `json:"direction,omitempty"`
+	Verdict   string          `json:"verdict,omitempty"`
+	Origin    *segment.Origin `json:"origin,omitempty"`
+	Expected  *bool           `json:"expected,omitempty"`
 
 	PacketsToDst uint64 `json:"packetsToDst,omitempty"`
 	BytesToDst   uint64 `json:"bytesToDst,omitempty"`

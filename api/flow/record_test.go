@@ -60,19 +60,3 @@ func TestDecode(t *testing.T) {
 		}
 	}
 }
-
-func TestOriginString(t *testing.T) {
-	for _, tc := range []struct {
-		o    flow.Origin
-		want string
-	}{
-		{flow.Origin{Kind: flow.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"}, "ZonePolicy perimeter rule deny-rest"},
-		{flow.Origin{Kind: flow.OriginServiceDependency, Namespace: "shop", Name: "checkout", Rule: "payments"}, "ServiceDependency shop/checkout entry payments"},
-		{flow.Origin{Kind: flow.OriginZoneDefault, FromZone: "ops", ToZone: "web"}, "ZoneDefault ops -> web"},
-		{flow.Origin{ID: 7}, "none"},
-	} {
-		if got := tc.o.String(); got != tc.want {
-			t.Errorf("%+v: %q, want %q", tc.o, got, tc.want)
-		}
-	}
-}

@@ -19,10 +19,10 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/cniconf"
 	"github.com/netseg/netseg/controller/kube"
 	"github.com/netseg/netseg/controller/node"
-	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 )
 
@@ -75,7 +75,6 @@ type flags struct {
 	logFormat    string
 	healthAddr   string
 	metricsAddr  string
-	unzoned      string
 	kube         kube.Config
 	kubeconfig   string
 	cniStateDir  string
@@ -99,7 +98,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cfg.StateDir, "state-dir", "/var/lib/netseg", "where the endpoint registry survives restarts")
 	fs.StringVar(&f.cfg.Socket, "socket", agent.DefaultSocket, "unix socket for the CNI plugin and netsegctl (created 0600)")
 	fs.StringVar(&f.cfg.NetNS, "netns", "", "program this network namespace (a path under /var/run/netns) instead of the agent's own")
-	fs.StringVar(&f.unzoned, "unzoned-default", "Allow", "default action of the implicit zone \"unzoned\": Allow or Deny")
+	fs.TextVar(&f.cfg.UnzonedDefault, "unzoned-default", segment.Allow, "default `action` of the implicit zone \"unzoned\": Allow or Deny")
 	var group uint
 	fs.UintVar(&group, "nflog-group", 100, "NFLOG group of the first packets of denied connections (and accepted ones with --log-accepted)")
 	fs.BoolVar(&f.cfg.Dataplane.LogAccepted, "log-accepted", false, "also send each accepted connection's first packet to NFLOG (the flow log does not need it: conntrack events carry accepted connections)")
@@ -133,7 +132,6 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 		return nil, fmt.Errorf("--nflog-group %d: want 0-65535", group)
 	}
 	f.cfg.Dataplane.NFLOGGroup = uint16(group)
-	f.cfg.UnzonedDefault = policy.Action(f.unzoned)
 	f.cfg.Flows.Node = f.kube.NodeName
 	f.kube.UnzonedDefault = f.cfg.UnzonedDefault
 	if f.cfg.PolicyDir != "" && f.kubeconfig != "" {

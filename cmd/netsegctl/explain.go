@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/explain"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
@@ -24,7 +25,8 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	toLabels := fs.String("to-labels", "", "destination endpoint's labels: k=v,k2=v2")
 	port := fs.String("port", "", "destination port and protocol: 443/TCP, 53/UDP, 3868/SCTP or ICMP")
 	output := fs.String("o", "text", "output format: text or json")
-	unzoned := fs.String("unzoned-default", "Allow", "default action of the unzoned zone (Allow or Deny)")
+	var unzoned segment.Action
+	fs.TextVar(&unzoned, "unzoned-default", segment.Allow, "default `action` of the unzoned zone (Allow or Deny)")
 	socket := fs.String("socket", agent.DefaultSocket, "the running agent's socket (live form, without --policy-dir)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]\n"+
@@ -68,7 +70,7 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	c := policy.Compile(pol.Input(policy.Config{UnzonedDefault: policy.Action(*unzoned)}, nil, nil))
+	c := policy.Compile(pol.Input(policy.Config{UnzonedDefault: unzoned}, nil, nil))
 	r := explain.Explain(c, src, dst, p, proto)
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)

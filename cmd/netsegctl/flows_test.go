@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
@@ -19,12 +20,12 @@ import (
 // Test conventions: pods on 10.88.0.0/24, a partner at 203.0.113.10.
 var tFlow = time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)
 
-func flowRec(i int, src, dst flow.Endpoint, verdict string, expected bool, kind policy.OriginKind) flow.Record {
+func flowRec(i int, src, dst flow.Endpoint, verdict string, expected bool, kind segment.OriginKind) flow.Record {
 	e := expected
 	return flow.Record{Schema: flow.Schema, Kind: flow.KindFlow, Report: flow.ReportFinal, Node: "n1",
 		Start: tFlow.Add(time.Duration(i) * time.Minute), End: tFlow.Add(time.Duration(i)*time.Minute + time.Second),
 		Protocol: "TCP", Src: &src, Dst: &dst, Direction: "egress", Verdict: verdict, Expected: &e,
-		Origin: &policy.Origin{ID: uint16(i), Kind: kind, Name: "p", Rule: "r"}, PacketsToDst: 3, BytesToDst: 300}
+		Origin: &segment.Origin{ID: uint16(i), Kind: kind, Name: "p", Rule: "r"}, PacketsToDst: 3, BytesToDst: 300}
 }
 
 var (
@@ -51,11 +52,11 @@ func writeLog(t *testing.T, recs ...flow.Record) string {
 
 func sampleLog(t *testing.T) string {
 	return writeLog(t,
-		flowRec(1, web, api, "allowed", true, policy.OriginZonePolicy),
-		flowRec(2, web, partner, "allowed", false, policy.OriginZoneDefault),
-		flowRec(3, web, apiSSH, "would-deny", false, policy.OriginZonePolicy),
-		flowRec(4, batch, api, "denied", false, policy.OriginZoneDefault),
-		flowRec(5, batch, api, "allowed", false, policy.OriginZoneDefault),
+		flowRec(1, web, api, "allowed", true, segment.OriginZonePolicy),
+		flowRec(2, web, partner, "allowed", false, segment.OriginZoneDefault),
+		flowRec(3, web, apiSSH, "would-deny", false, segment.OriginZonePolicy),
+		flowRec(4, batch, api, "denied", false, segment.OriginZoneDefault),
+		flowRec(5, batch, api, "allowed", false, segment.OriginZoneDefault),
 		flow.Record{Schema: flow.Schema, Kind: flow.KindLost, Start: tFlow, End: tFlow.Add(time.Minute), Cause: "queue-full", Unit: "connections", Count: 2},
 	)
 }
@@ -130,7 +131,7 @@ func TestFlowsTable(t *testing.T) {
 }
 
 func TestFlowsReadsRotatedFilesAndFollows(t *testing.T) {
-	path := writeLog(t, flowRec(1, web, api, "allowed", true, policy.OriginZonePolicy))
+	path := writeLog(t, flowRec(1, web, api, "allowed", true, segment.OriginZonePolicy))
 	if err := os.Rename(path, path+".1"); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func TestFlowsReadsRotatedFilesAndFollows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(flowRec(2, web, partner, "allowed", false, policy.OriginZoneDefault))
+	write(flowRec(2, web, partner, "allowed", false, segment.OriginZoneDefault))
 	if got := jsonStarts(t, "flows", "-f", path); !cmp.Equal(got, []int{1, 2}) {
 		t.Errorf("rotated files: got %v, want [1 2]", got)
 	}
@@ -160,10 +161,10 @@ func TestFlowsReadsRotatedFilesAndFollows(t *testing.T) {
 	done := make(chan []int)
 	go func() { done <- jsonStarts(t, "flows", "-f", path, "--follow", "--unexpected") }()
 	time.Sleep(700 * time.Millisecond) // follow starts at the end
-	write(flowRec(3, web, apiSSH, "would-deny", false, policy.OriginZonePolicy))
+	write(flowRec(3, web, apiSSH, "would-deny", false, segment.OriginZonePolicy))
 	time.Sleep(700 * time.Millisecond)
-	write(flowRec(4, batch, api, "allowed", true, policy.OriginZonePolicy))  // rotates; expected: filtered out
-	write(flowRec(5, batch, api, "denied", false, policy.OriginZoneDefault)) // rotates again
+	write(flowRec(4, batch, api, "allowed", true, segment.OriginZonePolicy))  // rotates; expected: filtered out
+	write(flowRec(5, batch, api, "denied", false, segment.OriginZoneDefault)) // rotates again
 	time.Sleep(1500 * time.Millisecond)
 	cancel()
 	got := <-done
@@ -177,7 +178,7 @@ func TestAlerts(t *testing.T) {
 	f := false
 	alert := flow.Record{Schema: flow.Schema, Kind: flow.KindAlert, Start: tFlow, End: tFlow.Add(time.Hour), Protocol: "TCP",
 		Src: &flow.Endpoint{IP: "10.88.0.2", Namespace: "shop", Name: "web-1", Zone: "web"}, Dst: &partner, Verdict: "allowed",
-		Expected: &f, Count: 7, Origin: &policy.Origin{ID: 3, Kind: policy.OriginZoneDefault, FromZone: "web", ToZone: "partners"}}
+		Expected: &f, Count: 7, Origin: &segment.Origin{ID: 3, Kind: segment.OriginZoneDefault, FromZone: "web", ToZone: "partners"}}
 	path := writeLog(t, alert)
 	code, out, errOut := runCmd("alerts", "-f", path, "--to", "zone:partners")
 	if code != 0 {
@@ -199,12 +200,12 @@ func TestRecommend(t *testing.T) {
 	web2 := web
 	web2.Name, web2.IP = "web-2", "10.88.0.5"
 	path := writeLog(t,
-		flowRec(1, web, api, "allowed", false, policy.OriginZoneDefault),
-		flowRec(2, web2, api, "allowed", false, policy.OriginZoneDefault),
-		flowRec(3, web, partner, "allowed", false, policy.OriginZoneDefault),
-		flowRec(4, batch, api, "allowed", false, policy.OriginZoneDefault),
-		flowRec(5, web, apiSSH, "would-deny", false, policy.OriginZonePolicy), // not allowed: no entry
-		flowRec(6, web, api, "allowed", true, policy.OriginZonePolicy),        // expected: no entry
+		flowRec(1, web, api, "allowed", false, segment.OriginZoneDefault),
+		flowRec(2, web2, api, "allowed", false, segment.OriginZoneDefault),
+		flowRec(3, web, partner, "allowed", false, segment.OriginZoneDefault),
+		flowRec(4, batch, api, "allowed", false, segment.OriginZoneDefault),
+		flowRec(5, web, apiSSH, "would-deny", false, segment.OriginZonePolicy), // not allowed: no entry
+		flowRec(6, web, api, "allowed", true, segment.OriginZonePolicy),        // expected: no entry
 	)
 	code, out, errOut := runCmd("recommend", "-f", path, "--since", "87600h")
 	if code != 0 {
@@ -235,7 +236,7 @@ func TestRecommend(t *testing.T) {
 	eps := []policy.Endpoint{{Namespace: "shop", Name: "web-1", Labels: map[string]string{"app": "web"}},
 		{Namespace: "shop", Name: "api-1", Labels: map[string]string{"app": "api"}}}
 	c := policy.Compile(pol.Input(policy.Config{}, eps, nil))
-	if d := c.Decide(policy.Peer{Namespace: "shop", Name: "web-1"}, policy.Peer{Namespace: "shop", Name: "api-1"}, 8443, policy.TCP); !d.Expected {
+	if d := c.Decide(policy.Peer{Namespace: "shop", Name: "web-1"}, policy.Peer{Namespace: "shop", Name: "api-1"}, 8443, segment.TCP); !d.Expected {
 		t.Errorf("web-1 -> api-1:8443 still unexpected with the recommendation: %+v", d)
 	}
 	// With the recommendation as the current policy nothing is left.

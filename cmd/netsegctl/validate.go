@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
 )
@@ -13,7 +14,8 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("f", "", "policy directory: .yaml/.yml files of Zone, ZonePolicy, ServiceDependency and Namespace")
-	unzoned := fs.String("unzoned-default", "Allow", "default action of the unzoned zone (Allow or Deny)")
+	var unzoned segment.Action
+	fs.TextVar(&unzoned, "unzoned-default", segment.Allow, "default `action` of the unzoned zone (Allow or Deny)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: netsegctl validate -f DIR\n\n"+
 			"Checks a policy directory as the API server and the compiler would. Prints every\n"+
@@ -28,7 +30,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	pol, loadErr := policyfile.Load(*dir)
-	c := policy.Compile(pol.Input(policy.Config{UnzonedDefault: policy.Action(*unzoned)}, nil, nil))
+	c := policy.Compile(pol.Input(policy.Config{UnzonedDefault: unzoned}, nil, nil))
 	var errs []string
 	for _, e := range flatten(loadErr) {
 		errs = append(errs, e.Error())

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
 )
@@ -155,17 +156,12 @@ func rules(in []policy.Rule, used map[string]bool) ([]dataplane.Rule, error) {
 		if r.Origin > dataplane.MaxOrigin {
 			return nil, fmt.Errorf("origin id %d above the %d a conntrack mark carries", r.Origin, dataplane.MaxOrigin)
 		}
-		dr := dataplane.Rule{Peer: r.Peer.Set, PeerNot: r.Peer.Not, Origin: r.Origin}
 		switch r.Action {
-		case policy.Allow:
-			dr.Action = dataplane.Allow
-		case policy.Deny:
-			dr.Action = dataplane.Deny
-		case policy.Delegate:
-			dr.Action = dataplane.Delegate
+		case segment.Allow, segment.Deny, segment.Delegate:
 		default:
 			return nil, fmt.Errorf("unknown action %q", r.Action)
 		}
+		dr := dataplane.Rule{Peer: r.Peer.Set, PeerNot: r.Peer.Not, Action: r.Action, Origin: r.Origin}
 		if dr.Peer != "" {
 			used[dr.Peer] = true
 		}
@@ -181,16 +177,15 @@ func rules(in []policy.Rule, used map[string]bool) ([]dataplane.Rule, error) {
 	return out, nil
 }
 
-func portRanges(pr policy.PortRange) ([]dataplane.PortRange, error) {
+// portRanges maps a policy's port range onto the dataplane's: a policy's
+// ICMP means the ICMP of the address's family, so it becomes ICMP and
+// ICMPv6 (without ports: each matches only in its own family).
+func portRanges(pr segment.PortRange) ([]segment.PortRange, error) {
 	switch pr.Protocol {
-	case policy.TCP:
-		return []dataplane.PortRange{{Proto: dataplane.TCP, First: pr.First, Last: pr.Last}}, nil
-	case policy.UDP:
-		return []dataplane.PortRange{{Proto: dataplane.UDP, First: pr.First, Last: pr.Last}}, nil
-	case policy.SCTP:
-		return []dataplane.PortRange{{Proto: dataplane.SCTP, First: pr.First, Last: pr.Last}}, nil
-	case policy.ICMP:
-		return []dataplane.PortRange{{Proto: dataplane.ICMP}, {Proto: dataplane.ICMPv6}}, nil
+	case segment.TCP, segment.UDP, segment.SCTP:
+		return []segment.PortRange{pr}, nil
+	case segment.ICMP:
+		return []segment.PortRange{{Protocol: segment.ICMP}, {Protocol: segment.ICMPv6}}, nil
 	}
 	return nil, fmt.Errorf("unknown protocol %q", pr.Protocol)
 }

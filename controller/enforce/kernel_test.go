@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/enforce"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
@@ -45,11 +46,11 @@ var workloads = []workload{
 
 type port struct {
 	num   uint16
-	proto policy.Protocol
+	proto segment.Protocol
 }
 
-var ports = []port{{8443, policy.TCP}, {8080, policy.TCP}, {6379, policy.TCP}, {443, policy.TCP},
-	{22, policy.TCP}, {9090, policy.TCP}, {53, policy.UDP}, {7777, policy.UDP}}
+var ports = []port{{8443, segment.TCP}, {8080, segment.TCP}, {6379, segment.TCP}, {443, segment.TCP},
+	{22, segment.TCP}, {9090, segment.TCP}, {53, segment.UDP}, {7777, segment.UDP}}
 
 type peer struct {
 	netns *lab.Netns
@@ -114,7 +115,7 @@ func TestExamplesTruthTable(t *testing.T) {
 	for _, p := range peers {
 		for _, pt := range ports {
 			addr := netip.AddrPortFrom(p.ip, pt.num).String()
-			if pt.proto == policy.UDP {
+			if pt.proto == segment.UDP {
 				p.netns.ListenUDP(addr)
 			} else {
 				p.netns.ListenTCP(addr)
@@ -147,17 +148,17 @@ func TestExamplesTruthTable(t *testing.T) {
 		go func(r *result) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			r.err = r.src.netns.Probe(strings.ToLower(string(r.pt.proto)), netip.AddrPortFrom(r.dst.ip, r.pt.num), timeout)
+			r.err = r.src.netns.Probe(strings.ToLower(r.pt.proto.String()), netip.AddrPortFrom(r.dst.ip, r.pt.num), timeout)
 		}(&results[i])
 	}
 	wg.Wait()
 
 	marks := conntrackMarks(t, node)
-	counts := map[policy.Verdict]int{}
+	counts := map[segment.Verdict]int{}
 	for _, r := range results {
 		name := fmt.Sprintf("%s -> %s %d/%s (%s by %s)", r.src.label, r.dst.label, r.pt.num, r.pt.proto, r.want.Verdict, r.want.Origin)
 		counts[r.want.Verdict]++
-		passes := r.want.Verdict != policy.Denied
+		passes := r.want.Verdict != segment.Denied
 		switch {
 		case passes && r.err != nil:
 			t.Errorf("%s: traffic failed: %v", name, r.err)
@@ -171,10 +172,10 @@ func TestExamplesTruthTable(t *testing.T) {
 		case !passes:
 			continue
 		}
-		key := fmt.Sprintf("%s %s %s %d", strings.ToLower(string(r.pt.proto)), r.src.ip, r.dst.ip, r.pt.num)
+		key := fmt.Sprintf("%s %s %s %d", strings.ToLower(r.pt.proto.String()), r.src.ip, r.dst.ip, r.pt.num)
 		mark, ok := marks[key]
 		verdict, origin := dataplane.Mark(mark).Decision()
-		if !ok || verdict.String() != string(r.want.Verdict) || origin != r.want.Origin.ID {
+		if !ok || verdict != r.want.Verdict || origin != r.want.Origin.ID {
 			// Before failing, read this entry alone: the whole-table dump
 			// walks a table that changes as the probes' entries end, and
 			// can skip an entry. Once (one CI run) it also gave a mark no
@@ -183,7 +184,7 @@ func TestExamplesTruthTable(t *testing.T) {
 			// connection; reruns did not repeat it and the cause is not
 			// known. The verdict is held to the entry's own mark, and a
 			// mark that differs from the dump's is logged.
-			one := conntrackMarks(t, node, "-p", strings.ToLower(string(r.pt.proto)), "-s", r.src.ip.String(), "-d", r.dst.ip.String(), "--dport", strconv.Itoa(int(r.pt.num)))
+			one := conntrackMarks(t, node, "-p", strings.ToLower(r.pt.proto.String()), "-s", r.src.ip.String(), "-d", r.dst.ip.String(), "--dport", strconv.Itoa(int(r.pt.num)))
 			switch again, found := one[key]; {
 			case !found && !ok:
 				t.Errorf("%s: no conntrack entry %q", name, key)
@@ -196,13 +197,13 @@ func TestExamplesTruthTable(t *testing.T) {
 				verdict, origin = dataplane.Mark(mark).Decision()
 			}
 		}
-		if verdict.String() != string(r.want.Verdict) || origin != r.want.Origin.ID {
+		if verdict != r.want.Verdict || origin != r.want.Origin.ID {
 			o, _ := compiled.Origin(origin)
 			t.Errorf("%s: conntrack mark %#x says %s by %s", name, mark, verdict, o)
 		}
 	}
-	t.Logf("%d probes: %d allowed, %d would-deny, %d denied", len(results), counts[policy.Allowed], counts[policy.WouldDeny], counts[policy.Denied])
-	for _, v := range []policy.Verdict{policy.Allowed, policy.WouldDeny, policy.Denied} {
+	t.Logf("%d probes: %d allowed, %d would-deny, %d denied", len(results), counts[segment.Allowed], counts[segment.WouldDeny], counts[segment.Denied])
+	for _, v := range []segment.Verdict{segment.Allowed, segment.WouldDeny, segment.Denied} {
 		if counts[v] == 0 {
 			t.Errorf("the truth table has no %s case", v)
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/enforce"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
@@ -114,21 +115,17 @@ type want struct {
 }
 
 func decided(d policy.Decision) want {
-	return want{accept: d.Verdict != policy.Denied, decision: &d,
+	return want{accept: d.Verdict != segment.Denied, decision: &d,
 		mark: dataplane.MakeMark(action(d.Enforced.Action), action(d.Staged.Action), d.Enforced.Origin.ID, d.Staged.Origin.ID)}
 }
 
-func action(a policy.Action) dataplane.Action {
-	switch a {
-	case policy.Allow:
-		return dataplane.Allow
-	case policy.Deny:
-		return dataplane.Deny
+// action is a pass's final action, which the mark carries: Allow or Deny.
+func action(a segment.Action) segment.Action {
+	if a != segment.Allow && a != segment.Deny {
+		panic("no pass ends in " + a.String())
 	}
-	panic("no pass ends in " + string(a))
+	return a
 }
-
-var verdicts = map[policy.Verdict]dataplane.Verdict{policy.Allowed: dataplane.Allowed, policy.Denied: dataplane.Denied, policy.WouldDeny: dataplane.WouldDeny}
 
 // check traces every connection of the world and returns how many, and
 // the mismatches (a few at most). kinds counts the outcomes.
@@ -166,7 +163,7 @@ func (w *tracedWorld) check(kinds map[string]int) (int, []string) {
 		n++
 		switch {
 		case exp.decision != nil:
-			kinds[string(exp.decision.Verdict)]++
+			kinds[exp.decision.Verdict.String()]++
 		case exp.counter != "":
 			kinds[exp.counter]++
 		default:
@@ -247,7 +244,7 @@ func judge(got nfttrace.Result, err error, exp want) string {
 	}
 	if d := exp.decision; d != nil {
 		v, origin := dataplane.Mark(got.CtMark).Decision()
-		if v != verdicts[d.Verdict] || origin != d.Origin.ID {
+		if v != d.Verdict || origin != d.Origin.ID {
 			msgs = append(msgs, fmt.Sprintf("mark decodes to %s origin %d, Decide says %s origin %d (%s)", v, origin, d.Verdict, d.Origin.ID, d.Origin))
 		}
 	}
@@ -269,13 +266,13 @@ func passes(r nfttrace.Result, text string) bool {
 func packet(src, dst netip.Addr, pr policytest.Probe, iif string) nfttrace.Packet {
 	p := nfttrace.Packet{Src: src, Dst: dst, DPort: pr.Port, Iif: iif}
 	switch pr.Proto {
-	case policy.TCP:
+	case segment.TCP:
 		p.Proto = 6
-	case policy.UDP:
+	case segment.UDP:
 		p.Proto = 17
-	case policy.SCTP:
+	case segment.SCTP:
 		p.Proto = 132
-	case policy.ICMP: // an echo request
+	case segment.ICMP: // an echo request
 		p.Proto, p.ICMPType, p.DPort = 1, 8, 0
 		if src.Is6() {
 			p.Proto, p.ICMPType = 58, 128

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -59,24 +60,24 @@ func ParseLabels(s string) (map[string]string, error) {
 }
 
 // ParsePort parses "443/TCP", "53/udp", "443" (TCP) or "ICMP".
-func ParsePort(s string) (uint16, policy.Protocol, error) {
+func ParsePort(s string) (uint16, segment.Protocol, error) {
 	num, proto, hasProto := strings.Cut(s, "/")
 	if !hasProto {
-		if p, err := policy.ParseProtocol(s); err == nil && p == policy.ICMP {
+		if p, err := segment.ParseProtocol(s); err == nil && p == segment.ICMP {
 			return 0, p, nil
 		}
 		proto = "TCP"
 	}
-	p, err := policy.ParseProtocol(proto)
+	p, err := segment.ParseProtocol(proto)
 	if err != nil {
-		return 0, "", fmt.Errorf("port %q: %w", s, err)
+		return 0, 0, fmt.Errorf("port %q: %w", s, err)
 	}
-	if p == policy.ICMP {
+	if p == segment.ICMP {
 		return 0, p, nil
 	}
 	n, err := strconv.ParseUint(num, 10, 16)
 	if err != nil || n == 0 {
-		return 0, "", fmt.Errorf("port %q: want a port 1-65535 and a protocol, e.g. 443/TCP", s)
+		return 0, 0, fmt.Errorf("port %q: want a port 1-65535 and a protocol, e.g. 443/TCP", s)
 	}
 	return uint16(n), p, nil
 }
@@ -90,10 +91,10 @@ type Result struct {
 }
 
 // Explain decides a connection.
-func Explain(c *policy.Compiled, from, to policy.Peer, port uint16, proto policy.Protocol) Result {
+func Explain(c *policy.Compiled, from, to policy.Peer, port uint16, proto segment.Protocol) Result {
 	p := fmt.Sprintf("%d/%s", port, proto)
-	if proto == policy.ICMP {
-		p = string(policy.ICMP)
+	if proto == segment.ICMP {
+		p = segment.ICMP.String()
 	}
 	return Result{From: from.String(), To: to.String(), Port: p, Decision: c.Decide(from, to, port, proto)}
 }
@@ -106,7 +107,7 @@ func (r Result) Sentence() string {
 	switch {
 	case r.Expected:
 		how = "expected"
-	case r.Verdict == policy.WouldDeny:
+	case r.Verdict == segment.WouldDeny:
 		how = "unexpected; passes, but a staged rule denies it"
 	}
 	return fmt.Sprintf("%s -> %s %s: %s (%s) by %s; zones %s -> %s",

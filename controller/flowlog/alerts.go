@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // alertKey folds unexpected connections: source and destination workload
@@ -48,7 +49,7 @@ func (b *alertBook) fold(r *flow.Record, n uint64) (fresh *alert, ok bool) {
 		}
 		src, dst := *r.Src, *r.Dst
 		src.Port = 0
-		var origin *flow.Origin
+		var origin *segment.Origin
 		if r.Origin != nil {
 			o := *r.Origin
 			origin = &o

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane/flows"
 )
 
@@ -13,7 +13,7 @@ import (
 // tuple comes along.
 type connKey struct {
 	id       uint32
-	proto    dataplane.Protocol
+	proto    segment.Protocol
 	src, dst netip.AddrPort
 }
 
@@ -95,7 +95,7 @@ func (o *openConns) sweep(seen map[connKey]bool) {
 // final record (the counters since the last interim one).
 func (p *Pipeline) conn(ev flows.ConnEvent) {
 	verdict, _ := ev.Mark.Decision()
-	if verdict == dataplane.VerdictNone || verdict == dataplane.Denied {
+	if verdict == segment.None || verdict == segment.Denied {
 		// Denied first packets never make a confirmed entry; a mark that
 		// says otherwise is no decision of a connection that passed.
 		return
@@ -127,7 +127,7 @@ func (p *Pipeline) interim(now time.Time, evs []flows.ConnEvent) {
 	for i := range evs {
 		ev := &evs[i]
 		verdict, _ := ev.Mark.Decision()
-		if verdict != dataplane.Allowed && verdict != dataplane.WouldDeny {
+		if verdict != segment.Allowed && verdict != segment.WouldDeny {
 			continue
 		}
 		k := keyOf(ev)

@@ -5,13 +5,14 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
 
 // tupleKey is a denied 5-tuple (ICMP: type and code instead of ports).
 type tupleKey struct {
-	proto    dataplane.Protocol
+	proto    segment.Protocol
 	src, dst netip.AddrPort
 	icmp     uint16
 }
@@ -42,7 +43,7 @@ func (d *deniedAggs) len() int { return len(d.byTuple) }
 // is full and the packet was not folded.
 func (d *deniedAggs) add(pkt *flows.Packet) bool {
 	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
-	icmp := pkt.Proto == dataplane.ICMP || pkt.Proto == dataplane.ICMPv6
+	icmp := pkt.Proto == segment.ICMP || pkt.Proto == segment.ICMPv6
 	if icmp {
 		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
 	}
@@ -76,7 +77,7 @@ func (d *deniedAggs) drain(f func(k tupleKey, a *aggregate)) {
 // packet aggregates a denied first packet by 5-tuple.
 func (p *Pipeline) packet(pkt flows.Packet) {
 	verdict, _ := pkt.Mark.Decision()
-	if pkt.Prefix != flows.PrefixDeny || verdict != dataplane.Denied {
+	if pkt.Prefix != flows.PrefixDeny || verdict != segment.Denied {
 		// Accepted connections are reported from conntrack, which carries
 		// the same decision and the byte counts.
 		p.m.nflogIgnored.Inc()

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // appendRecord appends r as a JSON object: exactly the bytes
@@ -92,7 +93,7 @@ func appendEndpoint(b []byte, e *flow.Endpoint) []byte {
 	return closeObject(b, n)
 }
 
-func appendOrigin(b []byte, o *flow.Origin) []byte {
+func appendOrigin(b []byte, o *segment.Origin) []byte {
 	b = append(b, `{"id":`...)
 	b = strconv.AppendUint(b, uint64(o.ID), 10)
 	b = append(b, `,"kind":`...)

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // fill sets every field reachable from v (pointers allocated, maps given
@@ -55,10 +55,10 @@ func TestAppendRecord(t *testing.T) {
 		"flow": {Schema: flow.Schema, Kind: flow.KindFlow, Report: flow.ReportFinal, Start: time.Unix(1_700_000_000, 123), End: time.Unix(1_700_000_001, 0).UTC(),
 			Protocol: "TCP", Src: &flow.Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "checkout", Zone: "web", Labels: map[string]string{"app": "checkout", "tier": "front", "a": "b"}},
 			Dst:       &flow.Endpoint{IP: "fd00::3"},
-			Direction: "egress", Verdict: "allowed", Origin: &policy.Origin{ID: 0, Kind: policy.OriginServiceDependency}, Expected: &f},
+			Direction: "egress", Verdict: "allowed", Origin: &segment.Origin{ID: 0, Kind: segment.OriginServiceDependency}, Expected: &f},
 		"icmp type 0": {Kind: flow.KindFlow, ICMPType: &zeroICMP, Src: &flow.Endpoint{}, Dst: &flow.Endpoint{Port: 1}},
 		"escaping": {Schema: odd, Node: odd, Src: &flow.Endpoint{Name: odd, Labels: map[string]string{odd: odd}},
-			Origin: &policy.Origin{Kind: policy.OriginKind(odd), Rule: odd}},
+			Origin: &segment.Origin{Kind: segment.OriginKind(odd), Rule: odd}},
 		"lost": {Schema: flow.Schema, Kind: flow.KindLost, Cause: flow.CauseQueueFull, Unit: flow.UnitConnections, Count: 1 << 40},
 	}
 	for name, r := range records {
@@ -94,7 +94,7 @@ func BenchmarkEncodeRecord(b *testing.B) {
 	r := &flow.Record{Schema: flow.Schema, Kind: flow.KindFlow, Report: flow.ReportFinal, Node: "node-1", Start: time.Now(), End: time.Now(),
 		Protocol: "TCP", Src: &flow.Endpoint{IP: "10.88.0.2", Port: 40000, Namespace: "shop", Name: "checkout", Zone: "web", Labels: map[string]string{"app": "checkout"}},
 		Dst:       &flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "pay", Name: "payments", Zone: "pci", Labels: map[string]string{"app": "payments"}},
-		Direction: "egress", Verdict: "allowed", Origin: &policy.Origin{ID: 12, Kind: policy.OriginServiceDependency, Name: "checkout", Namespace: "shop", Rule: "payments"},
+		Direction: "egress", Verdict: "allowed", Origin: &segment.Origin{ID: 12, Kind: segment.OriginServiceDependency, Name: "checkout", Namespace: "shop", Rule: "payments"},
 		Expected: &yes, PacketsToDst: 5, BytesToDst: 300, PacketsToSrc: 4, BytesToSrc: 250}
 	b.Run("append", func(b *testing.B) {
 		b.ReportAllocs()

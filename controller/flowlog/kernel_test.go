@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/flowlog"
 	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/controller/policy"
@@ -39,12 +40,12 @@ const (
 	oDefault     = 16 // zone default allow: unexpected
 )
 
-var testOrigins = map[uint16]policy.Origin{
-	oPolicyAllow: {ID: oPolicyAllow, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "a-to-b"},
-	oDependency:  {ID: oDependency, Kind: policy.OriginServiceDependency, Namespace: "lab", Name: "a", Rule: "dns"},
-	oDeny:        {ID: oDeny, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
-	oStagedDeny:  {ID: oStagedDeny, Kind: policy.OriginZonePolicy, Name: "staged", Rule: "no-9090"},
-	oDefault:     {ID: oDefault, Kind: policy.OriginZoneDefault, FromZone: "za", ToZone: "zb"},
+var testOrigins = map[uint16]segment.Origin{
+	oPolicyAllow: {ID: oPolicyAllow, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "a-to-b"},
+	oDependency:  {ID: oDependency, Kind: segment.OriginServiceDependency, Namespace: "lab", Name: "a", Rule: "dns"},
+	oDeny:        {ID: oDeny, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
+	oStagedDeny:  {ID: oStagedDeny, Kind: segment.OriginZonePolicy, Name: "staged", Rule: "no-9090"},
+	oDefault:     {ID: oDefault, Kind: segment.OriginZoneDefault, FromZone: "za", ToZone: "zb"},
 }
 
 type resolver struct{ a, b netip.Addr }
@@ -59,7 +60,7 @@ func (r resolver) Resolve(ip netip.Addr) flowlog.Peer {
 	return flowlog.Peer{Zone: policy.Unzoned}
 }
 
-func (r resolver) Origin(id uint16) (policy.Origin, bool) {
+func (r resolver) Origin(id uint16) (segment.Origin, bool) {
 	o, ok := testOrigins[id]
 	return o, ok
 }
@@ -73,7 +74,7 @@ type node struct {
 
 // policyPorts are the TCP ports of b that a may reach under the ZonePolicy
 // rule: 8080 for single connections, all 8 for floods (see floodServers).
-var policyPorts = dataplane.PortRange{Proto: dataplane.TCP, First: 8080, Last: 8087}
+var policyPorts = segment.PortRange{Protocol: segment.TCP, First: 8080, Last: 8087}
 
 func isPolicyPort(port uint16) bool { return port >= policyPorts.First && port <= policyPorts.Last }
 
@@ -94,21 +95,21 @@ func newNode(t testing.TB) *node {
 	}
 	t.Cleanup(func() { _ = ns.Close() })
 	n.ns = ns
-	port := func(p dataplane.Protocol, n uint16) []dataplane.PortRange {
-		return []dataplane.PortRange{{Proto: p, First: n, Last: n}}
+	port := func(p segment.Protocol, n uint16) []segment.PortRange {
+		return []segment.PortRange{{Protocol: p, First: n, Last: n}}
 	}
 	common := []dataplane.Rule{
-		{Peer: "b", Ports: []dataplane.PortRange{policyPorts}, Action: dataplane.Allow, Origin: oPolicyAllow},
-		{Peer: "b", Ports: port(dataplane.UDP, 5353), Action: dataplane.Allow, Origin: oDependency},
-		{Peer: "b", Ports: port(dataplane.TCP, 7777), Action: dataplane.Allow, Origin: oDefault},
+		{Peer: "b", Ports: []segment.PortRange{policyPorts}, Action: segment.Allow, Origin: oPolicyAllow},
+		{Peer: "b", Ports: port(segment.UDP, 5353), Action: segment.Allow, Origin: oDependency},
+		{Peer: "b", Ports: port(segment.TCP, 7777), Action: segment.Allow, Origin: oDefault},
 	}
 	enforced := append(append([]dataplane.Rule{}, common...),
-		dataplane.Rule{Peer: "b", Ports: port(dataplane.TCP, 9090), Action: dataplane.Allow, Origin: oDefault},
-		dataplane.Rule{Action: dataplane.Deny, Origin: oDeny})
+		dataplane.Rule{Peer: "b", Ports: port(segment.TCP, 9090), Action: segment.Allow, Origin: oDefault},
+		dataplane.Rule{Action: segment.Deny, Origin: oDeny})
 	staged := append(append([]dataplane.Rule{}, common...),
-		dataplane.Rule{Peer: "b", Ports: port(dataplane.TCP, 9090), Action: dataplane.Deny, Origin: oStagedDeny},
-		dataplane.Rule{Action: dataplane.Deny, Origin: oDeny})
-	any := dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Allow, Origin: oDefault}}}
+		dataplane.Rule{Peer: "b", Ports: port(segment.TCP, 9090), Action: segment.Deny, Origin: oStagedDeny},
+		dataplane.Rule{Action: segment.Deny, Origin: oDeny})
+	any := dataplane.Policy{Enforced: []dataplane.Rule{{Action: segment.Allow, Origin: oDefault}}}
 	rs := &dataplane.Ruleset{
 		Sets: []dataplane.Set{{Name: "b", Prefixes: []netip.Prefix{netip.PrefixFrom(n.b.IP(4), 32)}}},
 		Endpoints: []dataplane.Endpoint{

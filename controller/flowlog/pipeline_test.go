@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 )
@@ -25,15 +25,15 @@ var (
 	web     = netip.MustParseAddr("10.88.0.2")
 	api     = netip.MustParseAddr("10.88.0.3")
 	partner = netip.MustParseAddr("203.0.113.10")
-	origins = map[uint16]policy.Origin{
-		1: {ID: 1, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "web-to-api"},
-		2: {ID: 2, Kind: policy.OriginServiceDependency, Namespace: "shop", Name: "web", Rule: "api"},
-		3: {ID: 3, Kind: policy.OriginZoneDefault, FromZone: "web", ToZone: "partners"},
-		4: {ID: 4, Kind: policy.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
+	origins = map[uint16]segment.Origin{
+		1: {ID: 1, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "web-to-api"},
+		2: {ID: 2, Kind: segment.OriginServiceDependency, Namespace: "shop", Name: "web", Rule: "api"},
+		3: {ID: 3, Kind: segment.OriginZoneDefault, FromZone: "web", ToZone: "partners"},
+		4: {ID: 4, Kind: segment.OriginZonePolicy, Name: "perimeter", Rule: "deny-rest"},
 	}
 )
 
-type fakeResolver struct{ origins map[uint16]policy.Origin }
+type fakeResolver struct{ origins map[uint16]segment.Origin }
 
 func (f fakeResolver) Resolve(ip netip.Addr) Peer {
 	switch ip {
@@ -45,7 +45,7 @@ func (f fakeResolver) Resolve(ip netip.Addr) Peer {
 	return Peer{Zone: "partners"}
 }
 
-func (f fakeResolver) Origin(id uint16) (policy.Origin, bool) {
+func (f fakeResolver) Origin(id uint16) (segment.Origin, bool) {
 	o, ok := f.origins[id]
 	return o, ok
 }
@@ -81,18 +81,18 @@ func records(t *testing.T, b *bytes.Buffer) []flow.Record {
 	return out
 }
 
-func mark(v dataplane.Verdict, origin uint16) dataplane.Mark {
+func mark(v segment.Verdict, origin uint16) dataplane.Mark {
 	switch v {
-	case dataplane.Denied:
-		return dataplane.MakeMark(dataplane.Deny, dataplane.Deny, origin, origin)
-	case dataplane.WouldDeny:
-		return dataplane.MakeMark(dataplane.Allow, dataplane.Deny, 1, origin)
+	case segment.Denied:
+		return dataplane.MakeMark(segment.Deny, segment.Deny, origin, origin)
+	case segment.WouldDeny:
+		return dataplane.MakeMark(segment.Allow, segment.Deny, 1, origin)
 	}
-	return dataplane.MakeMark(dataplane.Allow, dataplane.Allow, origin, origin)
+	return dataplane.MakeMark(segment.Allow, segment.Allow, origin, origin)
 }
 
 func ct(typ flows.ConnType, id uint32, src, dst netip.Addr, dport uint16, m dataplane.Mark, start, stop time.Time, bytes uint64) flows.ConnEvent {
-	return flows.ConnEvent{Type: typ, ID: id, Time: firstNonZero(stop, start), Proto: dataplane.TCP,
+	return flows.ConnEvent{Type: typ, ID: id, Time: firstNonZero(stop, start), Proto: segment.TCP,
 		Src: netip.AddrPortFrom(src, 40000+uint16(id)), Dst: netip.AddrPortFrom(dst, dport), Mark: m,
 		Start: start, Stop: stop, Orig: flows.Counters{Packets: bytes / 100, Bytes: bytes}, Reply: flows.Counters{Packets: bytes / 200, Bytes: bytes / 2}}
 }
@@ -111,15 +111,15 @@ func TestFinalRecords(t *testing.T) {
 		dst      flow.Endpoint
 		dir      string
 	}{
-		{"allowed by a ZonePolicy rule", ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(time.Second), 1000), "allowed", true, 1,
+		{"allowed by a ZonePolicy rule", ct(flows.ConnDestroy, 1, web, api, 8443, mark(segment.Allowed, 1), t0, t0.Add(time.Second), 1000), "allowed", true, 1,
 			flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
-		{"allowed by a ServiceDependency", ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 2), t0, t0.Add(time.Second), 1000), "allowed", true, 2,
+		{"allowed by a ServiceDependency", ct(flows.ConnDestroy, 2, web, api, 8443, mark(segment.Allowed, 2), t0, t0.Add(time.Second), 1000), "allowed", true, 2,
 			flow.Endpoint{IP: "10.88.0.3", Port: 8443, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
-		{"allowed by default is unexpected", ct(flows.ConnDestroy, 3, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 1000), "allowed", false, 3,
+		{"allowed by default is unexpected", ct(flows.ConnDestroy, 3, web, partner, 443, mark(segment.Allowed, 3), t0, t0.Add(time.Second), 1000), "allowed", false, 3,
 			flow.Endpoint{IP: "203.0.113.10", Port: 443, Zone: "partners"}, "egress"},
-		{"would-deny is unexpected", ct(flows.ConnDestroy, 4, web, api, 22, mark(dataplane.WouldDeny, 4), t0, t0.Add(time.Second), 1000), "would-deny", false, 4,
+		{"would-deny is unexpected", ct(flows.ConnDestroy, 4, web, api, 22, mark(segment.WouldDeny, 4), t0, t0.Add(time.Second), 1000), "would-deny", false, 4,
 			flow.Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "egress"},
-		{"unknown origin id is unexpected", ct(flows.ConnDestroy, 5, partner, api, 22, mark(dataplane.Allowed, 99), t0, t0.Add(time.Second), 1000), "allowed", false, 99,
+		{"unknown origin id is unexpected", ct(flows.ConnDestroy, 5, partner, api, 22, mark(segment.Allowed, 99), t0, t0.Add(time.Second), 1000), "allowed", false, 99,
 			flow.Endpoint{IP: "10.88.0.3", Port: 22, Namespace: "shop", Name: "api-1", Zone: "api", Labels: map[string]string{"app": "api"}}, "ingress"},
 	}
 	for _, tt := range tests {
@@ -129,7 +129,7 @@ func TestFinalRecords(t *testing.T) {
 			got := records(t, out)
 			o, ok := origins[tt.origin]
 			if !ok {
-				o = policy.Origin{ID: tt.origin}
+				o = segment.Origin{ID: tt.origin}
 			}
 			res := timedResolver{r: fakeResolver{origins}}
 			peer := res.r.Resolve(tt.ev.Src.Addr())
@@ -148,7 +148,7 @@ func TestFinalRecords(t *testing.T) {
 // interval with the counters since the last one; the final record carries
 // the rest, and the records add up to the connection's totals.
 func TestInterimRecords(t *testing.T) {
-	m := mark(dataplane.Allowed, 1)
+	m := mark(segment.Allowed, 1)
 	var dump []flows.ConnEvent
 	p, out, _, c := newTest(Config{FlowInterval: time.Minute}, Sources{Dump: func() ([]flows.ConnEvent, error) { return dump, nil }})
 	p.conn(ct(flows.ConnNew, 7, web, api, 8443, m, t0, time.Time{}, 0))
@@ -192,14 +192,14 @@ func TestInterimRecords(t *testing.T) {
 func TestDeniedAggregation(t *testing.T) {
 	p, out, _, c := newTest(Config{}, Sources{})
 	deny := func(sport uint16, at time.Duration) {
-		p.packet(flows.Packet{Time: t0.Add(at), Prefix: flows.PrefixDeny, Mark: mark(dataplane.Denied, 4), Proto: dataplane.TCP,
+		p.packet(flows.Packet{Time: t0.Add(at), Prefix: flows.PrefixDeny, Mark: mark(segment.Denied, 4), Proto: segment.TCP,
 			Src: netip.AddrPortFrom(web, sport), Dst: netip.AddrPortFrom(api, 22), Length: 60})
 	}
 	for _, at := range []time.Duration{0, time.Second, 3 * time.Second, 7 * time.Second} { // SYN retries
 		deny(40001, at)
 	}
 	deny(40002, 8*time.Second)
-	p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixAllow, Mark: mark(dataplane.Allowed, 1), Proto: dataplane.TCP,
+	p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixAllow, Mark: mark(segment.Allowed, 1), Proto: segment.TCP,
 		Src: netip.AddrPortFrom(web, 40003), Dst: netip.AddrPortFrom(api, 8443)})
 	c.t = t0.Add(time.Minute)
 	p.tick(c.t, true)
@@ -230,10 +230,10 @@ func TestDeniedAggregation(t *testing.T) {
 func TestAlertsFold(t *testing.T) {
 	p, _, alerts, c := newTest(Config{FlowInterval: time.Minute}, Sources{})
 	for i := uint32(1); i <= 3; i++ {
-		p.conn(ct(flows.ConnDestroy, i, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Duration(i)*time.Second), 100))
+		p.conn(ct(flows.ConnDestroy, i, web, partner, 443, mark(segment.Allowed, 3), t0, t0.Add(time.Duration(i)*time.Second), 100))
 	}
-	p.conn(ct(flows.ConnDestroy, 9, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(time.Second), 100)) // expected
-	p.conn(ct(flows.ConnDestroy, 10, web, api, 22, mark(dataplane.WouldDeny, 4), t0, t0.Add(time.Second), 100))
+	p.conn(ct(flows.ConnDestroy, 9, web, api, 8443, mark(segment.Allowed, 1), t0, t0.Add(time.Second), 100)) // expected
+	p.conn(ct(flows.ConnDestroy, 10, web, api, 22, mark(segment.WouldDeny, 4), t0, t0.Add(time.Second), 100))
 	c.t = t0.Add(30 * time.Second)
 	p.tick(c.t, true) // too early for updates
 	c.t = t0.Add(61 * time.Second)
@@ -272,15 +272,15 @@ func TestLosses(t *testing.T) {
 		Counters:  func() (map[string]uint64, error) { return counters, nil },
 		Overflows: func() map[string]uint64 { return overflows },
 	})
-	p.Conns([]flows.ConnEvent{ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)}) // queued
-	p.Conns([]flows.ConnEvent{ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0, 1)}) // dropped
-	p.Packets([]flows.Packet{{Prefix: flows.PrefixDeny}})                                                       // dropped
-	for _, sport := range []uint16{1, 2, 2} {                                                                   // the second 5-tuple does not fit
-		p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixDeny, Mark: mark(dataplane.Denied, 4), Proto: dataplane.TCP,
+	p.Conns([]flows.ConnEvent{ct(flows.ConnDestroy, 1, web, api, 8443, mark(segment.Allowed, 1), t0, t0, 1)}) // queued
+	p.Conns([]flows.ConnEvent{ct(flows.ConnDestroy, 2, web, api, 8443, mark(segment.Allowed, 1), t0, t0, 1)}) // dropped
+	p.Packets([]flows.Packet{{Prefix: flows.PrefixDeny}})                                                     // dropped
+	for _, sport := range []uint16{1, 2, 2} {                                                                 // the second 5-tuple does not fit
+		p.packet(flows.Packet{Time: t0, Prefix: flows.PrefixDeny, Mark: mark(segment.Denied, 4), Proto: segment.TCP,
 			Src: netip.AddrPortFrom(web, sport), Dst: netip.AddrPortFrom(api, 22)})
 	}
 	for i := uint32(1); i <= 2; i++ { // the second key does not fit
-		p.conn(ct(flows.ConnDestroy, 20+i, web, netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 443, mark(dataplane.Allowed, 3), t0, t0, 1))
+		p.conn(ct(flows.ConnDestroy, 20+i, web, netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 443, mark(segment.Allowed, 3), t0, t0, 1))
 	}
 	counters = map[string]uint64{dataplane.CounterLogLimitedAllow: 6, dataplane.CounterLogLimitedDeny: 10}
 	overflows = map[string]uint64{flow.CauseNFLOGOverflow: 3, flow.CauseCtOverflow: 1}
@@ -318,7 +318,7 @@ func TestLosses(t *testing.T) {
 func TestMemoryBound(t *testing.T) {
 	var dump []flows.ConnEvent
 	p, out, _, c := newTest(Config{MaxOpenFlows: 10}, Sources{Dump: func() ([]flows.ConnEvent, error) { return dump, nil }})
-	m := mark(dataplane.Allowed, 1)
+	m := mark(segment.Allowed, 1)
 	for i := uint32(0); i < 100; i++ {
 		p.conn(ct(flows.ConnNew, i, web, api, 8443, m, t0, time.Time{}, 0))
 		dump = append(dump, ct(flows.ConnDump, i, web, api, 8443, m, t0, time.Time{}, 100))
@@ -353,16 +353,16 @@ func TestMemoryBound(t *testing.T) {
 func TestResolverHistory(t *testing.T) {
 	p, out, _, c := newTest(Config{}, Sources{})
 	c.t = t0.Add(time.Minute)
-	p.SetResolver(fakeResolver{map[uint16]policy.Origin{1: {ID: 1, Kind: policy.OriginZoneDefault, FromZone: "a", ToZone: "b"}}})
-	p.conn(ct(flows.ConnDestroy, 1, web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(2*time.Minute), 1))
-	p.conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(dataplane.Allowed, 1), t0.Add(90*time.Second), t0.Add(2*time.Minute), 1))
-	var kinds []policy.OriginKind
+	p.SetResolver(fakeResolver{map[uint16]segment.Origin{1: {ID: 1, Kind: segment.OriginZoneDefault, FromZone: "a", ToZone: "b"}}})
+	p.conn(ct(flows.ConnDestroy, 1, web, api, 8443, mark(segment.Allowed, 1), t0, t0.Add(2*time.Minute), 1))
+	p.conn(ct(flows.ConnDestroy, 2, web, api, 8443, mark(segment.Allowed, 1), t0.Add(90*time.Second), t0.Add(2*time.Minute), 1))
+	var kinds []segment.OriginKind
 	for _, r := range records(t, out) {
 		if r.Kind == flow.KindFlow {
 			kinds = append(kinds, r.Origin.Kind)
 		}
 	}
-	if diff := cmp.Diff([]policy.OriginKind{policy.OriginZonePolicy, policy.OriginZoneDefault}, kinds); diff != "" {
+	if diff := cmp.Diff([]segment.OriginKind{segment.OriginZonePolicy, segment.OriginZoneDefault}, kinds); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
@@ -399,7 +399,7 @@ func TestRotation(t *testing.T) {
 // is dropped and counted by unit, as single events are.
 func TestBatchQueue(t *testing.T) {
 	p, out, _, c := newTest(Config{QueueSize: 3}, Sources{})
-	m := mark(dataplane.Allowed, 1)
+	m := mark(segment.Allowed, 1)
 	p.Conns([]flows.ConnEvent{
 		ct(flows.ConnDestroy, 1, web, api, 8443, m, t0, t0, 1),
 		ct(flows.ConnDestroy, 2, web, api, 8443, m, t0, t0, 1),
@@ -436,13 +436,13 @@ func TestBatchQueue(t *testing.T) {
 func TestAlertKeepsItsRecord(t *testing.T) {
 	p, _, alerts, c := newTest(Config{FlowInterval: time.Minute}, Sources{})
 	icmp := func(id uint32, typ uint8) flows.ConnEvent {
-		ev := ct(flows.ConnDestroy, id, web, partner, 0, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 100)
-		ev.Proto, ev.ICMPType = dataplane.ICMP, typ
+		ev := ct(flows.ConnDestroy, id, web, partner, 0, mark(segment.Allowed, 3), t0, t0.Add(time.Second), 100)
+		ev.Proto, ev.ICMPType = segment.ICMP, typ
 		return ev
 	}
 	p.conn(icmp(1, 8))
 	p.conn(icmp(2, 13)) // same alert key: counted, the alert keeps type 8
-	p.conn(ct(flows.ConnDestroy, 3, web, partner, 443, mark(dataplane.Allowed, 3), t0, t0.Add(time.Second), 100))
+	p.conn(ct(flows.ConnDestroy, 3, web, partner, 443, mark(segment.Allowed, 3), t0, t0.Add(time.Second), 100))
 	c.t = t0.Add(61 * time.Second)
 	p.tick(c.t, true)
 	var types []uint8

@@ -8,8 +8,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
-	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane/flows"
 )
 
@@ -53,7 +52,7 @@ type Stats struct {
 type recordParts struct {
 	rec       flow.Record
 	src, dst  flow.Endpoint
-	origin    policy.Origin
+	origin    segment.Origin
 	expected  bool
 	icmp      uint8
 	connStart time.Time
@@ -81,13 +80,13 @@ func (w *recorder) connStart(rec *flow.Record, t time.Time) {
 
 // describe fills the connection's names, verdict, origin and expected
 // flag, as the resolver tr knows them.
-func (w *recorder) describe(rec *flow.Record, proto dataplane.Protocol, src, dst netip.AddrPort, icmpType uint8, v dataplane.Verdict, originID uint16, tr timedResolver) {
+func (w *recorder) describe(rec *flow.Record, proto segment.Protocol, src, dst netip.AddrPort, icmpType uint8, v segment.Verdict, originID uint16, tr timedResolver) {
 	res := tr.r
-	rec.Protocol = ProtocolName(proto)
+	rec.Protocol = proto.String()
 	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
 	rec.Src = w.endpoint(&w.parts.src, tr, src, &sp)
 	rec.Dst = w.endpoint(&w.parts.dst, tr, dst, &dp)
-	if proto == dataplane.ICMP || proto == dataplane.ICMPv6 {
+	if proto == segment.ICMP || proto == segment.ICMPv6 {
 		w.parts.icmp = icmpType
 		rec.ICMPType = &w.parts.icmp
 		rec.Src.Port, rec.Dst.Port = 0, 0
@@ -103,11 +102,11 @@ func (w *recorder) describe(rec *flow.Record, proto dataplane.Protocol, src, dst
 	rec.Verdict = v.String()
 	o, ok := res.Origin(originID)
 	if !ok {
-		o = policy.Origin{ID: originID}
+		o = segment.Origin{ID: originID}
 	}
 	w.parts.origin = o
 	rec.Origin = &w.parts.origin
-	w.parts.expected = v == dataplane.Allowed && ok && (o.Kind == policy.OriginZonePolicy || o.Kind == policy.OriginServiceDependency)
+	w.parts.expected = v == segment.Allowed && ok && (o.Kind == segment.OriginZonePolicy || o.Kind == segment.OriginServiceDependency)
 	rec.Expected = &w.parts.expected
 }
 
@@ -258,21 +257,4 @@ func (w *recorder) totals() Stats {
 		s.LostByCause[k] = v
 	}
 	return s
-}
-
-// ProtocolName names an IP protocol number as records do.
-func ProtocolName(p dataplane.Protocol) string {
-	switch p {
-	case dataplane.TCP:
-		return "TCP"
-	case dataplane.UDP:
-		return "UDP"
-	case dataplane.SCTP:
-		return "SCTP"
-	case dataplane.ICMP:
-		return "ICMP"
-	case dataplane.ICMPv6:
-		return "ICMPv6"
-	}
-	return fmt.Sprintf("%d", uint8(p))
 }

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -26,7 +27,7 @@ type Resolver interface {
 	Resolve(ip netip.Addr) Peer
 	// Origin returns the policy element with the id a conntrack mark
 	// carries, in the compiled policy this resolver belongs to.
-	Origin(id uint16) (policy.Origin, bool)
+	Origin(id uint16) (segment.Origin, bool)
 }
 
 // PolicyResolver resolves through a compiled policy and the node's
@@ -82,7 +83,7 @@ func (r *PolicyResolver) Resolve(ip netip.Addr) Peer {
 }
 
 // Origin implements Resolver.
-func (r *PolicyResolver) Origin(id uint16) (policy.Origin, bool) { return r.c.Origin(id) }
+func (r *PolicyResolver) Origin(id uint16) (segment.Origin, bool) { return r.c.Origin(id) }
 
 // timedResolver is a resolver and the time from which it is in force.
 type timedResolver struct {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane/flows"
 )
 
@@ -126,7 +126,7 @@ func TestPipelineReportsWriteLoss(t *testing.T) {
 	p := New(Config{Now: c.now, Node: "n1", OnWriteError: func(err error) { heard = append(heard, err) }}, out, nil, fakeResolver{origins}, Sources{})
 	p.lastTick = t0
 	for i := range 5 {
-		p.conn(ct(flows.ConnDestroy, uint32(i+1), web, api, 8443, mark(dataplane.Allowed, 1), t0, t0.Add(time.Second), 1000))
+		p.conn(ct(flows.ConnDestroy, uint32(i+1), web, api, 8443, mark(segment.Allowed, 1), t0, t0.Add(time.Second), 1000))
 	}
 	p.tick(t0.Add(time.Minute), false)
 	var lost, flowsWritten int

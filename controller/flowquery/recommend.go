@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -225,12 +226,12 @@ func CoveredBy(c *policy.Compiled) func(r *flow.Record) bool {
 			}
 			return policy.AddrPeer(a)
 		}
-		proto, err := policy.ParseProtocol(r.Protocol)
+		proto, err := segment.ParseProtocol(r.Protocol)
 		if err != nil {
 			if !strings.EqualFold(r.Protocol, "ICMPv6") {
 				return false
 			}
-			proto = policy.ICMP
+			proto = segment.ICMP
 		}
 		return c.Decide(peer(r.Src), peer(r.Dst), r.Dst.Port, proto).Expected
 	}

@@ -8,6 +8,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 )
 
@@ -101,16 +102,16 @@ func equalMaps(a, b map[string]string) bool {
 // Service's EndpointSlices, which resolve named target ports.
 func serviceOf(svc *corev1.Service, slices []discoveryv1.EndpointSlice) policy.Service {
 	s := policy.Service{Namespace: svc.Namespace, Name: svc.Name, Selector: svc.Spec.Selector}
-	seen := map[policy.PortRange]bool{}
+	seen := map[segment.PortRange]bool{}
 	add := func(proto corev1.Protocol, port int32) {
-		p, err := policy.ParseProtocol(string(proto))
+		p, err := segment.ParseProtocol(string(proto))
 		if proto == "" {
-			p, err = policy.TCP, nil
+			p, err = segment.TCP, nil
 		}
 		if err != nil || port < 1 || port > 65535 {
 			return
 		}
-		r := policy.PortRange{Protocol: p, First: uint16(port), Last: uint16(port)}
+		r := segment.PortRange{Protocol: p, First: uint16(port), Last: uint16(port)}
 		if !seen[r] {
 			seen[r] = true
 			s.Ports = append(s.Ports, r)

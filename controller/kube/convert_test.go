@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -25,9 +26,9 @@ func TestServiceOfTargetPorts(t *testing.T) {
 		}}}
 	slices := []discoveryv1.EndpointSlice{{Ports: []discoveryv1.EndpointPort{{Port: &p9000}, {Port: &p9000, Protocol: &udp}, {Port: nil}}}}
 	got := serviceOf(svc, slices)
-	want := policy.Service{Namespace: "pay", Name: "payments", Selector: map[string]string{"app": "payments"}, Ports: []policy.PortRange{
-		{Protocol: policy.TCP, First: 8443, Last: 8443}, {Protocol: policy.TCP, First: 9000, Last: 9000},
-		{Protocol: policy.UDP, First: 53, Last: 53}, {Protocol: policy.UDP, First: 9000, Last: 9000}}}
+	want := policy.Service{Namespace: "pay", Name: "payments", Selector: map[string]string{"app": "payments"}, Ports: []segment.PortRange{
+		{Protocol: segment.TCP, First: 8443, Last: 8443}, {Protocol: segment.TCP, First: 9000, Last: 9000},
+		{Protocol: segment.UDP, First: 53, Last: 53}, {Protocol: segment.UDP, First: 9000, Last: 9000}}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("serviceOf (-want +got):\n%s", d)
 	}
@@ -102,7 +103,7 @@ func TestDependencyStates(t *testing.T) {
 		ServiceDependencies: []v1alpha1.ServiceDependency{sd},
 		Namespaces:          []policy.Namespace{{Name: "shop", Labels: map[string]string{"segment": "web"}}, {Name: "pay", Labels: map[string]string{"segment": "payments"}}},
 		Services: []policy.Service{{Namespace: "pay", Name: "payments", Selector: map[string]string{"app": "payments"},
-			Ports: []policy.PortRange{{Protocol: policy.TCP, First: 8443, Last: 8443}}}},
+			Ports: []segment.PortRange{{Protocol: segment.TCP, First: 8443, Last: 8443}}}},
 	}
 	got := dependencyStates(policy.Compile(in), in, &sd, nil)
 	want := []v1alpha1.DependencyStatus{

@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/netseg/netseg/api/flow"
-	"github.com/netseg/netseg/controller/policy"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // ReasonUnexpected is the Event reason for an unexpected connection.
@@ -39,7 +39,7 @@ func (s *Source) ObserveRecord(r *flow.Record) {
 	switch {
 	case r.Kind == flow.KindAlert && r.Src != nil && r.Src.Name != "":
 		s.eventForAlert(r)
-	case r.Kind == flow.KindFlow && r.Origin != nil && r.Origin.Kind == policy.OriginServiceDependency:
+	case r.Kind == flow.KindFlow && r.Origin != nil && r.Origin.Kind == segment.OriginServiceDependency:
 		key := r.Origin.Namespace + "/" + r.Origin.Name + "/" + r.Origin.Rule
 		s.usage.mu.Lock()
 		prev, had := s.usage.seen[key]

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/node"
 	"github.com/netseg/netseg/controller/policy"
@@ -40,7 +41,7 @@ type Config struct {
 	// UnzonedDefault is the agent's default for the unzoned zone; status
 	// (Blocked, endpoint counts) is computed with it. Every agent of a
 	// cluster must use the same, or their statuses differ.
-	UnzonedDefault policy.Action
+	UnzonedDefault segment.Action
 	// WriteStatus enables status writes and Events from this agent.
 	WriteStatus bool
 	// StatusDelay is how long status writes wait after a change, plus a
@@ -53,8 +54,8 @@ type Config struct {
 
 // Defaults fills unset fields.
 func (c Config) Defaults() Config {
-	if c.UnzonedDefault == "" {
-		c.UnzonedDefault = policy.Allow
+	if c.UnzonedDefault == 0 {
+		c.UnzonedDefault = segment.Allow
 	}
 	if c.StatusDelay == 0 {
 		c.StatusDelay = 500 * time.Millisecond

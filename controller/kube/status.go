@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -240,7 +241,7 @@ func dependencyStates(c *policy.Compiled, in policy.Input, d *v1alpha1.ServiceDe
 		if ok {
 			for _, pr := range ports {
 				dec := c.Decide(src, dst, pr.First, pr.Protocol)
-				if dec.Enforced.Action == policy.Deny && dec.Enforced.Origin.Kind == policy.OriginZonePolicy {
+				if dec.Enforced.Action == segment.Deny && dec.Enforced.Origin.Kind == segment.OriginZonePolicy {
 					st.State = v1alpha1.DependencyBlocked
 					st.BlockedBy = fmt.Sprintf("ZonePolicy/%s rule %s", dec.Enforced.Origin.Name, dec.Enforced.Origin.Rule)
 					break
@@ -255,15 +256,15 @@ func dependencyStates(c *policy.Compiled, in policy.Input, d *v1alpha1.ServiceDe
 // target is a dependency entry's destination as a Decide peer, and the
 // ports to try: the entry's, else the Service's; with none, ICMP (a rule
 // with ports never matches it, a rule without does).
-func target(in policy.Input, ns string, e v1alpha1.Dependency) (policy.Peer, []policy.PortRange, bool) {
-	var ports []policy.PortRange
+func target(in policy.Input, ns string, e v1alpha1.Dependency) (policy.Peer, []segment.PortRange, bool) {
+	var ports []segment.PortRange
 	for _, p := range e.Ports {
-		proto, err := policy.ParseProtocol(string(p.Protocol))
+		proto, err := segment.ParseProtocol(string(p.Protocol))
 		if p.Protocol == "" {
-			proto, err = policy.TCP, nil
+			proto, err = segment.TCP, nil
 		}
 		if err == nil && p.Port >= 1 && p.Port <= 65535 {
-			ports = append(ports, policy.PortRange{Protocol: proto, First: uint16(p.Port), Last: uint16(p.Port)})
+			ports = append(ports, segment.PortRange{Protocol: proto, First: uint16(p.Port), Last: uint16(p.Port)})
 		}
 	}
 	var dst policy.Peer
@@ -299,7 +300,7 @@ func target(in policy.Input, ns string, e v1alpha1.Dependency) (policy.Peer, []p
 		return dst, nil, false
 	}
 	if len(ports) == 0 {
-		ports = []policy.PortRange{{Protocol: policy.ICMP}}
+		ports = []segment.PortRange{{Protocol: segment.ICMP}}
 	}
 	return dst, ports, true
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/netseg/netseg/api/agent"
 	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/enforce"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/dataplane"
@@ -36,7 +37,7 @@ type Config struct {
 	// Dataplane tunes the nftables ruleset.
 	Dataplane dataplane.Config
 	// UnzonedDefault is the default action of the implicit unzoned zone.
-	UnzonedDefault policy.Action
+	UnzonedDefault segment.Action
 	// PollInterval is how often the policy directory is checked.
 	PollInterval time.Duration
 	// DriftInterval is how often the kernel is compared with the ruleset.
@@ -53,8 +54,8 @@ func (c Config) Defaults() Config {
 	if c.Socket == "" {
 		c.Socket = agent.DefaultSocket
 	}
-	if c.UnzonedDefault == "" {
-		c.UnzonedDefault = policy.Allow
+	if c.UnzonedDefault == 0 {
+		c.UnzonedDefault = segment.Allow
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = 200 * time.Millisecond
@@ -88,7 +89,7 @@ func (c Config) Defaults() Config {
 // Validate reports every problem with the configuration.
 func (c Config) Validate() error {
 	var errs []error
-	if c.UnzonedDefault != policy.Allow && c.UnzonedDefault != policy.Deny {
+	if c.UnzonedDefault != segment.Allow && c.UnzonedDefault != segment.Deny {
 		errs = append(errs, fmt.Errorf("--unzoned-default %q: want Allow or Deny", c.UnzonedDefault))
 	}
 	if c.PollInterval < 10*time.Millisecond {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policyfile"
 )
@@ -27,7 +28,7 @@ func TestCompileModelMatchesCompile(t *testing.T) {
 		IPs: []netip.Addr{netip.MustParseAddr("10.99.0.1")}}
 	in.Endpoints = append(in.Endpoints, remote)
 	snap := Snapshot{Input: in, Valid: true, Generation: 1}
-	cfg := policy.Config{UnzonedDefault: policy.Allow}
+	cfg := policy.Config{UnzonedDefault: segment.Allow}
 	apps := []string{"checkout", "payments", "frontend", "cache", "other"}
 	namespaces := []string{"shop", "pay", "web"}
 	r := rand.New(rand.NewPCG(1, 2))

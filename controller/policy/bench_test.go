@@ -7,6 +7,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
@@ -34,7 +35,7 @@ func benchInput() policy.Input {
 		ns := fmt.Sprintf("ns%d", n)
 		in.Namespaces = append(in.Namespaces, policy.Namespace{Name: ns, Labels: map[string]string{"zone": fmt.Sprint(n % 10)}})
 		in.Services = append(in.Services, policy.Service{Namespace: ns, Name: "api", Selector: map[string]string{"app": "app0"},
-			Ports: []policy.PortRange{{Protocol: policy.TCP, First: 8443, Last: 8443}}})
+			Ports: []segment.PortRange{{Protocol: segment.TCP, First: 8443, Last: 8443}}})
 		for e := range 20 {
 			in.Endpoints = append(in.Endpoints, policy.Endpoint{Namespace: ns, Name: fmt.Sprintf("pod%d", e),
 				Labels: map[string]string{"app": fmt.Sprintf("app%d", e%10)},

@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 )
 
@@ -23,7 +24,7 @@ type model struct {
 	nsLabels   map[string]labels.Set
 	endpoints  []*endpoint // by namespace and name
 	epByIP     map[netip.Addr]*endpoint
-	origins    []Origin
+	origins    []segment.Origin
 	zdOrigin   map[[2]string]uint16
 	errors     []Problem
 	warnings   []Problem
@@ -32,7 +33,7 @@ type model struct {
 type zone struct {
 	name          string
 	priority      int32
-	def           Action
+	def           segment.Action
 	monitor       bool
 	nsSel, podSel labels.Selector // nil: not set
 	cidrs         []netip.Prefix
@@ -64,9 +65,9 @@ type prule struct {
 	index    int
 	name     string
 	monitor  bool
-	action   Action
+	action   segment.Action
 	from, to zoneRef
-	ports    []PortRange
+	ports    []segment.PortRange
 	broken   bool // invalid: matches nothing
 	origin   uint16
 }
@@ -84,7 +85,7 @@ type entry struct {
 	targetNS string
 	target   labels.Selector // service or workload; nil for cidr or none
 	cidr     netip.Prefix
-	ports    []PortRange
+	ports    []segment.PortRange
 	origin   uint16
 }
 
@@ -113,12 +114,12 @@ func build(src *Model) *model {
 		zdOrigin:   map[[2]string]uint16{},
 	}
 	switch m.cfg.UnzonedDefault {
-	case "":
-		m.cfg.UnzonedDefault = Allow
-	case Allow, Deny:
+	case 0:
+		m.cfg.UnzonedDefault = segment.Allow
+	case segment.Allow, segment.Deny:
 	default:
 		m.errorf("Config", "", "", "unzonedDefault", "must be Allow or Deny, not %q; using Deny", m.cfg.UnzonedDefault)
-		m.cfg.UnzonedDefault = Deny
+		m.cfg.UnzonedDefault = segment.Deny
 	}
 	for _, name := range sortedKeys(src.zones, func(a, b string) bool { return a < b }) {
 		m.addZone(src.zones[name])
@@ -178,12 +179,12 @@ func (m *model) addZone(in *v1alpha1.Zone) {
 		return
 	}
 	z := &zone{name: in.Name, priority: in.Spec.Priority}
-	switch Action(in.Spec.DefaultAction) {
-	case Allow, Deny:
-		z.def = Action(in.Spec.DefaultAction)
+	switch a := action(in.Spec.DefaultAction); a {
+	case segment.Allow, segment.Deny:
+		z.def = a
 	default:
 		m.errorf(kind, "", z.name, "spec.defaultAction", "must be Allow or Deny, not %q; using Deny", in.Spec.DefaultAction)
-		z.def = Deny
+		z.def = segment.Deny
 	}
 	z.monitor = m.mode(in.Spec.Mode, kind, "", z.name, "spec.mode")
 	z.nsSel = m.selector(in.Spec.NamespaceSelector, kind, "", z.name, "spec.namespaceSelector")
@@ -242,8 +243,8 @@ func (m *model) addPolicy(in *v1alpha1.ZonePolicy) {
 			m.errorf(kind, "", in.Name, field+".name", "duplicate rule name %q", r.Name)
 		}
 		seen[r.Name] = true
-		switch a := Action(r.Action); a {
-		case Allow, Deny, Delegate:
+		switch a := action(r.Action); a {
+		case segment.Allow, segment.Deny, segment.Delegate:
 			pr.action = a
 		default:
 			m.errorf(kind, "", in.Name, field+".action", "must be Allow, Deny or Delegate, not %q; rule ignored", r.Action)
@@ -279,17 +280,40 @@ func (m *model) zoneRef(refs []v1alpha1.ZoneRef, policy, field string) zoneRef {
 	return r
 }
 
+// action and protocol turn the CRDs' words into the shared ones the
+// compiler works with; 0 stands for a value the schema does not know.
+func action(a v1alpha1.Action) segment.Action {
+	switch a {
+	case v1alpha1.ActionAllow:
+		return segment.Allow
+	case v1alpha1.ActionDeny:
+		return segment.Deny
+	case v1alpha1.ActionDelegate:
+		return segment.Delegate
+	}
+	return 0
+}
+
+// protocol: an empty protocol is TCP, the CRDs' default.
+func protocol(p v1alpha1.Protocol) segment.Protocol {
+	switch p {
+	case v1alpha1.ProtocolTCP, "":
+		return segment.TCP
+	case v1alpha1.ProtocolUDP:
+		return segment.UDP
+	case v1alpha1.ProtocolSCTP:
+		return segment.SCTP
+	}
+	return 0
+}
+
 // ports converts port ranges; ok is false if one is invalid.
-func (m *model) ports(in []v1alpha1.PortRange, kind, ns, name, field string) (out []PortRange, ok bool) {
+func (m *model) ports(in []v1alpha1.PortRange, kind, ns, name, field string) (out []segment.PortRange, ok bool) {
 	ok = true
 	for i, p := range in {
 		f := fmt.Sprintf("%s[%d]", field, i)
-		proto := Protocol(p.Protocol)
-		switch proto {
-		case "":
-			proto = TCP
-		case TCP, UDP, SCTP:
-		default:
+		proto := protocol(p.Protocol)
+		if proto == 0 {
 			m.errorf(kind, ns, name, f+".protocol", "must be TCP, UDP or SCTP, not %q", p.Protocol)
 			ok = false
 			continue
@@ -308,7 +332,7 @@ func (m *model) ports(in []v1alpha1.PortRange, kind, ns, name, field string) (ou
 				continue
 			}
 		}
-		out = append(out, PortRange{Protocol: proto, First: uint16(p.Port), Last: uint16(last)})
+		out = append(out, segment.PortRange{Protocol: proto, First: uint16(p.Port), Last: uint16(last)})
 	}
 	return out, ok
 }

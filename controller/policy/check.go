@@ -1,6 +1,10 @@
 package policy
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/netseg/netseg/api/segment"
+)
 
 // checkShadowed warns about ZonePolicy rules that an earlier rule always
 // decides first, so they can never match.
@@ -41,7 +45,7 @@ func coversZones(a, b zoneRef) bool {
 }
 
 // coversPorts reports whether every port of b is in a.
-func coversPorts(a, b []PortRange) bool {
+func coversPorts(a, b []segment.PortRange) bool {
 	if len(a) == 0 {
 		return true
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"go4.org/netipx"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 func (m *model) compile() *Compiled {
@@ -272,7 +274,7 @@ func (m *model) list(zone string, egress, enforced bool, entries []*entry) RuleL
 		if !egress {
 			p = PeerMatch{Set: WorkloadSet(e.sd.ns, e.sd.name)}
 		}
-		l.Tail = append(l.Tail, Rule{Peer: p, Ports: e.ports, Action: Allow, Origin: e.origin})
+		l.Tail = append(l.Tail, Rule{Peer: p, Ports: e.ports, Action: segment.Allow, Origin: e.origin})
 	}
 	dflt := func(peerZone string) Rule {
 		from, to := zone, peerZone

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"sort"
 
-	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Compiled is the output of the compiler. Treat it as read-only: rule
@@ -12,7 +12,7 @@ import (
 type Compiled struct {
 	Config Config
 	// Origins is indexed by origin id; Origins[0] is the reserved "none".
-	Origins []Origin
+	Origins []segment.Origin
 	// Zones are the declared zones by name, then the implicit "unzoned".
 	Zones []ZoneInfo
 	// Endpoints are sorted by namespace and name.
@@ -30,7 +30,7 @@ type Compiled struct {
 type ZoneInfo struct {
 	Name          string
 	Priority      int32
-	DefaultAction Action
+	DefaultAction segment.Action
 	Monitor       bool
 	Endpoints     int
 }
@@ -68,8 +68,8 @@ type Rule struct {
 	Peer PeerMatch
 	// Ports: any may match; none means every protocol and port, ICMP
 	// included. A rule with ports never matches ICMP.
-	Ports  []PortRange
-	Action Action
+	Ports  []segment.PortRange
+	Action segment.Action
 	Origin uint16
 }
 
@@ -115,9 +115,9 @@ func DependencySet(ns, sd, entry string) string { return "dep/" + ns + "/" + sd 
 func WorkloadSet(ns, sd string) string { return "workload/" + ns + "/" + sd }
 
 // Origin returns the origin with the given id.
-func (c *Compiled) Origin(id uint16) (Origin, bool) {
+func (c *Compiled) Origin(id uint16) (segment.Origin, bool) {
 	if int(id) >= len(c.Origins) || id == 0 {
-		return Origin{}, false
+		return segment.Origin{}, false
 	}
 	return c.Origins[id], true
 }
@@ -142,18 +142,3 @@ func (c *Compiled) Endpoint(ns, name string) (*EndpointRules, bool) {
 	}
 	return nil, false
 }
-
-// Origin is what decided a connection: the compiler assigns them and flow
-// records carry them, so the type is defined beside the record (api/flow),
-// where a log reader finds it without linking the compiler.
-type (
-	Origin     = flow.Origin
-	OriginKind = flow.OriginKind
-)
-
-// Origin kinds.
-const (
-	OriginZonePolicy        = flow.OriginZonePolicy
-	OriginServiceDependency = flow.OriginServiceDependency
-	OriginZoneDefault       = flow.OriginZoneDefault
-)

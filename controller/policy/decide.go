@@ -4,47 +4,39 @@ import (
 	"net/netip"
 
 	"k8s.io/apimachinery/pkg/labels"
-)
 
-// Verdict is the outcome of a decision.
-type Verdict string
-
-// Verdicts.
-const (
-	Allowed   Verdict = "allowed"
-	Denied    Verdict = "denied"
-	WouldDeny Verdict = "would-deny" // passes, but a staged rule denies it
+	"github.com/netseg/netseg/api/segment"
 )
 
 // PassResult is the result of one pass of the decision.
 type PassResult struct {
-	Action Action `json:"action"`
-	Origin Origin `json:"origin"`
+	Action segment.Action `json:"action"`
+	Origin segment.Origin `json:"origin"`
 }
 
 // Decision is the decision for one connection.
 type Decision struct {
-	Verdict Verdict `json:"verdict"`
+	Verdict segment.Verdict `json:"verdict"`
 	// Expected: allowed by a ZonePolicy Allow rule or a ServiceDependency.
-	Expected bool       `json:"expected"`
-	Origin   Origin     `json:"origin"`
-	SrcZone  string     `json:"srcZone"`
-	DstZone  string     `json:"dstZone"`
-	Enforced PassResult `json:"enforced"`
-	Staged   PassResult `json:"staged"`
+	Expected bool           `json:"expected"`
+	Origin   segment.Origin `json:"origin"`
+	SrcZone  string         `json:"srcZone"`
+	DstZone  string         `json:"dstZone"`
+	Enforced PassResult     `json:"enforced"`
+	Staged   PassResult     `json:"staged"`
 }
 
 // combine makes the verdict out of the two passes.
 func combine(enforced, staged PassResult) Decision {
 	d := Decision{Enforced: enforced, Staged: staged}
 	switch {
-	case enforced.Action != Allow:
-		d.Verdict, d.Origin = Denied, enforced.Origin
-	case staged.Action != Allow:
-		d.Verdict, d.Origin = WouldDeny, staged.Origin
+	case enforced.Action != segment.Allow:
+		d.Verdict, d.Origin = segment.Denied, enforced.Origin
+	case staged.Action != segment.Allow:
+		d.Verdict, d.Origin = segment.WouldDeny, staged.Origin
 	default:
-		d.Verdict, d.Origin = Allowed, enforced.Origin
-		d.Expected = d.Origin.Kind == OriginZonePolicy || d.Origin.Kind == OriginServiceDependency
+		d.Verdict, d.Origin = segment.Allowed, enforced.Origin
+		d.Expected = d.Origin.Kind == segment.OriginZonePolicy || d.Origin.Kind == segment.OriginServiceDependency
 	}
 	return d
 }
@@ -96,22 +88,22 @@ func (m *model) resolve(p Peer) peer {
 // Decide is the reference decision for a connection from src to dst on
 // port/proto (port is ignored for ICMP), following the decision order of
 // docs/semantics.md.
-func (c *Compiled) Decide(src, dst Peer, port uint16, proto Protocol) Decision {
+func (c *Compiled) Decide(src, dst Peer, port uint16, proto segment.Protocol) Decision {
 	s, d := c.m.resolve(src), c.m.resolve(dst)
 	dec := combine(c.m.pass(s, d, port, proto, true), c.m.pass(s, d, port, proto, false))
 	dec.SrcZone, dec.DstZone = s.zone, d.zone
 	return dec
 }
 
-func (m *model) pass(s, d peer, port uint16, proto Protocol, enforced bool) PassResult {
-	if proto == ICMP {
+func (m *model) pass(s, d peer, port uint16, proto segment.Protocol, enforced bool) PassResult {
+	if proto == segment.ICMP {
 		port = 0
 	}
 	for _, r := range m.rules {
 		if r.broken || enforced && r.monitor || !r.from.has(s.zone) || !r.to.has(d.zone) || !matchPorts(r.ports, port, proto) {
 			continue
 		}
-		if r.action == Delegate {
+		if r.action == segment.Delegate {
 			break
 		}
 		return PassResult{r.action, m.origins[r.origin]}
@@ -119,7 +111,7 @@ func (m *model) pass(s, d peer, port uint16, proto Protocol, enforced bool) Pass
 	if s.endpoint {
 		for _, e := range m.entries {
 			if e.sd.isClient(s.ns, s.labels) && m.covers(e, d) && matchPorts(e.ports, port, proto) {
-				return PassResult{Allow, m.origins[e.origin]}
+				return PassResult{segment.Allow, m.origins[e.origin]}
 			}
 		}
 	}

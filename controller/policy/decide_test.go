@@ -7,13 +7,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
 )
 
 type outcome struct {
-	Verdict          policy.Verdict
+	Verdict          segment.Verdict
 	Expected         bool
 	Origin           string
 	SrcZone, DstZone string
@@ -30,61 +31,61 @@ func addr(s string) policy.Peer { return policy.AddrPeer(netip.MustParseAddr(s))
 func TestDecide(t *testing.T) {
 	tests := []struct {
 		name     string
-		unzoned  policy.Action
+		unzoned  segment.Action
 		src, dst policy.Peer
 		port     uint16
-		proto    policy.Protocol
+		proto    segment.Protocol
 		want     outcome
 	}{
-		{"policy allow", "", epPeer("ops", "monitoring"), epPeer("web", "frontend"), 22, policy.TCP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "web"}},
-		{"policy allow in udp port range", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 162, policy.UDP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "payments"}},
-		{"port past the range falls to the defaults", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 163, policy.UDP,
-			outcome{policy.Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
-		{"same port, other protocol", "", epPeer("ops", "monitoring"), epPeer("pay", "payments"), 161, policy.TCP,
-			outcome{policy.Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
-		{"policy deny from a cidr zone", "", addr("203.0.113.5"), epPeer("pay", "payments"), 443, policy.TCP,
-			outcome{policy.Denied, false, "ZonePolicy perimeter rule no-partners-to-payments", "partners", "payments"}},
-		{"sctp", "", addr("203.0.113.200"), epPeer("web", "frontend"), 3868, policy.SCTP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule partners-to-web", "partners", "web"}},
-		{"icmp never matches a rule with ports", "", addr("203.0.113.200"), epPeer("web", "frontend"), 0, policy.ICMP,
-			outcome{policy.Denied, false, "ZoneDefault partners -> web", "partners", "web"}},
-		{"icmp matches a rule without ports", "", epPeer("shop", "redis"), epPeer("web", "frontend"), 0, policy.ICMP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
-		{"delegate to a service dependency", "", epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, policy.TCP,
-			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
-		{"delegate, no dependency covers it", "", epPeer("shop", "checkout"), epPeer("pay", "vault"), 8443, policy.TCP,
-			outcome{policy.Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
-		{"delegate, dependency on another port", "", epPeer("shop", "checkout"), epPeer("pay", "payments"), 8444, policy.TCP,
-			outcome{policy.Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
-		{"no rule matches, cidr dependency", "", epPeer("shop", "checkout"), addr("203.0.113.10"), 443, policy.TCP,
-			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry card-network", "web", "partners"}},
-		{"outside the dependency's cidr", "", epPeer("shop", "checkout"), addr("203.0.113.200"), 443, policy.TCP,
-			outcome{policy.Denied, false, "ZoneDefault web -> partners", "web", "partners"}},
-		{"monitor policy: would-deny", "", epPeer("misc", "legacy"), epPeer("ops", "monitoring"), 9090, policy.TCP,
-			outcome{policy.WouldDeny, false, "ZonePolicy staged-lockdown rule no-unzoned-to-ops", "unzoned", "ops"}},
-		{"monitor zone: would-deny by its default", "", epPeer("ops", "monitoring"), addr("198.51.100.7"), 80, policy.TCP,
-			outcome{policy.WouldDeny, false, "ZoneDefault ops -> lab", "ops", "lab"}},
-		{"allowed by default is unexpected", "", epPeer("ops", "monitoring"), epPeer("misc", "legacy"), 80, policy.TCP,
-			outcome{policy.Allowed, false, "ZoneDefault ops -> unzoned", "ops", "unzoned"}},
-		{"unzoned to an address in no zone", "", epPeer("misc", "legacy"), addr("192.0.2.1"), 80, policy.UDP,
-			outcome{policy.Allowed, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
-		{"unzoned default deny", policy.Deny, epPeer("misc", "legacy"), addr("192.0.2.1"), 80, policy.UDP,
-			outcome{policy.Denied, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
-		{"star matches an address in no zone", "", epPeer("ops", "monitoring"), addr("192.0.2.1"), 22, policy.TCP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "unzoned"}},
-		{"star matches a cidr zone", "", epPeer("ops", "monitoring"), addr("203.0.113.9"), 22, policy.TCP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "partners"}},
-		{"bare address of an endpoint is that endpoint", "", addr("10.0.2.10"), addr("10.0.3.10"), 8443, policy.TCP,
-			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
-		{"endpoint given by labels", "", policy.Peer{Namespace: "shop", Name: "checkout-2", Labels: map[string]string{"app": "checkout"}},
-			epPeer("pay", "payments"), 8443, policy.TCP,
-			outcome{policy.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
-		{"workload dependency within a zone rule", "", epPeer("web", "frontend"), epPeer("shop", "checkout"), 8080, policy.TCP,
-			outcome{policy.Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
-		{"no dependency from an address", "", addr("192.0.2.1"), epPeer("pay", "payments"), 8443, policy.TCP,
-			outcome{policy.Denied, false, "ZoneDefault unzoned -> payments", "unzoned", "payments"}},
+		{"policy allow", 0, epPeer("ops", "monitoring"), epPeer("web", "frontend"), 22, segment.TCP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "web"}},
+		{"policy allow in udp port range", 0, epPeer("ops", "monitoring"), epPeer("pay", "payments"), 162, segment.UDP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "payments"}},
+		{"port past the range falls to the defaults", 0, epPeer("ops", "monitoring"), epPeer("pay", "payments"), 163, segment.UDP,
+			outcome{segment.Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
+		{"same port, other protocol", 0, epPeer("ops", "monitoring"), epPeer("pay", "payments"), 161, segment.TCP,
+			outcome{segment.Denied, false, "ZoneDefault ops -> payments", "ops", "payments"}},
+		{"policy deny from a cidr zone", 0, addr("203.0.113.5"), epPeer("pay", "payments"), 443, segment.TCP,
+			outcome{segment.Denied, false, "ZonePolicy perimeter rule no-partners-to-payments", "partners", "payments"}},
+		{"sctp", 0, addr("203.0.113.200"), epPeer("web", "frontend"), 3868, segment.SCTP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule partners-to-web", "partners", "web"}},
+		{"icmp never matches a rule with ports", 0, addr("203.0.113.200"), epPeer("web", "frontend"), 0, segment.ICMP,
+			outcome{segment.Denied, false, "ZoneDefault partners -> web", "partners", "web"}},
+		{"icmp matches a rule without ports", 0, epPeer("shop", "redis"), epPeer("web", "frontend"), 0, segment.ICMP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
+		{"delegate to a service dependency", 0, epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, segment.TCP,
+			outcome{segment.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
+		{"delegate, no dependency covers it", 0, epPeer("shop", "checkout"), epPeer("pay", "vault"), 8443, segment.TCP,
+			outcome{segment.Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
+		{"delegate, dependency on another port", 0, epPeer("shop", "checkout"), epPeer("pay", "payments"), 8444, segment.TCP,
+			outcome{segment.Denied, false, "ZoneDefault web -> payments", "web", "payments"}},
+		{"no rule matches, cidr dependency", 0, epPeer("shop", "checkout"), addr("203.0.113.10"), 443, segment.TCP,
+			outcome{segment.Allowed, true, "ServiceDependency shop/checkout entry card-network", "web", "partners"}},
+		{"outside the dependency's cidr", 0, epPeer("shop", "checkout"), addr("203.0.113.200"), 443, segment.TCP,
+			outcome{segment.Denied, false, "ZoneDefault web -> partners", "web", "partners"}},
+		{"monitor policy: would-deny", 0, epPeer("misc", "legacy"), epPeer("ops", "monitoring"), 9090, segment.TCP,
+			outcome{segment.WouldDeny, false, "ZonePolicy staged-lockdown rule no-unzoned-to-ops", "unzoned", "ops"}},
+		{"monitor zone: would-deny by its default", 0, epPeer("ops", "monitoring"), addr("198.51.100.7"), 80, segment.TCP,
+			outcome{segment.WouldDeny, false, "ZoneDefault ops -> lab", "ops", "lab"}},
+		{"allowed by default is unexpected", 0, epPeer("ops", "monitoring"), epPeer("misc", "legacy"), 80, segment.TCP,
+			outcome{segment.Allowed, false, "ZoneDefault ops -> unzoned", "ops", "unzoned"}},
+		{"unzoned to an address in no zone", 0, epPeer("misc", "legacy"), addr("192.0.2.1"), 80, segment.UDP,
+			outcome{segment.Allowed, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
+		{"unzoned default deny", segment.Deny, epPeer("misc", "legacy"), addr("192.0.2.1"), 80, segment.UDP,
+			outcome{segment.Denied, false, "ZoneDefault unzoned -> unzoned", "unzoned", "unzoned"}},
+		{"star matches an address in no zone", 0, epPeer("ops", "monitoring"), addr("192.0.2.1"), 22, segment.TCP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "unzoned"}},
+		{"star matches a cidr zone", 0, epPeer("ops", "monitoring"), addr("203.0.113.9"), 22, segment.TCP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule ops-anywhere", "ops", "partners"}},
+		{"bare address of an endpoint is that endpoint", 0, addr("10.0.2.10"), addr("10.0.3.10"), 8443, segment.TCP,
+			outcome{segment.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
+		{"endpoint given by labels", 0, policy.Peer{Namespace: "shop", Name: "checkout-2", Labels: map[string]string{"app": "checkout"}},
+			epPeer("pay", "payments"), 8443, segment.TCP,
+			outcome{segment.Allowed, true, "ServiceDependency shop/checkout entry payments-api", "web", "payments"}},
+		{"workload dependency within a zone rule", 0, epPeer("web", "frontend"), epPeer("shop", "checkout"), 8080, segment.TCP,
+			outcome{segment.Allowed, true, "ZonePolicy perimeter rule web-internal", "web", "web"}},
+		{"no dependency from an address", 0, addr("192.0.2.1"), epPeer("pay", "payments"), 8443, segment.TCP,
+			outcome{segment.Denied, false, "ZoneDefault unzoned -> payments", "unzoned", "payments"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,13 +111,13 @@ func TestDecideDelegateStops(t *testing.T) {
 		policytest.ZonePolicy("late", 90, "", policytest.Rule("web-to-payments-all", "Allow", []string{"web"}, []string{"payments"})),
 		policytest.ZonePolicy("staged-allow", 5, "Monitor", policytest.Rule("staged-web-to-vault", "Deny", []string{"web"}, []string{"payments"}, policytest.Port("TCP", 8443))))
 	c := policy.Compile(in)
-	got := summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "vault"), 9000, policy.TCP))
-	want := outcome{policy.Denied, false, "ZoneDefault web -> payments", "web", "payments"}
+	got := summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "vault"), 9000, segment.TCP))
+	want := outcome{segment.Denied, false, "ZoneDefault web -> payments", "web", "payments"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("delegate (-want +got):\n%s", diff)
 	}
-	got = summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, policy.TCP))
-	want = outcome{policy.WouldDeny, false, "ZonePolicy staged-allow rule staged-web-to-vault", "web", "payments"}
+	got = summary(c.Decide(epPeer("shop", "checkout"), epPeer("pay", "payments"), 8443, segment.TCP))
+	want = outcome{segment.WouldDeny, false, "ZonePolicy staged-allow rule staged-web-to-vault", "web", "payments"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("monitor policy (-want +got):\n%s", diff)
 	}
@@ -157,7 +158,7 @@ func TestZoneMembership(t *testing.T) {
 		{addr("198.51.100.1"), "lab"},
 		{addr("10.0.9.9"), policy.Unzoned},
 	} {
-		if got := c.Decide(tc.peer, addr("192.0.2.1"), 1, policy.TCP).SrcZone; got != tc.zone {
+		if got := c.Decide(tc.peer, addr("192.0.2.1"), 1, segment.TCP).SrcZone; got != tc.zone {
 			t.Errorf("zone of %v = %s, want %s", tc.peer, got, tc.zone)
 		}
 	}
@@ -218,7 +219,7 @@ func TestZoneOfAddrAgreesWithDecide(t *testing.T) {
 			addrs = append(addrs, e.IPs...)
 		}
 		for _, a := range addrs {
-			want := c.Decide(policy.AddrPeer(a), policy.AddrPeer(a), 0, policy.ICMP).SrcZone
+			want := c.Decide(policy.AddrPeer(a), policy.AddrPeer(a), 0, segment.ICMP).SrcZone
 			if got := c.ZoneOfAddr(a); got != want {
 				t.Fatalf("world %d: ZoneOfAddr(%s) = %q, Decide resolves %q", seed, a, got, want)
 			}

@@ -8,6 +8,10 @@
 // evaluate the lists directly (a tracer in tracer_test.go), and
 // controller/enforce's trace the nftables rules rendered from them.
 //
+// Its words (actions, protocols, port ranges, verdicts, origins) are
+// api/segment's, shared with the dataplane and the flow log; the CRDs'
+// string actions and protocols become them in one place (build.go).
+//
 // The compiler is deterministic and order-independent: the same objects,
 // given in any order, duplicated, or applied as Model updates, compile to
 // the same Compiled value.

@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 )
 
@@ -141,26 +142,26 @@ func (m *model) zoneOfAddr(a netip.Addr) string {
 }
 
 // effective is a zone's default action in a pass.
-func (m *model) effective(zoneName string, enforced bool) Action {
+func (m *model) effective(zoneName string, enforced bool) segment.Action {
 	if zoneName == Unzoned {
 		return m.cfg.UnzonedDefault
 	}
 	z := m.zoneByName[zoneName]
 	if z == nil {
-		return Deny
+		return segment.Deny
 	}
 	if enforced && z.monitor {
-		return Allow
+		return segment.Allow
 	}
 	return z.def
 }
 
 // both is the zone-default decision between two zones.
-func (m *model) both(from, to string, enforced bool) Action {
-	if m.effective(from, enforced) == Allow && m.effective(to, enforced) == Allow {
-		return Allow
+func (m *model) both(from, to string, enforced bool) segment.Action {
+	if m.effective(from, enforced) == segment.Allow && m.effective(to, enforced) == segment.Allow {
+		return segment.Allow
 	}
-	return Deny
+	return segment.Deny
 }
 
 // isClient reports whether an endpoint is a client of sd.
@@ -183,9 +184,9 @@ func (e *entry) coversEndpoint(ns string, l labels.Set, ips []netip.Addr) bool {
 }
 
 func (m *model) assignOrigins() {
-	m.origins = []Origin{{}}
+	m.origins = []segment.Origin{{}}
 	dropped := 0
-	add := func(o Origin) uint16 {
+	add := func(o segment.Origin) uint16 {
 		if len(m.origins) > 0xffff {
 			dropped++
 			return 0
@@ -200,15 +201,15 @@ func (m *model) assignOrigins() {
 		return a.policy < b.policy || a.policy == b.policy && a.index < b.index
 	})
 	for _, r := range rules {
-		r.origin = add(Origin{Kind: OriginZonePolicy, Name: r.policy, Rule: r.name})
+		r.origin = add(segment.Origin{Kind: segment.OriginZonePolicy, Name: r.policy, Rule: r.name})
 	}
 	for _, e := range m.entries { // already by namespace, name, index
-		e.origin = add(Origin{Kind: OriginServiceDependency, Namespace: e.sd.ns, Name: e.sd.name, Rule: e.name})
+		e.origin = add(segment.Origin{Kind: segment.OriginServiceDependency, Namespace: e.sd.ns, Name: e.sd.name, Rule: e.name})
 	}
 	names := m.zoneNames()
 	for _, a := range names {
 		for _, b := range names {
-			m.zdOrigin[[2]string{a, b}] = add(Origin{Kind: OriginZoneDefault, FromZone: a, ToZone: b})
+			m.zdOrigin[[2]string{a, b}] = add(segment.Origin{Kind: segment.OriginZoneDefault, FromZone: a, ToZone: b})
 		}
 	}
 	if dropped > 0 {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 )
 
@@ -142,7 +143,7 @@ func (m *Model) endpointKeys() []key {
 // UpsertService adds or replaces a Service.
 func (m *Model) UpsertService(s Service) {
 	s.Selector = copyLabels(s.Selector)
-	s.Ports = append([]PortRange(nil), s.Ports...)
+	s.Ports = append([]segment.PortRange(nil), s.Ports...)
 	m.services[key{s.Namespace, s.Name}] = s
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
@@ -115,7 +116,7 @@ func TestOrderIndependence(t *testing.T) {
 				for _, a := range policytest.ProbeAddrs {
 					p := policy.AddrPeer(netip.MustParseAddr(a))
 					self := policy.Peer{Namespace: e.Namespace, Name: e.Name}
-					if d1, d2 := want.Decide(self, p, 80, policy.TCP), got.Decide(self, p, 80, policy.TCP); d1 != d2 {
+					if d1, d2 := want.Decide(self, p, 80, segment.TCP), got.Decide(self, p, 80, segment.TCP); d1 != d2 {
 						t.Fatalf("%s: Decide(%v, %v) = %+v, incremental %+v", name, self, p, d1, d2)
 					}
 				}
@@ -146,7 +147,7 @@ func TestOriginIDs(t *testing.T) {
 	// zone defaults are all pairs of 5 zones and unzoned.
 	n := 0
 	for _, o := range c.Origins {
-		if o.Kind == policy.OriginZoneDefault {
+		if o.Kind == segment.OriginZoneDefault {
 			n++
 		}
 	}

@@ -2,6 +2,7 @@ package policy_test
 
 import (
 	"fmt"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/policy"
 	"github.com/netseg/netseg/controller/policy/policytest"
 	"math/rand/v2"
@@ -11,7 +12,7 @@ import (
 )
 
 func TestTraceAgreesWithDecideShop(t *testing.T) {
-	for _, unzoned := range []policy.Action{policy.Allow, policy.Deny} {
+	for _, unzoned := range []segment.Action{segment.Allow, segment.Deny} {
 		in := policytest.Shop()
 		in.Config.UnzonedDefault = unzoned
 		c := policy.Compile(in)

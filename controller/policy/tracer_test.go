@@ -9,11 +9,13 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // TraceEgress evaluates an endpoint's egress rule lists for a connection
 // to dst, as the kernel would: first match in Policy, then Tail.
-func (c *Compiled) TraceEgress(ns, name string, dst netip.Addr, port uint16, proto Protocol) (Decision, error) {
+func (c *Compiled) TraceEgress(ns, name string, dst netip.Addr, port uint16, proto segment.Protocol) (Decision, error) {
 	e, ok := c.Endpoint(ns, name)
 	if !ok {
 		return Decision{}, fmt.Errorf("endpoint %s/%s not found", ns, name)
@@ -25,7 +27,7 @@ func (c *Compiled) TraceEgress(ns, name string, dst netip.Addr, port uint16, pro
 
 // TraceIngress evaluates an endpoint's ingress rule lists for a connection
 // from src, an address that is not a local endpoint.
-func (c *Compiled) TraceIngress(ns, name string, src netip.Addr, port uint16, proto Protocol) (Decision, error) {
+func (c *Compiled) TraceIngress(ns, name string, src netip.Addr, port uint16, proto segment.Protocol) (Decision, error) {
 	e, ok := c.Endpoint(ns, name)
 	if !ok {
 		return Decision{}, fmt.Errorf("endpoint %s/%s not found", ns, name)
@@ -35,15 +37,15 @@ func (c *Compiled) TraceIngress(ns, name string, src netip.Addr, port uint16, pr
 	return d, nil
 }
 
-func (c *Compiled) trace(dir Direction, a netip.Addr, port uint16, proto Protocol) Decision {
+func (c *Compiled) trace(dir Direction, a netip.Addr, port uint16, proto segment.Protocol) Decision {
 	a = a.Unmap()
-	if proto == ICMP {
+	if proto == segment.ICMP {
 		port = 0
 	}
 	pass := func(l RuleList) PassResult {
 		for _, r := range l.Policy {
 			if c.matchRule(r, a, port, proto) {
-				if r.Action == Delegate {
+				if r.Action == segment.Delegate {
 					break
 				}
 				return PassResult{r.Action, c.Origins[r.Origin]}
@@ -54,12 +56,12 @@ func (c *Compiled) trace(dir Direction, a netip.Addr, port uint16, proto Protoco
 				return PassResult{r.Action, c.Origins[r.Origin]}
 			}
 		}
-		return PassResult{Deny, Origin{}} // unreachable: the tail ends with a catch-all
+		return PassResult{segment.Deny, segment.Origin{}} // unreachable: the tail ends with a catch-all
 	}
 	return combine(pass(dir.Enforced), pass(dir.Staged))
 }
 
-func (c *Compiled) matchRule(r Rule, a netip.Addr, port uint16, proto Protocol) bool {
+func (c *Compiled) matchRule(r Rule, a netip.Addr, port uint16, proto segment.Protocol) bool {
 	if !matchPorts(r.Ports, port, proto) {
 		return false
 	}

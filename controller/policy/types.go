@@ -1,64 +1,20 @@
 package policy
 
 import (
-	"fmt"
 	"net/netip"
-	"strings"
+
+	"github.com/netseg/netseg/api/segment"
 )
-
-// Action is what a rule does with a connection it matches.
-type Action string
-
-// Actions. Delegate appears only in RuleList.Policy: evaluation stops
-// there and continues with RuleList.Tail.
-const (
-	Allow    Action = "Allow"
-	Deny     Action = "Deny"
-	Delegate Action = "Delegate"
-)
-
-// Protocol is the protocol of a connection. ICMP (and ICMPv6) carry no
-// port: a rule with ports never matches them.
-type Protocol string
-
-// Protocols.
-const (
-	TCP  Protocol = "TCP"
-	UDP  Protocol = "UDP"
-	SCTP Protocol = "SCTP"
-	ICMP Protocol = "ICMP"
-)
-
-// ParseProtocol parses a protocol name, case-insensitively.
-func ParseProtocol(s string) (Protocol, error) {
-	switch p := Protocol(strings.ToUpper(s)); p {
-	case TCP, UDP, SCTP, ICMP:
-		return p, nil
-	}
-	return "", fmt.Errorf("unknown protocol %q (want TCP, UDP, SCTP or ICMP)", s)
-}
-
-// PortRange is the ports First..Last (inclusive) of one protocol.
-type PortRange struct {
-	Protocol    Protocol
-	First, Last uint16
-}
-
-func (r PortRange) String() string {
-	if r.First == r.Last {
-		return fmt.Sprintf("%d/%s", r.First, r.Protocol)
-	}
-	return fmt.Sprintf("%d-%d/%s", r.First, r.Last, r.Protocol)
-}
 
 // matchPorts reports whether port/proto is in ports; no ports means every
-// protocol and port, ICMP included.
-func matchPorts(ports []PortRange, port uint16, proto Protocol) bool {
+// protocol and port, ICMP included. A policy's ICMP stands for the ICMP of
+// either family (segment.ICMP).
+func matchPorts(ports []segment.PortRange, port uint16, proto segment.Protocol) bool {
 	if len(ports) == 0 {
 		return true
 	}
 	for _, r := range ports {
-		if r.Protocol == proto && proto != ICMP && r.First <= port && port <= r.Last {
+		if r.Protocol == proto && proto != segment.ICMP && r.First <= port && port <= r.Last {
 			return true
 		}
 	}
@@ -90,14 +46,14 @@ type Service struct {
 	// as for a Kubernetes Service.
 	Selector map[string]string
 	// Ports are used for dependencies that name no ports; none means all.
-	Ports []PortRange
+	Ports []segment.PortRange
 }
 
 // Config holds the compiler's settings.
 type Config struct {
 	// UnzonedDefault is the default action of the implicit zone "unzoned";
 	// empty means Allow, so that installing netseg breaks nothing.
-	UnzonedDefault Action
+	UnzonedDefault segment.Action
 }
 
 // Unzoned is the implicit zone of endpoints and addresses in no zone.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 )
 
@@ -184,7 +185,7 @@ func decodeTuple(b []byte, ev *ConnEvent) error {
 				}
 				switch t {
 				case ctaProtoNum:
-					ev.Proto = dataplane.Protocol(d[0])
+					ev.Proto = segment.Protocol(d[0])
 				case ctaProtoSrc, ctaProtoDst:
 					if len(d) < 2 {
 						return errCtMessage

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/mdlayher/netlink"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
@@ -62,7 +63,7 @@ func nested(typ uint16, children ...netfilter.Attribute) netfilter.Attribute {
 // TestDecodeCtMessage decodes event messages with the netseg decoder and
 // with github.com/ti-mo/conntrack's, and wants the same event.
 func TestDecodeCtMessage(t *testing.T) {
-	mark := uint32(dataplane.MakeMark(dataplane.Allow, dataplane.Allow, 11, 11))
+	mark := uint32(dataplane.MakeMark(segment.Allow, segment.Allow, 11, 11))
 	start, stop := uint64(1_700_000_000_123_456_789), uint64(1_700_000_002_000_000_000)
 	tcp := []netfilter.Attribute{u8(ctaProtoNum, 6), be16(ctaProtoSrc, 40000), be16(ctaProtoDst, 8080)}
 	accounting := []netfilter.Attribute{
@@ -141,7 +142,7 @@ func TestDecodeCtMessage(t *testing.T) {
 // github.com/ti-mo/conntrack's on a DESTROY event with accounting.
 func BenchmarkDecodeCtMessage(b *testing.B) {
 	t := &testing.T{}
-	mark := uint32(dataplane.MakeMark(dataplane.Allow, dataplane.Allow, 11, 11))
+	mark := uint32(dataplane.MakeMark(segment.Allow, segment.Allow, 11, 11))
 	msg := ctMessage(t, ctMsgDelete, 0, netfilter.ProtoIPv4, netip.MustParseAddr("10.88.0.2"), netip.MustParseAddr("10.88.0.3"),
 		[]netfilter.Attribute{u8(ctaProtoNum, 6), be16(ctaProtoSrc, 40000), be16(ctaProtoDst, 8080)},
 		be32(ctaMark, mark), be32(ctaID, 1),
@@ -179,7 +180,7 @@ func fromFlow(t ConnType, now time.Time, f *conntrack.Flow) ConnEvent {
 	o := f.TupleOrig
 	ev := ConnEvent{
 		Type: t, ID: f.ID, Time: now,
-		Proto: dataplane.Protocol(o.Proto.Protocol),
+		Proto: segment.Protocol(o.Proto.Protocol),
 		Src:   netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
 		Dst:   netip.AddrPortFrom(o.IP.DestinationAddress.Unmap(), o.Proto.DestinationPort),
 		Mark:  dataplane.Mark(f.Mark),

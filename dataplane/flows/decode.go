@@ -5,7 +5,7 @@ import (
 	"errors"
 	"net/netip"
 
-	"github.com/netseg/netseg/dataplane"
+	"github.com/netseg/netseg/api/segment"
 )
 
 var errShort = errors.New("truncated packet")
@@ -28,7 +28,7 @@ func decodeIP(b []byte, p *Packet) error {
 			return errShort
 		}
 		p.Length = int(binary.BigEndian.Uint16(b[2:4]))
-		p.Proto = dataplane.Protocol(b[9])
+		p.Proto = segment.Protocol(b[9])
 		src, dst := netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20]))
 		p.Src, p.Dst = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
 		if binary.BigEndian.Uint16(b[6:8])&0x1fff != 0 {
@@ -53,14 +53,14 @@ func decodeIP(b []byte, p *Packet) error {
 				fragOff := binary.BigEndian.Uint16(b[off+2:off+4]) >> 3
 				next, off = b[off], off+8
 				if fragOff != 0 {
-					p.Proto = dataplane.Protocol(next)
+					p.Proto = segment.Protocol(next)
 					return nil
 				}
 				continue
 			}
 			next, off = b[off], off+8+int(b[off+1])*8
 		}
-		p.Proto = dataplane.Protocol(next)
+		p.Proto = segment.Protocol(next)
 		if len(b) < off {
 			return errShort
 		}
@@ -69,13 +69,13 @@ func decodeIP(b []byte, p *Packet) error {
 		return errors.New("not an IP packet")
 	}
 	switch p.Proto {
-	case dataplane.TCP, dataplane.UDP, dataplane.SCTP:
+	case segment.TCP, segment.UDP, segment.SCTP:
 		if len(l4) < 4 {
 			return errShort
 		}
 		p.Src = netip.AddrPortFrom(p.Src.Addr(), binary.BigEndian.Uint16(l4[0:2]))
 		p.Dst = netip.AddrPortFrom(p.Dst.Addr(), binary.BigEndian.Uint16(l4[2:4]))
-	case dataplane.ICMP, dataplane.ICMPv6:
+	case segment.ICMP, segment.ICMPv6:
 		if len(l4) < 2 {
 			return errShort
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/ti-mo/netfilter"
 )
@@ -45,15 +46,15 @@ func TestDecodeIP(t *testing.T) {
 		want Packet
 	}{
 		{"tcp4", ipv4(6, "10.88.0.2", "10.88.0.3", append(ports(40000, 8080), make([]byte, 16)...)),
-			Packet{Proto: dataplane.TCP, Src: netip.MustParseAddrPort("10.88.0.2:40000"), Dst: netip.MustParseAddrPort("10.88.0.3:8080"), Length: 40}},
+			Packet{Proto: segment.TCP, Src: netip.MustParseAddrPort("10.88.0.2:40000"), Dst: netip.MustParseAddrPort("10.88.0.3:8080"), Length: 40}},
 		{"udp4", ipv4(17, "10.88.0.2", "10.88.0.3", append(ports(5000, 53), 0, 8, 0, 0)),
-			Packet{Proto: dataplane.UDP, Src: netip.MustParseAddrPort("10.88.0.2:5000"), Dst: netip.MustParseAddrPort("10.88.0.3:53"), Length: 28}},
+			Packet{Proto: segment.UDP, Src: netip.MustParseAddrPort("10.88.0.2:5000"), Dst: netip.MustParseAddrPort("10.88.0.3:53"), Length: 28}},
 		{"icmp4 echo", ipv4(1, "10.88.0.2", "10.88.0.3", []byte{8, 0, 0, 0}),
-			Packet{Proto: dataplane.ICMP, Src: netip.MustParseAddrPort("10.88.0.2:0"), Dst: netip.MustParseAddrPort("10.88.0.3:0"), ICMPType: 8, Length: 24}},
+			Packet{Proto: segment.ICMP, Src: netip.MustParseAddrPort("10.88.0.2:0"), Dst: netip.MustParseAddrPort("10.88.0.3:0"), ICMPType: 8, Length: 24}},
 		{"tcp6 after hop-by-hop", ipv6(0, "fd00:88::2", "fd00:88::3", hopByHop),
-			Packet{Proto: dataplane.TCP, Src: netip.MustParseAddrPort("[fd00:88::2]:40000"), Dst: netip.MustParseAddrPort("[fd00:88::3]:443"), Length: 52}},
+			Packet{Proto: segment.TCP, Src: netip.MustParseAddrPort("[fd00:88::2]:40000"), Dst: netip.MustParseAddrPort("[fd00:88::3]:443"), Length: 52}},
 		{"icmp6", ipv6(58, "fd00:88::2", "fd00:88::3", []byte{128, 0, 0, 0}),
-			Packet{Proto: dataplane.ICMPv6, Src: netip.MustParseAddrPort("[fd00:88::2]:0"), Dst: netip.MustParseAddrPort("[fd00:88::3]:0"), ICMPType: 128, Length: 44}},
+			Packet{Proto: segment.ICMPv6, Src: netip.MustParseAddrPort("[fd00:88::2]:0"), Dst: netip.MustParseAddrPort("[fd00:88::3]:0"), ICMPType: 128, Length: 44}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,7 +76,7 @@ func TestDecodeIP(t *testing.T) {
 }
 
 func TestDecodeNFLOG(t *testing.T) {
-	mark := dataplane.MakeMark(dataplane.Deny, dataplane.Deny, 14, 14)
+	mark := dataplane.MakeMark(segment.Deny, segment.Deny, 14, 14)
 	pkt := ipv4(6, "10.88.0.2", "10.88.0.4", append(ports(40000, 7070), make([]byte, 16)...))
 	ts := append(binary.BigEndian.AppendUint64(nil, 1700000000), binary.BigEndian.AppendUint64(nil, 250000)...)
 	attrs := []netfilter.Attribute{
@@ -92,7 +93,7 @@ func TestDecodeNFLOG(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Packet{Time: time.Unix(1700000000, 250000000), Prefix: PrefixDeny, Mark: mark, Proto: dataplane.TCP,
+	want := Packet{Time: time.Unix(1700000000, 250000000), Prefix: PrefixDeny, Mark: mark, Proto: segment.TCP,
 		Src: netip.MustParseAddrPort("10.88.0.2:40000"), Dst: netip.MustParseAddrPort("10.88.0.4:7070"), Length: 40}
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)

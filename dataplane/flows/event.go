@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 )
 
@@ -24,7 +25,7 @@ type Packet struct {
 	// (the deny chain copies the ct mark there). MarkFromCt tells which.
 	Mark       dataplane.Mark
 	MarkFromCt bool
-	Proto      dataplane.Protocol
+	Proto      segment.Protocol
 	// Src and Dst carry ports for TCP, UDP and SCTP, 0 otherwise.
 	Src, Dst netip.AddrPort
 	// ICMPType and ICMPCode are set for ICMP and ICMPv6.
@@ -69,7 +70,7 @@ type ConnEvent struct {
 	ID uint32
 	// Time is when the event was read.
 	Time  time.Time
-	Proto dataplane.Protocol
+	Proto segment.Protocol
 	// Src and Dst are the original direction's addresses and ports.
 	Src, Dst           netip.AddrPort
 	ICMPType, ICMPCode uint8

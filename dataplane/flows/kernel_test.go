@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
 	"github.com/netseg/netseg/dataplane/flows"
 	"github.com/netseg/netseg/e2e/lab"
@@ -47,20 +48,20 @@ func newNode(t *testing.T) *node {
 	t.Cleanup(func() { _ = ns.Close() })
 	n.ns = ns
 	b := n.b.IP(4)
-	tcp := func(p uint16) []dataplane.PortRange {
-		return []dataplane.PortRange{{Proto: dataplane.TCP, First: p, Last: p}}
+	tcp := func(p uint16) []segment.PortRange {
+		return []segment.PortRange{{Protocol: segment.TCP, First: p, Last: p}}
 	}
-	any := dataplane.Policy{Enforced: []dataplane.Rule{{Action: dataplane.Allow, Origin: oAny}}}
+	any := dataplane.Policy{Enforced: []dataplane.Rule{{Action: segment.Allow, Origin: oAny}}}
 	rs := &dataplane.Ruleset{
 		Sets: []dataplane.Set{{Name: "b", Prefixes: []netip.Prefix{netip.PrefixFrom(b, 32)}}},
 		Endpoints: []dataplane.Endpoint{
 			{ID: "a/eth0", HostIface: n.a.HostVeth(n.node), IPs: []netip.Addr{n.a.IP(4)}, Ingress: any, Egress: dataplane.Policy{
-				Enforced: []dataplane.Rule{{Peer: "b", Ports: tcp(8080), Action: dataplane.Allow, Origin: oAllow},
-					{Peer: "b", Ports: tcp(9090), Action: dataplane.Allow, Origin: oAny},
-					{Action: dataplane.Deny, Origin: oDeny}},
-				Staged: []dataplane.Rule{{Peer: "b", Ports: tcp(8080), Action: dataplane.Allow, Origin: oAllow},
-					{Peer: "b", Ports: tcp(9090), Action: dataplane.Deny, Origin: oStagedDeny},
-					{Action: dataplane.Deny, Origin: oDeny}}}},
+				Enforced: []dataplane.Rule{{Peer: "b", Ports: tcp(8080), Action: segment.Allow, Origin: oAllow},
+					{Peer: "b", Ports: tcp(9090), Action: segment.Allow, Origin: oAny},
+					{Action: segment.Deny, Origin: oDeny}},
+				Staged: []dataplane.Rule{{Peer: "b", Ports: tcp(8080), Action: segment.Allow, Origin: oAllow},
+					{Peer: "b", Ports: tcp(9090), Action: segment.Deny, Origin: oStagedDeny},
+					{Action: segment.Deny, Origin: oDeny}}}},
 			{ID: "b/eth0", HostIface: n.b.HostVeth(n.node), IPs: []netip.Addr{b}, Egress: any, Ingress: any},
 		},
 	}
@@ -160,7 +161,7 @@ func TestReaders(t *testing.T) {
 		var deny, destroy8080, destroy9090 bool
 		for _, p := range packets {
 			v, o := p.Mark.Decision()
-			if p.Prefix == flows.PrefixDeny && p.Dst.Port() == 7070 && v == dataplane.Denied && o == oDeny {
+			if p.Prefix == flows.PrefixDeny && p.Dst.Port() == 7070 && v == segment.Denied && o == oDeny {
 				deny = true
 			}
 		}
@@ -171,12 +172,12 @@ func TestReaders(t *testing.T) {
 			}
 			switch e.Dst.Port() {
 			case 8080:
-				destroy8080 = v == dataplane.Allowed && o == oAllow
+				destroy8080 = v == segment.Allowed && o == oAllow
 				if e.Orig.Bytes < 10000 || e.Reply.Bytes < 10000 || e.Start.IsZero() || e.Stop.IsZero() {
 					t.Errorf("8080 destroy event lacks accounting or timestamps: %+v", e)
 				}
 			case 9090:
-				destroy9090 = v == dataplane.WouldDeny && o == oStagedDeny
+				destroy9090 = v == segment.WouldDeny && o == oStagedDeny
 			}
 		}
 		if deny && destroy8080 && destroy9090 {

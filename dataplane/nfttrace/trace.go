@@ -5,16 +5,16 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Packet is the first packet of a connection, or a later one.
 type Packet struct {
-	Src, Dst netip.Addr // of one family
-	// Proto is the L4 protocol number: 6 tcp, 17 udp, 132 sctp, 1 icmp,
-	// 58 ipv6-icmp.
-	Proto    uint8
-	DPort    uint16 // tcp, udp, sctp
-	ICMPType uint8  // icmp, ipv6-icmp
+	Src, Dst netip.Addr       // of one family
+	Proto    segment.Protocol // what meta l4proto matches
+	DPort    uint16           // tcp, udp, sctp
+	ICMPType uint8            // icmp, ipv6-icmp
 	// CtState is the conntrack state: "new" (the default), "established",
 	// "related" or "invalid".
 	CtState string
@@ -183,7 +183,7 @@ func (t *Table) eval(r *Rule, p *Packet, res *Result) (Verdict, bool, error) {
 				return Verdict{}, false, nil
 			}
 		case l4Stmt:
-			if uint8(s) != p.Proto {
+			if segment.Protocol(s) != p.Proto {
 				return Verdict{}, false, nil
 			}
 		case dportStmt:

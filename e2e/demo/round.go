@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/controller/explain"
 )
 
@@ -28,7 +29,7 @@ func (d *demo) round() {
 			how = "expected"
 		}
 		flag := ""
-		if (x.Verdict == "denied") != (err != nil) {
+		if (x.Verdict == segment.Denied) != (err != nil) {
 			flag = "   <-- traffic disagrees with the decision: " + fmt.Sprint(err)
 		}
 		d.say("%s  %-16s -> %-16s %-9s %s  %-10s %-10s %s  [%s]%s", time.Now().Format("15:04:05"), c.from, c.to, c.port,

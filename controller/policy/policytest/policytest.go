@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/api/v1alpha1"
 	"github.com/netseg/netseg/controller/policy"
 )
@@ -181,7 +182,7 @@ func genPorts(s *byteSrc) []v1alpha1.PortRange {
 func Gen(b []byte) policy.Input {
 	s := &byteSrc{b: b}
 	var in policy.Input
-	in.Config.UnzonedDefault = pick[policy.Action](s, "", policy.Allow, policy.Deny)
+	in.Config.UnzonedDefault = pick[segment.Action](s, 0, segment.Allow, segment.Deny)
 	zoneNames := []string{"z0", "z1", "z2", "z3"}
 	for i := range s.n(5) {
 		z := Zone(zoneNames[i], pick[int32](s, 10, 20, 20, 30), pick(s, "Allow", "Deny"), pick(s, "", "Enforce", "Monitor"), nil)
@@ -241,7 +242,7 @@ func Gen(b []byte) policy.Input {
 		in.ServiceDependencies = append(in.ServiceDependencies, sd)
 	}
 	in.Services = []policy.Service{{Namespace: "n0", Name: "svc", Selector: map[string]string{"app": "x"},
-		Ports: []policy.PortRange{{Protocol: policy.TCP, First: 80, Last: 80}}}}
+		Ports: []segment.PortRange{{Protocol: segment.TCP, First: 80, Last: 80}}}}
 	return in
 }
 
@@ -252,10 +253,10 @@ var ProbeAddrs = []string{"203.0.113.5", "203.0.113.200", "198.51.100.9", "192.0
 // Probe is a destination port and protocol (Port is 0 for ICMP).
 type Probe struct {
 	Port  uint16
-	Proto policy.Protocol
+	Proto segment.Protocol
 }
 
 // Probes are the ports and protocols to probe a world's decisions with:
 // inside and outside the ranges Gen draws.
 
-var Probes = []Probe{{22, policy.TCP}, {80, policy.TCP}, {81, policy.UDP}, {443, policy.SCTP}, {8100, policy.TCP}, {53, policy.UDP}, {0, policy.ICMP}, {250, policy.TCP}}
+var Probes = []Probe{{22, segment.TCP}, {80, segment.TCP}, {81, segment.UDP}, {443, segment.SCTP}, {8100, segment.TCP}, {53, segment.UDP}, {0, segment.ICMP}, {250, segment.TCP}}

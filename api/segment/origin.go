@@ -1,4 +1,4 @@
-package flow
+package segment
 
 import "fmt"
 
@@ -12,12 +12,13 @@ const (
 	OriginZoneDefault       OriginKind = "ZoneDefault"
 )
 
-// Origin is what decided a connection. The policy compiler assigns them
-// (controller/policy names this type policy.Origin) and every flow record
-// carries one, so it is defined here, beside the record, where a log
-// reader finds it without linking the compiler. IDs are assigned in the
-// order of (kind, names, rule index), so the same input always gets the
-// same ids; a different input may renumber them.
+// Origin is what decided a connection: a ZonePolicy rule, a
+// ServiceDependency entry or a zone-default pair. The policy compiler
+// assigns them, the conntrack mark carries their ids, and every flow
+// record names one (its JSON is part of the flow log's schema,
+// docs/flow-log.md). IDs are assigned in the order of (kind, names, rule
+// index), so the same input always gets the same ids; a different input
+// may renumber them.
 type Origin struct {
 	ID   uint16     `json:"id"`
 	Kind OriginKind `json:"kind"`
