@@ -353,16 +353,10 @@ func (o op) String() string {
 	return fmt.Sprintf("op(%d)", o.kind)
 }
 
-// keyText is an element as nft writes it: an address, or an interval's
-// first and last address.
+// keyText is an element as nft writes it.
 func (s *setSpec) keyText(k elemKey) string {
-	switch {
-	case s.kind != kindInterval:
-		return k.first.String()
-	case !k.end.IsValid():
-		return k.first.String() + "-(end)"
-	case k.end == k.first.Next():
-		return k.first.String()
+	if s.kind == kindInterval {
+		return intervalText(k)
 	}
-	return k.first.String() + "-" + k.end.Prev().String()
+	return k.first.String()
 }

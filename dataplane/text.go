@@ -84,11 +84,9 @@ func writeSet(b *strings.Builder, s *setSpec) {
 // intervalText writes the interval [first, end) as nft lists it: an
 // address, a prefix, or a range first-last.
 func intervalText(k elemKey) string {
-	last := k.first
+	last := lastAddr(netip.PrefixFrom(k.first, 0))
 	if k.end.IsValid() {
 		last = k.end.Prev()
-	} else {
-		last = lastAddr(netip.PrefixFrom(k.first, 0))
 	}
 	if last == k.first {
 		return k.first.String()

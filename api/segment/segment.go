@@ -1,6 +1,7 @@
 // Package segment holds the words netseg's parts share: the action of a
 // rule, the protocol and ports it matches, the verdict on a connection and
-// the origin that decided it. The compiler (controller/policy), the
+// the origin that decided it, and a node's container interface (Endpoint).
+// The compiler (controller/policy), the
 // enforcement mapping, the dataplane, explain, the flow-log pipeline and
 // the flow record schema (api/flow) all use these types, so a value
 // crosses from policy to kernel to log without conversion.

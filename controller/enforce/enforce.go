@@ -16,28 +16,11 @@ import (
 	"github.com/netseg/netseg/dataplane"
 )
 
-// Local is an endpoint registered on this node by the CNI plugin.
-type Local struct {
-	ID              string // "<containerID>/<ifName>"
-	Namespace, Name string
-	HostIface       string
-	// IPs carry the pod network's prefix length ("10.88.0.5/24").
-	IPs []netip.Prefix
-}
-
-// Addrs returns the local endpoint's addresses.
-func (l Local) Addrs() []netip.Addr {
-	out := make([]netip.Addr, 0, len(l.IPs))
-	for _, p := range l.IPs {
-		out = append(out, p.Addr())
-	}
-	return out
-}
-
-// Ruleset builds the dataplane ruleset for the local endpoints from c. An
-// endpoint that c does not know, or whose rules cannot be expressed, is
-// quarantined and reported; the others are unaffected.
-func Ruleset(c *policy.Compiled, locals []Local) (*dataplane.Ruleset, []error) {
+// Ruleset builds the dataplane ruleset for the endpoints registered on this
+// node (locals) from c. An endpoint that c does not know, or whose rules
+// cannot be expressed, is quarantined and reported; the others are
+// unaffected.
+func Ruleset(c *policy.Compiled, locals []segment.Endpoint) (*dataplane.Ruleset, []error) {
 	rs := &dataplane.Ruleset{Endpoints: make([]dataplane.Endpoint, 0, len(locals))}
 	var errs []error
 	used := map[string]bool{}

@@ -74,7 +74,7 @@ func TestExamplesTruthTable(t *testing.T) {
 	list := cni.ParseConfList(t, lab.Net{Name: "pods", Type: "bridge", Subnet: podSubnet, DataDir: t.TempDir()}.ConfList())
 
 	var peers []peer
-	var locals []enforce.Local
+	var locals []segment.Endpoint
 	var endpoints []policy.Endpoint
 	ns, err := dataplane.OpenNamespace(node.Path)
 	if err != nil {
@@ -86,7 +86,7 @@ func TestExamplesTruthTable(t *testing.T) {
 		ip := c.IP(4)
 		labels := map[string]string{"app": w.app}
 		endpoints = append(endpoints, policy.Endpoint{Namespace: w.ns, Name: w.name, Labels: labels, IPs: []netip.Addr{ip}})
-		locals = append(locals, enforce.Local{ID: c.ID + "/eth0", Namespace: w.ns, Name: w.name,
+		locals = append(locals, segment.Endpoint{ID: c.ID + "/eth0", Namespace: w.ns, Name: w.name,
 			HostIface: c.HostVeth(node), IPs: []netip.Prefix{netip.PrefixFrom(ip, 24)}})
 		peers = append(peers, peer{c.Netns, ip, policy.Peer{Namespace: w.ns, Name: w.name, Labels: labels, IPs: []netip.Addr{ip}}, w.ns + "/" + w.name})
 	}

@@ -67,7 +67,7 @@ func TestRenderedRulesAgreeWithDecide(t *testing.T) {
 type tracedWorld struct {
 	c       *policy.Compiled
 	cfg     dataplane.Config
-	locals  []enforce.Local
+	locals  []segment.Endpoint
 	managed []netip.Prefix
 	text    string
 	table   *nfttrace.Table
@@ -76,7 +76,7 @@ type tracedWorld struct {
 func newTracedWorld(in policy.Input, cfg dataplane.Config) (*tracedWorld, error) {
 	w := &tracedWorld{c: policy.Compile(in), cfg: cfg}
 	for k, e := range w.c.Endpoints {
-		l := enforce.Local{ID: fmt.Sprintf("c%d/eth0", k), Namespace: e.Namespace, Name: e.Name}
+		l := segment.Endpoint{ID: fmt.Sprintf("c%d/eth0", k), Namespace: e.Namespace, Name: e.Name}
 		if k%4 != 3 { // some endpoints have no device of their own
 			l.HostIface = fmt.Sprintf("veth%d", k)
 		}
@@ -89,7 +89,7 @@ func newTracedWorld(in policy.Input, cfg dataplane.Config) (*tracedWorld, error)
 		}
 		w.locals = append(w.locals, l)
 	}
-	w.locals = append(w.locals, enforce.Local{ID: "ghost/eth0", Namespace: "nq", Name: "ghost", HostIface: "vethghost",
+	w.locals = append(w.locals, segment.Endpoint{ID: "ghost/eth0", Namespace: "nq", Name: "ghost", HostIface: "vethghost",
 		IPs: []netip.Prefix{netip.PrefixFrom(ghostAddr, 24)}})
 	rs, errs := enforce.Ruleset(w.c, w.locals)
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "ghost/eth0") {

@@ -327,14 +327,13 @@ func (a *Agent) syncOnce() error {
 	}
 	compiled := a.model.compile(snap, policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}, local)
 	compiledAt := time.Now()
-	locals := make([]enforce.Local, 0, len(eps))
+	locals := make([]segment.Endpoint, 0, len(eps))
 	for _, ep := range eps {
-		locals = append(locals, enforce.Local{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace, Name: ep.Name,
-			HostIface: ep.HostIface, IPs: ep.Prefixes})
+		locals = append(locals, ep.Interface)
 	}
 	rs, errs := enforce.Ruleset(compiled, locals)
 	for _, ep := range quarantined {
-		for _, p := range ep.Prefixes {
+		for _, p := range ep.Interface.IPs {
 			rs.Quarantine = append(rs.Quarantine, p.Addr())
 		}
 	}
@@ -436,7 +435,7 @@ func compilerEndpoints(eps []Registered) (out []policy.Endpoint, uids []string) 
 			uids = append(uids, "")
 		}
 		uids[i] = ep.UID
-		for _, p := range ep.Prefixes {
+		for _, p := range ep.Interface.IPs {
 			out[i].IPs = append(out[i].IPs, p.Addr())
 		}
 	}

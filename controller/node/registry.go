@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/segment"
 )
 
 // Registry holds the endpoints the CNI plugin registered on this node. It
@@ -34,21 +35,22 @@ type Registry struct {
 	quarantined map[string]Registered // interfaces whose ADD failed
 }
 
-// Registered is a registration with its addresses parsed, once, when it
-// was registered or loaded: the agent's syncs use Prefixes, never the
-// wire form's strings.
+// Registered is a registration as the plugin sent it (the registry's file,
+// the answers) and as the agent's syncs use it, parsed once, when it was
+// registered or loaded: Interface, whose addresses are never parsed again.
 type Registered struct {
 	agent.Endpoint
-	Prefixes []netip.Prefix
+	Interface segment.Endpoint
 }
 
-// registered parses ep's addresses; those that do not parse are left out
-// (Put refuses them; a quarantine keeps what it can).
+// registered parses ep; addresses that do not parse are left out (Put
+// refuses them; a quarantine keeps what it can).
 func registered(ep agent.Endpoint) Registered {
-	r := Registered{Endpoint: ep, Prefixes: make([]netip.Prefix, 0, len(ep.IPs))}
+	r := Registered{Endpoint: ep, Interface: segment.Endpoint{ID: EndpointID(ep.Attachment), Namespace: ep.Namespace,
+		Name: ep.Name, HostIface: ep.HostIface, IPs: make([]netip.Prefix, 0, len(ep.IPs))}}
 	for _, s := range ep.IPs {
 		if p, err := netip.ParsePrefix(s); err == nil {
-			r.Prefixes = append(r.Prefixes, p)
+			r.Interface.IPs = append(r.Interface.IPs, p)
 		}
 	}
 	return r

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -31,14 +30,6 @@ func withSocket(sock, extra string) []byte {
 		extra = ", " + extra
 	}
 	return conf(`"socket": "` + sock + `"` + extra)
-}
-
-func captureStderr(t *testing.T) *bytes.Buffer {
-	var buf bytes.Buffer
-	old := Stderr
-	Stderr = &buf
-	t.Cleanup(func() { Stderr = old })
-	return &buf
 }
 
 func TestStatus(t *testing.T) {
