@@ -87,7 +87,12 @@ func (r *rb) addrVmap(src bool, vmap string) *rb {
 }
 
 // addrNotPrefix: ip saddr != 10.0.0.5 (or != fe80::/10 for a shorter prefix).
-func (r *rb) addrNotPrefix(src bool, p netip.Prefix) *rb {
+func (r *rb) addrNotPrefix(src bool, p netip.Prefix) *rb { return r.addrPrefix(src, p, true) }
+
+// addrInPrefix: ip6 saddr fe80::/10 (or an address).
+func (r *rb) addrInPrefix(src bool, p netip.Prefix) *rb { return r.addrPrefix(src, p, false) }
+
+func (r *rb) addrPrefix(src bool, p netip.Prefix, not bool) *rb {
 	name, load := r.addrField(src)
 	addr := p.Addr().AsSlice()
 	exprs := []expr.Any{load}
@@ -99,12 +104,16 @@ func (r *rb) addrNotPrefix(src bool, p netip.Prefix) *rb {
 		exprs = append(exprs, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(addr)), Mask: mask, Xor: make([]byte, len(addr))})
 		addr = p.Masked().Addr().AsSlice()
 	}
-	exprs = append(exprs, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: addr})
+	op, opText := expr.CmpOpNeq, " != "
+	if !not {
+		op, opText = expr.CmpOpEq, " "
+	}
+	exprs = append(exprs, &expr.Cmp{Op: op, Register: 1, Data: addr})
 	text := p.Addr().String()
 	if p.Bits() < len(addr)*8 {
 		text = p.Masked().String()
 	}
-	return r.add(name+" != "+text, exprs...)
+	return r.add(name+opText+text, exprs...)
 }
 
 // l4: meta l4proto tcp.

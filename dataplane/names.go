@@ -37,6 +37,7 @@ const (
 	counterQuarantine    = "quarantined"       // packets dropped for quarantined addresses
 	counterUnmanaged     = "unprogrammed"      // packets to/from managed addresses with no rules
 	counterNoMatch       = "no_rule_matched"   // fell off an endpoint chain (fail closed)
+	counterIfaceGuard    = "iface_guard"       // what a container's interface must never carry (IPv6 link-local other than ND/MLD, router advertisements)
 )
 
 // Named counters of the NFLOG rate limits: first packets decided but not
@@ -47,7 +48,7 @@ const (
 )
 
 // Counters lists the named counters of the table.
-var Counters = []string{counterLogLimitAllow, counterLogLimitDeny, counterSpoof, counterQuarantine, counterUnmanaged, counterNoMatch}
+var Counters = []string{counterLogLimitAllow, counterLogLimitDeny, counterSpoof, counterQuarantine, counterUnmanaged, counterNoMatch, counterIfaceGuard}
 
 // famSet is a set the table holds once per address family.
 type famSet struct {

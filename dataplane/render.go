@@ -582,13 +582,23 @@ func expand(peers map[string][7]string, r Rule, ingress bool) []*rb {
 	return out
 }
 
-// antiSpoofChain binds a chain to the host-side veth's ingress hook: what
-// the container sends must come from its own addresses (IPv6 link-local
-// and the unspecified address are allowed for neighbour discovery).
+// antiSpoofChain binds a chain to the host-side veth's ingress hook, which
+// sees every packet the container sends whatever the bridge's settings:
+// it must come from the container's own addresses (IPv6 link-local and
+// the unspecified address are allowed for neighbour discovery), and
+// IPv6 link-local addresses carry only neighbour discovery and MLD.
+// Anything else to or from fe80::/10 would pass by every rule, which
+// dispatches on the container's global addresses; a router advertisement
+// from a container would take over its neighbours' routes.
 //
 //	chain spoof_<iface> { type filter hook ingress device "<iface>" priority -500; policy accept;
 //	  meta protocol ip ip saddr != 10.88.0.5 counter name "spoofed" drop
 //	  meta protocol ip6 ip6 saddr != fd00::5 ip6 saddr != fe80::/10 ip6 saddr != :: counter name "spoofed" drop
+//	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 134 counter name "iface_guard" drop
+//	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept
+//	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 143 accept
+//	  meta protocol ip6 ip6 saddr fe80::/10 counter name "iface_guard" drop
+//	  meta protocol ip6 ip6 daddr fe80::/10 counter name "iface_guard" drop
 //	}
 func (st *state) antiSpoofChain(ep Endpoint) string {
 	var rules []*rb
@@ -605,6 +615,13 @@ func (st *state) antiSpoofChain(ep Endpoint) string {
 		}
 		rules = append(rules, b.counter(counterSpoof).verdict(expr.VerdictDrop, ""))
 	}
+	linkLocal := netip.MustParsePrefix("fe80::/10")
+	rules = append(rules,
+		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(134, 134).counter(counterIfaceGuard).verdict(expr.VerdictDrop, ""),
+		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
+		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""),
+		rule().metaProtocol(6).addrInPrefix(true, linkLocal).counter(counterIfaceGuard).verdict(expr.VerdictDrop, ""),
+		rule().metaProtocol(6).addrInPrefix(false, linkLocal).counter(counterIfaceGuard).verdict(expr.VerdictDrop, ""))
 	name := spoofChainName(ep.HostIface)
 	if other, taken := st.chains[name]; taken && other.device != ep.HostIface && st.err == nil {
 		st.err = errNameCollision("chain", name, "device "+ep.HostIface, "device "+other.device)

@@ -17,10 +17,11 @@ type (
 	dportStmt    struct{ first, last uint16 }
 	icmpTypeStmt struct{ first, last uint8 }
 	ctStateStmt  []string
-	// addrNotStmt: ip saddr != 10.0.0.1 (or a prefix).
+	// addrNotStmt: ip saddr != 10.0.0.1 (or a prefix); in: ip6 saddr
+	// fe80::/10 (or an address).
 	addrNotStmt struct {
-		src bool
-		p   netip.Prefix
+		src, in bool
+		p       netip.Prefix
 	}
 	// lookupStmt: ip daddr [!=] @set, or ip saddr vmap @map.
 	lookupStmt struct {
@@ -140,6 +141,12 @@ func parseRule(text string) (*Rule, error) {
 				}
 				r.Stmts = append(r.Stmts, addrNotStmt{src: src, p: p})
 				take(1)
+			case t[2] != "!=" && t[2] != "vmap" && !strings.HasPrefix(t[2], "@"):
+				p, err := parsePrefix(t[2])
+				if err != nil || addrFam(p.Addr()) != want {
+					return bad("bad address %q", t[2])
+				}
+				r.Stmts = append(r.Stmts, addrNotStmt{src: src, in: true, p: p})
 			default:
 				return bad("unknown address match %q", strings.Join(t, " "))
 			}

@@ -199,7 +199,7 @@ func (t *Table) eval(r *Rule, p *Packet, res *Result) (Verdict, bool, error) {
 				return Verdict{}, false, nil
 			}
 		case addrNotStmt:
-			if s.p.Contains(addr(s.src)) {
+			if s.p.Contains(addr(s.src)) != s.in {
 				return Verdict{}, false, nil
 			}
 		case lookupStmt:

@@ -106,7 +106,7 @@ func TestParseRefuses(t *testing.T) {
 		return table("\tchain c {\n\t\t" + strings.Join(rules, "\n\t\t") + "\n\t}\n")
 	}
 	for name, text := range map[string]string{
-		"unknown statement":         chain("meta nfproto ipv4 ip saddr 10.0.0.1 accept"),
+		"unknown statement":         chain("meta nfproto ipv4 ip ttl 1 accept"),
 		"nft shorthand":             chain("tcp dport 22 accept"),
 		"address without family":    chain("ip saddr @s4 drop"),
 		"wrong family":              chain("meta nfproto ipv6 ip saddr @s4 drop"),
