@@ -310,6 +310,38 @@ func (r *Registry) List() (eps, quarantined []Registered) {
 	return sortedEndpoints(r.endpoints), sortedEndpoints(r.quarantined)
 }
 
+// Claimants returns the other registrations (registered or quarantined)
+// that hold one of ep's addresses.
+func (r *Registry) Claimants(ep agent.Endpoint) []Registered {
+	mine := registered(ep)
+	id := EndpointID(ep.Attachment)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Registered
+	for _, m := range []map[string]Registered{r.endpoints, r.quarantined} {
+		for oid, other := range m {
+			if oid == id {
+				continue
+			}
+			if sharesAddr(mine.Interface.IPs, other.Interface.IPs) {
+				out = append(out, other)
+			}
+		}
+	}
+	return out
+}
+
+func sharesAddr(a, b []netip.Prefix) bool {
+	for _, p := range a {
+		for _, q := range b {
+			if p.Addr().Unmap() == q.Addr().Unmap() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Retain removes every endpoint for which keep is false and returns them.
 func (r *Registry) Retain(keep func(agent.Endpoint) bool) ([]agent.Endpoint, error) {
 	r.mu.Lock()
@@ -356,6 +388,12 @@ func sortedEndpoints(m map[string]Registered) []Registered {
 	return out
 }
 
+// The widest pod networks a registration may name.
+const (
+	minPrefix4 = 8
+	minPrefix6 = 32
+)
+
 // validEndpoint checks a registration names what the agent needs.
 func validEndpoint(ep agent.Endpoint) error {
 	var errs []error
@@ -372,8 +410,18 @@ func validEndpoint(ep agent.Endpoint) error {
 		errs = append(errs, errors.New("no IP addresses"))
 	}
 	for _, ip := range ep.IPs {
-		if _, err := netip.ParsePrefix(ip); err != nil {
+		p, err := netip.ParsePrefix(ip)
+		switch {
+		case err != nil:
 			errs = append(errs, fmt.Errorf("ip %q: want address/prefix-length: %w", ip, err))
+		case p.Addr().Is4In6():
+			errs = append(errs, fmt.Errorf("ip %q: an IPv4-mapped IPv6 address; register the IPv4 address", ip))
+		case p.Addr().Is4() && p.Bits() < minPrefix4, p.Addr().Is6() && p.Bits() < minPrefix6:
+			// The prefix tells the agent the pod network, whose unprogrammed
+			// addresses it drops: a /0 would cut the node off.
+			errs = append(errs, fmt.Errorf("ip %q: a pod network wider than /%d (IPv4) or /%d (IPv6) is refused", ip, minPrefix4, minPrefix6))
+		case !p.Addr().IsGlobalUnicast() && !p.Addr().IsPrivate():
+			errs = append(errs, fmt.Errorf("ip %q: not a unicast address a container can own", ip))
 		}
 	}
 	if len(errs) > 0 {

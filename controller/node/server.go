@@ -146,6 +146,27 @@ func (a *Agent) handleConn(ctx context.Context, conn net.Conn) {
 	_ = json.NewEncoder(conn).Encode(resp)
 }
 
+// claim makes sure no other live registration holds one of ep's
+// addresses: one whose interface still exists is a conflict, and the ADD
+// is refused; one whose interface is gone (its DEL was lost, and IPAM gave
+// the address out again) is stale, and is removed, so that the new
+// container never inherits the old one's rules.
+func (a *Agent) claim(ep agent.Endpoint) error {
+	for _, other := range a.reg.Claimants(ep) {
+		oid := EndpointID(other.Attachment)
+		if other.HostIface != "" && a.kernel.LinkExists(other.HostIface) {
+			return fmt.Errorf("endpoint %s (%s/%s): its addresses %v are registered to %s (%s/%s), whose interface %s exists: refused",
+				EndpointID(ep.Attachment), ep.Namespace, ep.Name, ep.IPs, oid, other.Namespace, other.Name, other.HostIface)
+		}
+		if _, err := a.reg.Delete(other.Attachment); err != nil {
+			return fmt.Errorf("endpoint %s: remove the stale registration %s holding its addresses: %w", EndpointID(ep.Attachment), oid, err)
+		}
+		a.log.Warn("removed a stale registration holding a new endpoint's addresses (its interface is gone)",
+			"stale", oid, "pod", other.Namespace+"/"+other.Name, "ips", other.IPs, "new", EndpointID(ep.Attachment))
+	}
+	return nil
+}
+
 // retryable reports whether an accept error may pass: the process or the
 // system out of descriptors or memory, a connection aborted before it was
 // accepted, an interrupted call.
@@ -245,6 +266,9 @@ func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response
 	case <-a.policyLoaded:
 	case <-ctx.Done():
 		return fmt.Errorf("endpoint %s: no policy loaded yet (%w); the interface is not registered", EndpointID(ep.Attachment), ctx.Err())
+	}
+	if err := a.claim(ep); err != nil {
+		return err
 	}
 	if err := a.reg.Put(ep); err != nil {
 		return err

@@ -261,3 +261,67 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// linksKernel has the host interfaces in links.
+type linksKernel map[string]bool
+
+func (k linksKernel) LinkExists(name string) bool { return k[name] }
+func (linksKernel) Fd() int                       { return -1 }
+
+// TestOneAddressOneEndpoint: an address held by a live registration
+// cannot be registered again (the ADD is refused, naming the holder); one
+// held by a registration whose interface is gone (a lost DEL, the address
+// given out again) is taken over, and the stale registration removed.
+func TestOneAddressOneEndpoint(t *testing.T) {
+	a := testAgent(t, filepath.Join(t.TempDir(), "agent.sock"))
+	links := linksKernel{"veth1": true, "veth2": true}
+	a.kernel = links
+	old := agent.Endpoint{Attachment: agent.Attachment{ContainerID: "old", IfName: "eth0"}, Namespace: "shop", Name: "web",
+		HostIface: "veth1", IPs: []string{"10.88.0.2/24"}}
+	if err := a.reg.Put(old); err != nil {
+		t.Fatal(err)
+	}
+	newer := agent.Endpoint{Attachment: agent.Attachment{ContainerID: "new", IfName: "eth0"}, Namespace: "pay", Name: "api",
+		HostIface: "veth2", IPs: []string{"10.88.0.9/24", "10.88.0.2/24"}}
+	if err := a.claim(newer); err == nil || !strings.Contains(err.Error(), "registered to old/eth0") {
+		t.Fatalf("claim while the holder lives = %v, want refused naming it", err)
+	}
+	if _, ok := a.reg.Get(old.Attachment); !ok {
+		t.Fatal("the live holder was removed")
+	}
+	delete(links, "veth1") // the old container is gone; its DEL never came
+	if err := a.claim(newer); err != nil {
+		t.Fatalf("claim after the holder's interface went: %v", err)
+	}
+	if _, ok := a.reg.Get(old.Attachment); ok {
+		t.Fatal("the stale registration still holds the address")
+	}
+	// Its own attachment is no claimant (a repeated ADD).
+	if err := a.reg.Put(newer); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.claim(newer); err != nil {
+		t.Fatalf("a repeated ADD of the same attachment: %v", err)
+	}
+}
+
+// TestRegistrationBounds: addresses that would make the pod network the
+// whole address space, IPv4-mapped ones and link-local ones are refused.
+func TestRegistrationBounds(t *testing.T) {
+	r, err := OpenRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ip, ok := range map[string]bool{
+		"10.88.0.2/24": true, "fd00:88::2/64": true, "10.0.0.2/8": true,
+		"0.0.0.0/0": false, "10.88.0.2/0": false, "10.0.0.2/4": false, "fd00::2/16": false,
+		"::ffff:10.88.0.2/120": false, "fe80::2/64": false, "127.0.0.2/8": false, "224.0.0.5/24": false,
+	} {
+		ep := testEndpoint("c")
+		ep.IPs = []string{ip}
+		err := r.Put(ep)
+		if (err == nil) != ok {
+			t.Errorf("register %s: %v, want accepted %v", ip, err, ok)
+		}
+	}
+}
