@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -291,11 +290,11 @@ func target(in policy.Input, ns string, e v1alpha1.Dependency) (policy.Peer, []s
 		}
 		dst = representative(in, wns, &e.Workload.LabelSelector, "workload of entry "+e.Name)
 	case e.CIDR != "":
-		p, err := netip.ParsePrefix(e.CIDR)
+		p, err := policy.ParseCIDR(e.CIDR)
 		if err != nil {
 			return dst, nil, false
 		}
-		dst = policy.AddrPeer(p.Masked().Addr())
+		dst = policy.AddrPeer(p.Addr())
 	default:
 		return dst, nil, false
 	}

@@ -190,12 +190,12 @@ func (m *model) addZone(in *v1alpha1.Zone) {
 	z.nsSel = m.selector(in.Spec.NamespaceSelector, kind, "", z.name, "spec.namespaceSelector")
 	z.podSel = m.selector(in.Spec.PodSelector, kind, "", z.name, "spec.podSelector")
 	for i, c := range in.Spec.CIDRs {
-		p, err := netip.ParsePrefix(c)
+		p, err := ParseCIDR(c)
 		if err != nil {
-			m.errorf(kind, "", z.name, fmt.Sprintf("spec.cidrs[%d]", i), "must be a CIDR such as 10.0.0.0/8: %q", c)
+			m.errorf(kind, "", z.name, fmt.Sprintf("spec.cidrs[%d]", i), "%v", err)
 			continue
 		}
-		z.cidrs = append(z.cidrs, p.Masked())
+		z.cidrs = append(z.cidrs, p)
 	}
 	m.zones = append(m.zones, z)
 	m.zoneByName[z.name] = z

@@ -67,13 +67,13 @@ func (m *model) addDependency(in *v1alpha1.ServiceDependency, services map[key]S
 			}
 			e.target = m.selector(&d.Workload.LabelSelector, kind, ns, name, field+".workload")
 		default:
-			p, err := netip.ParsePrefix(d.CIDR)
+			p, err := ParseCIDR(d.CIDR)
 			if err != nil {
-				m.errorf(kind, ns, name, field+".cidr", "must be a CIDR such as 10.0.0.0/8: %q", d.CIDR)
+				m.errorf(kind, ns, name, field+".cidr", "%v", err)
 				ok = false
 				break
 			}
-			e.cidr = p.Masked()
+			e.cidr = p
 		}
 		if !ok {
 			// A broken entry stays (its set and origin exist) but covers nothing.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/netseg/netseg/api/segment"
@@ -105,4 +106,25 @@ func (p Problem) String() string {
 		return p.Object() + ": " + p.Field + ": " + p.Message
 	}
 	return p.Object() + ": " + p.Message
+}
+
+// ParseCIDR reads a network of a policy (a Zone's cidrs, a dependency's
+// cidr): the one place netseg turns policy text into a network. Like the
+// API server's isCIDR, it refuses IPv4-mapped IPv6 networks (which the
+// kernel would see as IPv4, with another length) and host bits (10.0.0.5/8
+// means neither the address nor the network for sure): every part of
+// netseg then gives a CIDR the same meaning.
+func ParseCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return p, fmt.Errorf("must be a CIDR such as 10.0.0.0/8, not %q", s)
+	case p.Addr().Is4In6():
+		return p, fmt.Errorf("%q is an IPv4-mapped IPv6 network: write the IPv4 network", s)
+	case p.Addr().Zone() != "":
+		return p, fmt.Errorf("%q has a zone: write the network alone", s)
+	case p.Masked() != p:
+		return p, fmt.Errorf("%q has host bits set: write the network, %s", s, p.Masked())
+	}
+	return p, nil
 }

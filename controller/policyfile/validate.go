@@ -2,7 +2,6 @@ package policyfile
 
 import (
 	"fmt"
-	"net/netip"
 	"regexp"
 	"strings"
 
@@ -10,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/netseg/netseg/api/v1alpha1"
+	"github.com/netseg/netseg/controller/policy"
 )
 
 // The checks below mirror the markers and CEL rules in api/v1alpha1; keep
@@ -77,8 +77,8 @@ func (c *checker) selector(field string, s *metav1.LabelSelector) {
 }
 
 func (c *checker) cidr(field, s string) {
-	if _, err := netip.ParsePrefix(s); err != nil {
-		c.add(field, "must be a CIDR such as 10.0.0.0/8, not %q", s)
+	if _, err := policy.ParseCIDR(s); err != nil {
+		c.add(field, "%v", err)
 	}
 }
 
