@@ -593,6 +593,7 @@ func expand(peers map[string][7]string, r Rule, ingress bool) []*rb {
 //
 //	chain spoof_<iface> { type filter hook ingress device "<iface>" priority -500; policy accept;
 //	  meta protocol ip ip saddr != 10.88.0.5 counter name "spoofed" drop
+//	  meta protocol ip accept
 //	  meta protocol ip6 ip6 saddr != fd00::5 ip6 saddr != fe80::/10 ip6 saddr != :: counter name "spoofed" drop
 //	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 134 counter name "iface_guard" drop
 //	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept
@@ -614,6 +615,11 @@ func (st *state) antiSpoofChain(ep Endpoint) string {
 			b.addrNotPrefix(true, netip.MustParsePrefix("fe80::/10")).addrNotPrefix(true, netip.MustParsePrefix("::/128"))
 		}
 		rules = append(rules, b.counter(counterSpoof).verdict(expr.VerdictDrop, ""))
+		if fam == 4 {
+			// IPv4 is done: every packet the container sends comes through
+			// this chain, and the IPv6 rules below would each be tried.
+			rules = append(rules, rule().metaProtocol(4).verdict(expr.VerdictAccept, ""))
+		}
 	}
 	linkLocal := netip.MustParsePrefix("fe80::/10")
 	rules = append(rules,
