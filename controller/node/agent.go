@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
@@ -119,7 +120,9 @@ type Agent struct {
 	onRecord func(*flow.Record)
 	chain    func() (string, error)
 
-	kick chan struct{}
+	kick     chan struct{}
+	conns    atomic.Int64  // socket connections open
+	handling chan struct{} // requests being handled (capacity maxHandling)
 	// policyLoaded is closed once a sync had a valid policy.
 	policyLoaded chan struct{}
 	loadedOnce   sync.Once
@@ -157,7 +160,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
 		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, kick: make(chan struct{}, 1),
-		policyLoaded: make(chan struct{})}
+		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }

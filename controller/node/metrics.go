@@ -25,6 +25,9 @@ type Metrics struct {
 	// AcceptErrors counts accept errors of the agent socket that were
 	// retried.
 	AcceptErrors prometheus.Counter
+	// Refused counts socket connections refused or dropped: too many open,
+	// a request over the size limit, a client that sent nothing in time.
+	Refused prometheus.Counter
 	// Rechained counts the times the CNI configuration had dropped netseg
 	// and the agent chained it again.
 	Rechained   prometheus.Counter
@@ -51,12 +54,14 @@ func NewMetrics() *Metrics {
 			Help: "Accept errors of the agent socket (out of file descriptors, aborted connections), retried after a pause."}),
 		Rechained: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_cni_rechained_total",
 			Help: "Times the node's CNI configuration no longer chained netseg (the network plugin rewrote it) and the agent chained it again."}),
+		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_socket_refused_total",
+			Help: "Agent socket connections refused or dropped: too many open, a request over the size limit, a client that sent nothing in time."}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netseg_cni_requests_total",
 			Help: "Requests on the agent socket by operation and result."}, []string{"op", "result"}),
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Rechained, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.Requests, m.AddToKernel,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

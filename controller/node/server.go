@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +21,21 @@ import (
 
 // requestTimeout bounds one request, the wait for its sync included.
 const requestTimeout = 30 * time.Second
+
+// The socket's limits. A client has readTimeout to send its whole
+// request, of at most maxRequest bytes (a registration is a few hundred
+// bytes; GC's list of attachments of a full node some hundred KB); one that
+// sends nothing is dropped then, so idle clients hold a goroutine and a
+// descriptor for seconds, not forever. At most maxConns connections are
+// open at once: past that a new one is answered "busy" and closed. At
+// most maxHandling requests are handled at once, so a flood of complete
+// requests queues instead of holding the sync loop's every waiter.
+const (
+	readTimeout = 5 * time.Second
+	maxRequest  = 4 << 20
+	maxConns    = 4096
+	maxHandling = 256
+)
 
 // listen creates the socket, 0600, owned by the agent's user (root):
 // only root may connect, whatever the directory. A directory the agent
@@ -109,9 +125,19 @@ func (a *Agent) serve(ctx context.Context, ln net.Listener) {
 			continue
 		}
 		backoff = 0
+		if a.conns.Add(1) > maxConns {
+			a.conns.Add(-1)
+			a.metrics.Refused.Inc()
+			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = json.NewEncoder(conn).Encode(&agent.Response{Version: agent.Version,
+				Error: fmt.Sprintf("agent busy: %d connections open; try again", maxConns)})
+			conn.Close()
+			continue
+		}
 		a.handlers.Add(1)
 		go func() {
 			defer a.handlers.Done()
+			defer a.conns.Add(-1)
 			a.handleConn(ctx, conn)
 		}()
 	}
@@ -119,10 +145,20 @@ func (a *Agent) serve(ctx context.Context, ln net.Listener) {
 
 func (a *Agent) handleConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	_ = conn.SetReadDeadline(time.Now().Add(readTimeout))
 	var req agent.Request
 	resp := &agent.Response{Version: agent.Version}
-	if err := json.NewDecoder(conn).Decode(&req); err != nil {
+	limited := &io.LimitedReader{R: conn, N: maxRequest + 1}
+	err := json.NewDecoder(limited).Decode(&req)
+	if err != nil && isTimeout(err) {
+		a.metrics.Refused.Inc()
+		return // an idle client: nothing to answer
+	}
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	if limited.N <= 0 {
+		a.metrics.Refused.Inc()
+		resp.Error = fmt.Sprintf("request larger than %d bytes: refused", maxRequest)
+	} else if err != nil {
 		resp.Error = fmt.Sprintf("malformed request: %v", err)
 	} else if req.Version != agent.Version {
 		resp.Error = fmt.Sprintf("protocol version %d is not supported (this agent speaks %d)", req.Version, agent.Version)
@@ -130,7 +166,13 @@ func (a *Agent) handleConn(ctx context.Context, conn net.Conn) {
 		ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		start := time.Now()
 		var err error
-		resp, err = a.Handle(ctx, req)
+		select {
+		case a.handling <- struct{}{}:
+			resp, err = a.Handle(ctx, req)
+			<-a.handling
+		case <-ctx.Done():
+			err = fmt.Errorf("agent busy: %d requests being handled: %w", maxHandling, ctx.Err())
+		}
 		cancel()
 		result := "ok"
 		if err != nil {
@@ -165,6 +207,11 @@ func (a *Agent) claim(ep agent.Endpoint) error {
 			"stale", oid, "pod", other.Namespace+"/"+other.Name, "ips", other.IPs, "new", EndpointID(ep.Attachment))
 	}
 	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // retryable reports whether an accept error may pass: the process or the

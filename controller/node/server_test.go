@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -323,5 +324,68 @@ func TestRegistrationBounds(t *testing.T) {
 		if (err == nil) != ok {
 			t.Errorf("register %s: %v, want accepted %v", ip, err, ok)
 		}
+	}
+}
+
+// TestSocketAbuse: a request over the size limit is refused with a clear
+// error (and the agent reads no more of it), and 2,000 clients that
+// connect and send nothing delay no real request; they are dropped after
+// the read timeout.
+func TestSocketAbuse(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	a := testAgent(t, socket)
+	ln, err := a.listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.serve(ctx, ln) }()
+	defer func() { cancel(); ln.Close(); <-done }()
+
+	// Over the limit: 5 MiB of a GC request's keep list.
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		big := `{"version":1,"op":"gc","keep":[` + strings.Repeat(`{"containerID":"x","ifName":"eth0"},`, 5<<20/36) + `{}]}`
+		_, _ = c.Write([]byte(big)) // the agent stops reading: the write may fail
+	}()
+	var resp agent.Response
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if err := json.NewDecoder(c).Decode(&resp); err != nil || !strings.Contains(resp.Error, "request larger than") {
+		t.Fatalf("a 5 MiB request: answer %+v, %v; want refused for its size", resp, err)
+	}
+	c.Close()
+
+	// 2,000 idle clients, then a real request.
+	idle := make([]net.Conn, 0, 2000)
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range 2000 {
+		c, err := net.Dial("unix", socket)
+		if err != nil {
+			t.Fatalf("idle client %d: %v", len(idle), err)
+		}
+		idle = append(idle, c)
+	}
+	start := time.Now()
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	if _, err := agent.Call(rctx, socket, agent.Request{Op: agent.OpList}); err != nil {
+		t.Fatalf("a request among 2,000 idle clients: %v", err)
+	}
+	if took := time.Since(start); took > readTimeout/2 {
+		t.Fatalf("a request among 2,000 idle clients took %v: it waited for them", took)
+	}
+	t.Logf("a request among 2,000 idle clients took %v", time.Since(start))
+	// The idle ones are dropped once the read timeout passes.
+	_ = idle[0].SetReadDeadline(time.Now().Add(4 * readTimeout))
+	if n, err := idle[0].Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("an idle client was not dropped: read %d, %v", n, err)
 	}
 }
