@@ -390,8 +390,12 @@ func (a *Agent) setSynced(c *policy.Compiled, err error, warnings []string, endp
 func (a *Agent) Ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.ready && a.chainErr == nil
+	return a.readyLocked()
 }
+
+// readyLocked is Ready with a.mu held: the last sync worked and the CNI
+// chain holds netseg (or is not watched).
+func (a *Agent) readyLocked() bool { return a.ready && a.chainErr == nil }
 
 // keepChained runs the chain check at start and every ChainCheckInterval.
 func (a *Agent) keepChained(ctx context.Context) {

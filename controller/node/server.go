@@ -374,7 +374,7 @@ func (a *Agent) Status() *agent.Status {
 	gen, polErr := snap.Generation, snap.Err
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := &agent.Status{Mode: a.source.Mode(), Ready: a.ready && a.chainErr == nil, PolicyGeneration: gen, PolicySource: a.source.Name(),
+	st := &agent.Status{Mode: a.source.Mode(), Ready: a.readyLocked(), PolicyGeneration: gen, PolicySource: a.source.Name(),
 		Endpoints: a.endpoints, LastSync: a.lastSync, Warnings: a.warnings}
 	if polErr != nil {
 		st.LastError = polErr.Error()
