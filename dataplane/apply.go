@@ -20,7 +20,7 @@ func (d *Dataplane) apply(b *batch) error {
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
 	}
-	q := queue{conn: conn, table: d.table, sets: d.sets}
+	q := queue{conn: conn, table: d.table, guard: d.guard, cfg: d.cfg, sets: d.sets}
 	for _, o := range b.ops {
 		q.op(o)
 	}
@@ -75,6 +75,8 @@ func (h *setHandles) get(s *setSpec) *nftables.Set {
 type queue struct {
 	conn  *nftables.Conn
 	table *nftables.Table
+	guard *nftables.Table // the bridge guard's table
+	cfg   Config
 	sets  *setHandles
 	errs  []error
 }
@@ -128,8 +130,38 @@ func (q *queue) op(o op) {
 		if err := q.conn.SetAddElements(q.sets.get(o.set), o.raw); err != nil {
 			q.errs = append(q.errs, fmt.Errorf("keep elements of %s: %w", o.set.name, err))
 		}
+	case opRebuildGuard:
+		q.rebuildGuard(o.guard)
+	case opDeleteGuard:
+		q.conn.AddTable(q.guard)
+		q.conn.DelTable(q.guard)
 	default:
 		q.errs = append(q.errs, fmt.Errorf("unknown batch step %d", o.kind))
+	}
+}
+
+// rebuildGuard replaces the bridge guard's table: its counter, its copies
+// of the managed sets and its forward chain (names.go, guardRules).
+func (q *queue) rebuildGuard(managed []*setSpec) {
+	q.conn.AddTable(q.guard)
+	q.conn.DelTable(q.guard)
+	q.conn.AddTable(q.guard)
+	q.conn.AddObj(&nftables.CounterObj{Table: q.guard, Name: CounterBridgeUnchecked})
+	for _, s := range managed {
+		ks := &nftables.Set{Table: q.guard, Name: s.name, KeyType: nftables.TypeIPAddr, Interval: true}
+		if s.fam == 6 {
+			ks.KeyType = nftables.TypeIP6Addr
+		}
+		if err := q.conn.AddSet(ks, elements(s, sortedElems(s.elems))); err != nil {
+			q.errs = append(q.errs, fmt.Errorf("bridge guard set %s: %w", s.name, err))
+		}
+	}
+	prio := nftables.ChainPriority(guardPriority)
+	accept := nftables.ChainPolicyAccept
+	kc := q.conn.AddChain(&nftables.Chain{Name: guardChain, Table: q.guard, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &accept})
+	for _, r := range guardRules(q.cfg) {
+		q.conn.AddRule(&nftables.Rule{Table: q.guard, Chain: kc, Exprs: r.exprs})
 	}
 }
 

@@ -189,6 +189,31 @@ func (r *rb) metaMarkFromCt() *rb {
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
 }
 
+// metaMarkOr: meta mark set meta mark or 0x... (sets the bits of m, keeps
+// the others).
+func (r *rb) metaMarkOr(m uint32) *rb {
+	return r.add(fmt.Sprintf("meta mark set meta mark or 0x%08x", m),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^m), Xor: native32(m)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
+}
+
+// metaMarkClear: meta mark set meta mark and ^m.
+func (r *rb) metaMarkClear(m uint32) *rb {
+	return r.add(fmt.Sprintf("meta mark set meta mark and 0x%08x", ^m),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^m), Xor: native32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
+}
+
+// metaMarkHas: meta mark and 0x... == 0x... (every bit of m set).
+func (r *rb) metaMarkHas(m uint32) *rb {
+	return r.add(fmt.Sprintf("meta mark and 0x%08x == 0x%08x", m, m),
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(m), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(m)})
+}
+
 // counter: counter name "x" (a named counter object of the table).
 func (r *rb) counter(name string) *rb {
 	return r.add(fmt.Sprintf("counter name %q", name), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name})

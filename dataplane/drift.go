@@ -113,6 +113,11 @@ func (d *Dataplane) diffKernel(want *expectation) (string, error) {
 	if _, err := conn.ListTableOfFamily(d.cfg.Table, nftables.TableFamilyINet); err != nil {
 		return fmt.Sprintf("table inet %s is missing", d.cfg.Table), nil
 	}
+	if rules, err := conn.GetRules(d.guard, &nftables.Chain{Name: guardChain, Table: d.guard}); err != nil {
+		return fmt.Sprintf("bridge guard (table bridge %s) is missing", d.cfg.Table), nil
+	} else if n := len(guardRules(d.cfg)); len(rules) != n {
+		return fmt.Sprintf("bridge guard has %d rules, want %d", len(rules), n), nil
+	}
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return "", fmt.Errorf("list chains: %w", err)
@@ -188,6 +193,11 @@ func (d *Dataplane) CounterValues() (map[string]uint64, error) {
 	objs, err := conn.GetNamedObjects(d.table)
 	if err != nil {
 		return nil, fmt.Errorf("read counters of inet %s: %w", d.cfg.Table, err)
+	}
+	// The bridge guard's counter; its table is missing only before the
+	// first sync or after a drift the drift check reports.
+	if gobjs, err := conn.GetNamedObjects(d.guard); err == nil {
+		objs = append(objs, gobjs...)
 	}
 	out := map[string]uint64{}
 	for _, o := range objs {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -329,4 +330,67 @@ func TestLinkLocalIsDenied(t *testing.T) {
 	if counters["iface_guard"] == 0 {
 		t.Errorf("iface_guard counter is 0: %v", counters)
 	}
+}
+
+// TestBridgeGuardWithoutBrNetfilter: with br_netfilter's sysctls off in
+// the node, the bridge forwards between its ports without the inet
+// forward chain; the bridge guard then drops every pod-network packet
+// (denied ones included: nothing passes undecided) and counts it. With
+// the guard deleted, a denied connection gets through, which is what the
+// guard is for; the drift check reports the missing guard and a resync
+// puts it back.
+func TestBridgeGuardWithoutBrNetfilter(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	rs.Managed = []netip.Prefix{netip.MustParsePrefix(bridgeSubnet), netip.MustParsePrefix(bridgeSubnet6)}
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	setBrNetfilter := func(v string) {
+		n.node.MustSysctl("net.bridge.bridge-nf-call-iptables", v)
+		n.node.MustSysctl("net.bridge.bridge-nf-call-ip6tables", v)
+	}
+	t.Cleanup(func() { setBrNetfilter("1") })
+	probes := append(n.probes(4), n.probes(6)...)
+	checkProbes(t, probes)
+
+	setBrNetfilter("0")
+	for _, p := range probes {
+		if err := p.run(); err == nil {
+			t.Errorf("br_netfilter off: %s passed", p.name)
+		}
+	}
+	counters, err := n.dp.CounterValues()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters[dataplane.CounterBridgeUnchecked] == 0 {
+		t.Errorf("%s is 0 after %d dropped probes: %v", dataplane.CounterBridgeUnchecked, len(probes), counters)
+	}
+
+	// Without the guard, the bridge lets a denied connection through.
+	conn, err := n.ns.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.DelTable(&nftables.Table{Name: "netseg", Family: nftables.TableFamilyBridge})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	denied := probes[5] // a->c tcp/8080 denied
+	if err := denied.run(); err != nil {
+		t.Errorf("guard deleted, br_netfilter off: %s did not pass (%v): the test no longer shows the bypass", denied.name, err)
+	}
+	drift, err := n.dp.CheckDrift()
+	if err != nil || !strings.Contains(drift, "bridge guard") {
+		t.Errorf("drift check with the guard deleted: %q, %v", drift, err)
+	}
+	if err := n.dp.Resync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := denied.run(); err == nil {
+		t.Errorf("after resync, br_netfilter off: %s passed", denied.name)
+	}
+	setBrNetfilter("1")
+	checkProbes(t, probes)
 }

@@ -40,6 +40,23 @@ const (
 	counterIfaceGuard    = "iface_guard"       // what a container's interface must never carry (IPv6 link-local other than ND/MLD, router advertisements)
 )
 
+// The bridge guard: a table of the bridge family, of the same name as the
+// inet table, whose forward chain sees every frame a bridge forwards from
+// one port to another whatever br_netfilter's state. The inet forward
+// chain marks every packet it sees (Config.ForwardMark); a pod-network
+// packet bridged without that mark was never decided (br_netfilter is
+// unloaded, or its sysctls are off) and the guard drops it and counts it.
+const (
+	guardChain = "forward"
+	// guardPriority: after br_netfilter's own forward hook (priority 0,
+	// NF_BR_PRI_BRNF), which runs the inet forward hook and reinjects the
+	// accepted packet into the bridge hooks after itself.
+	guardPriority = 100
+	// CounterBridgeUnchecked counts pod-network packets the bridge
+	// forwarded without the inet forward chain seeing them.
+	CounterBridgeUnchecked = "bridge_unchecked"
+)
+
 // Named counters of the NFLOG rate limits: first packets decided but not
 // logged (the flow log reports their deltas as losses).
 const (
@@ -172,6 +189,7 @@ var (
 // baseRules declares the base chains' rules. The hook chains read:
 //
 //	chain forward { type filter hook forward priority 0; policy accept;
+//	  meta mark set meta mark or 0x00400000   (Config.ForwardMark: seen here; the bridge guard checks it)
 //	  ct state established,related accept
 //	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
 //	  ct state invalid drop
@@ -193,6 +211,7 @@ var (
 // reaches anything else. Accepted packets keep their mark: their decision
 // is read from conntrack events.
 var baseRules = []baseRule{
+	{on: onForward, rule: func(c Config, _ int) *rb { return rule().metaMarkOr(c.ForwardMark) }},
 	{on: onHooks, rule: func(Config, int) *rb {
 		return rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, "")
 	}},
@@ -254,6 +273,31 @@ func unprogrammed(src bool) func(Config, int) *rb {
 // toIngress: ip daddr vmap @ingress4.
 func toIngress(_ Config, fam int) *rb {
 	return rule().family(fam).addrVmap(false, setIngress.name(fam))
+}
+
+// guardRules are the bridge guard's forward chain:
+//
+//	chain forward { type filter hook forward priority 100; policy accept;
+//	  meta mark and 0x00400000 == 0x00400000 meta mark set meta mark and 0xffbfffff accept
+//	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
+//	  meta protocol ip ip saddr @managed4 counter name "bridge_unchecked" drop   (and daddr, and ip6)
+//	}
+//
+// The mark is cleared on the way out: it means something only between the
+// two hooks.
+func guardRules(cfg Config) []*rb {
+	out := []*rb{
+		rule().metaMarkHas(cfg.ForwardMark).metaMarkClear(cfg.ForwardMark).verdict(expr.VerdictAccept, ""),
+		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
+		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""),
+	}
+	for _, fam := range []int{4, 6} {
+		for _, src := range []bool{true, false} {
+			out = append(out, rule().metaProtocol(fam).addrIn(src, setManaged.name(fam), false).
+				counter(CounterBridgeUnchecked).verdict(expr.VerdictDrop, ""))
+		}
+	}
+	return out
 }
 
 // renderBaseChains renders baseChains with their rules for cfg.

@@ -74,6 +74,10 @@ const (
 	opAddElems   // add keys of set
 	opDeleteElems
 	opKeepElems // add raw elements read from the kernel (a foreign set across a rebuild)
+	// The bridge guard (a table of its own, names.go): rebuilt whole with
+	// the managed sets of guard, which are few prefixes.
+	opRebuildGuard
+	opDeleteGuard
 )
 
 // op is one step of a batch. It refers to the specs of a rendering; apply
@@ -84,6 +88,13 @@ type op struct {
 	set   *setSpec
 	keys  []elemKey
 	raw   []nftables.SetElement
+	guard []*setSpec // opRebuildGuard: the managed sets, one per family
+}
+
+// guardSets are the managed sets of a rendering, which the bridge guard
+// holds copies of.
+func guardSets(st *state) []*setSpec {
+	return []*setSpec{st.sets[setManaged.name(4)], st.sets[setManaged.name(6)]}
 }
 
 // batch is one transaction: its steps in the order the kernel accepts them
@@ -121,6 +132,7 @@ func (b *batch) delElems(s *setSpec, keys []elemKey) {
 func planFull(st *state, carried map[string][]nftables.SetElement) *batch {
 	b := &batch{full: true, next: newApplied(st)}
 	b.add(op{kind: opRebuildTable})
+	b.add(op{kind: opRebuildGuard, guard: guardSets(st)})
 	sets, chains := sortedKeys(st.sets), sortedKeys(st.chains)
 	for _, name := range sets {
 		b.addSet(st.sets[name])
@@ -191,6 +203,11 @@ func plan(old *applied, st *state) *batch {
 		if present(name) == nil {
 			b.addSet(st.sets[name])
 		}
+	}
+	// render carries an unchanged set over: a new managed set means the
+	// pod networks changed, and the guard follows.
+	if g := guardSets(st); g[0] != present(g[0].name) || g[1] != present(g[1].name) {
+		b.add(op{kind: opRebuildGuard, guard: g})
 	}
 	// New chains first, all of them: their rules may jump to each other.
 	// A stale chain wanted again is still there, with the same content
@@ -349,6 +366,10 @@ func (o op) String() string {
 		return fmt.Sprintf("%s elements %s { %s }", verb, o.set.name, strings.Join(keys, ", "))
 	case opKeepElems:
 		return fmt.Sprintf("keep elements %s (%d)", o.set.name, len(o.raw))
+	case opRebuildGuard:
+		return "rebuild bridge guard"
+	case opDeleteGuard:
+		return "delete bridge guard"
 	}
 	return fmt.Sprintf("op(%d)", o.kind)
 }

@@ -174,6 +174,13 @@ type Config struct {
 	// Priority of the base chains on the forward, input and output hooks.
 	// Default 0 (filter).
 	Priority int32
+	// ForwardMark is the packet mark bit the forward chain sets on every
+	// packet it sees, for the bridge guard to tell a bridged packet the
+	// forward chain decided from one that bypassed it (br_netfilter off).
+	// The guard clears it again; routed packets keep it. Default
+	// 0x00400000, a bit kube-proxy and flannel leave free; set another
+	// when a component of the node uses that one.
+	ForwardMark uint32
 }
 
 // Defaults fills unset fields.
@@ -186,6 +193,9 @@ func (c Config) Defaults() Config {
 	}
 	if c.LogRate == 0 {
 		c.LogRate = 20000
+	}
+	if c.ForwardMark == 0 {
+		c.ForwardMark = 0x00400000
 	}
 	if c.LogBurst == 0 {
 		c.LogBurst = 10000

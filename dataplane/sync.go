@@ -39,6 +39,7 @@ type Dataplane struct {
 	dial  Dialer
 	links LinkChecker
 	table *nftables.Table
+	guard *nftables.Table // the bridge guard (names.go)
 
 	mu      sync.Mutex
 	applied *applied    // what the last committed batch made the kernel hold
@@ -72,7 +73,8 @@ func New(cfg Config, dial Dialer, links LinkChecker) *Dataplane {
 		links = func(string) bool { return true }
 	}
 	table := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
-	return &Dataplane{cfg: cfg, dial: dial, links: links, table: table, sets: &setHandles{table: table}, beforeDriftRead: func() {}}
+	guard := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyBridge}
+	return &Dataplane{cfg: cfg, dial: dial, links: links, table: table, guard: guard, sets: &setHandles{table: table}, beforeDriftRead: func() {}}
 }
 
 // LastSyncParts returns the last applied sync's render and commit times.
@@ -235,8 +237,8 @@ func (d *Dataplane) Cleanup() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.applied, d.last = nil, nil
-	if err := d.apply(&batch{ops: []op{{kind: opDeleteTable}}}); err != nil {
-		return fmt.Errorf("delete table inet %s: %w", d.cfg.Table, err)
+	if err := d.apply(&batch{ops: []op{{kind: opDeleteTable}, {kind: opDeleteGuard}}}); err != nil {
+		return fmt.Errorf("delete tables inet and bridge %s: %w", d.cfg.Table, err)
 	}
 	return nil
 }

@@ -43,6 +43,25 @@ func RenderText(cfg Config, rs *Ruleset) (string, error) {
 	return b.String(), nil
 }
 
+// RenderGuardText renders the bridge guard's table for rs as nft text, as
+// RenderText does the inet table.
+func RenderGuardText(cfg Config, rs *Ruleset) (string, error) {
+	cfg = cfg.Defaults()
+	st, err := render(cfg, rs, nil)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "table bridge %s {\n", cfg.Table)
+	fmt.Fprintf(&b, "\tcounter %s {\n\t\tpackets 0 bytes 0\n\t}\n\n", CounterBridgeUnchecked)
+	for _, s := range guardSets(st) {
+		writeSet(&b, s)
+	}
+	writeChain(&b, &chainSpec{name: guardChain, hook: nftables.ChainHookForward, prio: guardPriority, rules: guardRules(cfg)})
+	b.WriteString("}\n")
+	return b.String(), nil
+}
+
 // writeSet writes a set or verdict map:
 //
 //	map egress4 {

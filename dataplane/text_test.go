@@ -40,11 +40,14 @@ var goldenSets = []Set{
 }
 
 // goldenWorlds are the rulesets pinned as nft text in testdata/NAME.nft.
-var goldenWorlds = []struct {
+// goldenWorldT is one golden world: a ruleset and the config it renders with.
+type goldenWorldT struct {
 	name string
 	cfg  Config
 	rs   Ruleset
-}{
+}
+
+var goldenWorlds = []goldenWorldT{
 	{"empty", Config{}, Ruleset{}},
 	{"allow-deny-ports", Config{}, Ruleset{Sets: goldenSets, Endpoints: []Endpoint{{
 		ID: "c1/eth0", IPs: []netip.Addr{a1, a1v6},
@@ -120,24 +123,44 @@ func TestRenderTextGolden(t *testing.T) {
 					t.Fatalf("second rendering differs (%v):\n%s", err, cmp.Diff(got, again))
 				}
 			}
-			path := filepath.Join("testdata", w.name+".nft")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run with -update to write it)", err)
-			}
-			if diff := cmp.Diff(string(want), got); diff != "" {
-				t.Errorf("%s (-want +got):\n%s", path, diff)
-			}
+			checkGolden(t, filepath.Join("testdata", w.name+".nft"), got)
 			if _, err := nfttrace.Parse(got); err != nil {
 				t.Errorf("the tracer cannot read the rendering: %v", err)
 			}
 		})
 	}
+}
+
+// checkGolden compares got with the golden file at path (written first
+// with -update).
+func checkGolden(t *testing.T, path, got string) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to write it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", path, diff)
+	}
+}
+
+// TestRenderGuardTextGolden pins the bridge guard's table for a world
+// with two pod networks of IPv4 and one of IPv6.
+func TestRenderGuardTextGolden(t *testing.T) {
+	w := goldenWorld(t, "quarantine-managed")
+	if len(w.rs.Managed) == 0 {
+		t.Fatalf("golden world %s has no pod networks", w.name)
+	}
+	got, err := RenderGuardText(w.cfg, &w.rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, filepath.Join("testdata", "bridge-guard.nft"), got)
 }
 
 // TestTraceGoldenWorlds traces packets through the golden worlds: what
@@ -228,4 +251,15 @@ func TestTraceGoldenWorlds(t *testing.T) {
 			}
 		})
 	}
+}
+
+func goldenWorld(t *testing.T, name string) goldenWorldT {
+	t.Helper()
+	for _, w := range goldenWorlds {
+		if w.name == name {
+			return w
+		}
+	}
+	t.Fatalf("no golden world %s", name)
+	return goldenWorldT{}
 }

@@ -25,6 +25,25 @@ var (
 	monitoringLabels = map[string]string{"app": "monitoring"}
 )
 
+// shop is the examples' three pods: checkout may reach payments on TCP
+// 8443 (srv), monitoring may not.
+type shop struct {
+	checkout, payments, monitoring *lab.Container
+	srv                            netip.AddrPort
+}
+
+// addShop adds the three pods and checks that policy holds between them.
+func (n *node) addShop(t *testing.T) shop {
+	t.Helper()
+	s := shop{checkout: n.pod("checkout", "shop", "checkout", checkoutLabels),
+		payments:   n.pod("payments", "pay", "payments", paymentsLabels),
+		monitoring: n.pod("monitoring", "ops", "monitoring", monitoringLabels)}
+	s.srv = s.payments.ListenTCP(netip.AddrPortFrom(s.payments.IP(4), 8443).String()).Addr
+	expectPass(t, "checkout -> payments 8443", s.checkout.Probe("tcp", s.srv, probeTimeout))
+	expectDrop(t, "monitoring -> payments 8443", s.monitoring.Probe("tcp", s.srv, probeTimeout))
+	return s
+}
+
 func expectPass(t *testing.T, what string, err error) {
 	t.Helper()
 	if err != nil {
@@ -46,12 +65,7 @@ func TestChainedPluginEnforces(t *testing.T) {
 	for _, plugin := range []string{"bridge", "ptp"} {
 		t.Run(plugin, func(t *testing.T) {
 			n := newNode(t, plugin)
-			checkout := n.pod("checkout", "shop", "checkout", checkoutLabels)
-			payments := n.pod("payments", "pay", "payments", paymentsLabels)
-			monitoring := n.pod("monitoring", "ops", "monitoring", monitoringLabels)
-			srv := payments.ListenTCP(netip.AddrPortFrom(payments.IP(4), 8443).String())
-			expectPass(t, "checkout -> payments 8443", checkout.Probe("tcp", srv.Addr, probeTimeout))
-			expectDrop(t, "monitoring -> payments 8443", monitoring.Probe("tcp", srv.Addr, probeTimeout))
+			n.addShop(t)
 
 			out, err := n.ctl("explain", "--socket", n.socket, "--from", "shop/checkout", "--to", "pay/payments", "--port", "8443/TCP", "-o", "json")
 			if err != nil {

@@ -65,19 +65,21 @@ Flags:
 `
 
 type flags struct {
-	cfg          node.Config
-	cleanup      bool
-	keepChained  bool
-	installCNI   bool
-	uninstallCNI bool
-	cni          cniconf.Options
-	logLevel     string
-	logFormat    string
-	healthAddr   string
-	metricsAddr  string
-	kube         kube.Config
-	kubeconfig   string
-	cniStateDir  string
+	cfg            node.Config
+	cleanup        bool
+	keepChained    bool
+	fixBrNetfilter bool
+	forwardMark    uint64
+	installCNI     bool
+	uninstallCNI   bool
+	cni            cniconf.Options
+	logLevel       string
+	logFormat      string
+	healthAddr     string
+	metricsAddr    string
+	kube           kube.Config
+	kubeconfig     string
+	cniStateDir    string
 }
 
 // kubernetes reports whether the flags select Kubernetes mode.
@@ -119,6 +121,8 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/run/netseg", "the CNI plugin's stateDir: its fail-open counter becomes the metric netseg_cni_fail_open_total")
 	fs.StringVar(&f.cni.Plugin, "plugin", "/usr/local/bin/netseg", "the netseg CNI plugin binary to install")
 	fs.BoolVar(&f.keepChained, "keep-chained", false, "check every 10s that the active configuration in --cni-conf-dir chains netseg last, chain it again when the network plugin rewrote it, and report not ready while it cannot")
+	fs.BoolVar(&f.fixBrNetfilter, "fix-br-netfilter", true, "when a bridge's traffic bypasses the forward chain because br_netfilter's sysctls are off in the node, set them on again (checked every second; while they stay off the agent is not ready, refuses ADDs, and the bridge guard drops pod traffic bridged without policy)")
+	fs.Uint64Var(&f.forwardMark, "forward-mark", 0x00400000, "the packet mark bit the forward chain sets for the bridge guard (change it when another component of the node uses this bit)")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")
@@ -209,6 +213,13 @@ func run(args []string, stderr io.Writer) int {
 			return cniconf.Chain(o)
 		}
 	}
+	fix := f.fixBrNetfilter
+	parts.CheckHost = func() ([]string, error) { return ns.CheckBrNetfilter(fix) }
+	if f.forwardMark > 0xffffffff {
+		fmt.Fprintf(stderr, "netseg-agent: --forward-mark %#x is wider than a packet mark (32 bits)\n", f.forwardMark)
+		return 2
+	}
+	cfg.Dataplane.ForwardMark = uint32(f.forwardMark)
 	parts.Dataplane = dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists)
 	if parts.Registry, err = node.OpenRegistry(cfg.StateDir); err != nil {
 		fmt.Fprintf(stderr, "netseg-agent: %v\n", err)

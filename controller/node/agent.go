@@ -119,6 +119,7 @@ type Agent struct {
 	source   Source
 	onRecord func(*flow.Record)
 	chain    func() (string, error)
+	host     func() ([]string, error)
 
 	kick     chan struct{}
 	conns    atomic.Int64  // socket connections open
@@ -146,6 +147,7 @@ type Agent struct {
 	serveErr  error // the socket server stopped for good
 	logErr    error // the flow or alert log cannot be written now
 	chainErr  error // the CNI configuration does not chain netseg, and could not be fixed
+	hostErr   error // bridged traffic bypasses the forward chain, and it could not be fixed
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the
@@ -159,7 +161,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, kick: make(chan struct{}, 1),
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, kick: make(chan struct{}, 1),
 		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
@@ -190,8 +192,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer srv.Close()
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); a.keepChained(ctx) }()
+	go func() { defer wg.Done(); a.keepBrNetfilter(ctx) }()
 	go func() { defer wg.Done(); a.serve(ctx, srv) }()
 	go func() { defer wg.Done(); a.source.Run(ctx, func() { a.requestSync() }) }()
 	go func() { defer wg.Done(); a.checkDrift(ctx) }()
@@ -395,27 +398,59 @@ func (a *Agent) Ready() bool {
 
 // readyLocked is Ready with a.mu held: the last sync worked and the CNI
 // chain holds netseg (or is not watched).
-func (a *Agent) readyLocked() bool { return a.ready && a.chainErr == nil }
+func (a *Agent) readyLocked() bool { return a.ready && a.chainErr == nil && a.hostErr == nil }
 
 // keepChained runs the chain check at start and every ChainCheckInterval.
 func (a *Agent) keepChained(ctx context.Context) {
 	if a.chain == nil {
 		return
 	}
-	t := time.NewTicker(ChainCheckInterval)
-	defer t.Stop()
-	for {
+	a.keep(ctx, ChainCheckInterval, &a.chainErr, func() error {
 		changed, err := a.chain()
-		switch {
-		case err != nil:
-			a.log.Error("the CNI configuration does not chain netseg and could not be fixed; not ready", "err", err)
-		case changed != "":
+		if err != nil {
+			return fmt.Errorf("the CNI configuration does not chain netseg and could not be fixed: %w", err)
+		}
+		if changed != "" {
 			a.metrics.Rechained.Inc()
 			a.log.Warn("the network plugin's CNI configuration dropped netseg; chained it again", "file", changed)
 		}
+		return nil
+	})
+}
+
+// keepBrNetfilter runs the host check at start and every HostCheckInterval.
+func (a *Agent) keepBrNetfilter(ctx context.Context) {
+	if a.host == nil {
+		return
+	}
+	a.keep(ctx, HostCheckInterval, &a.hostErr, func() error {
+		fixed, err := a.host()
+		for _, name := range fixed {
+			a.metrics.BrNetfilterFixed.Inc()
+			a.log.Warn("br_netfilter was off: bridged traffic bypassed the forward chain (the bridge guard dropped it); set it on again", "sysctl", name)
+		}
+		return err
+	})
+}
+
+// keep runs check at start and every interval until ctx ends, and keeps
+// its error in *slot (read under a.mu: while it is set the agent is not
+// ready). A new error is logged once, not at every check.
+func (a *Agent) keep(ctx context.Context, interval time.Duration, slot *error, check func() error) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		err := check()
 		a.mu.Lock()
-		a.chainErr = err
+		prev := *slot
+		*slot = err
 		a.mu.Unlock()
+		switch {
+		case err != nil && (prev == nil || prev.Error() != err.Error()):
+			a.log.Error("not ready", "err", err)
+		case err == nil && prev != nil:
+			a.log.Info("ready again", "was", prev.Error())
+		}
 		select {
 		case <-ctx.Done():
 			return

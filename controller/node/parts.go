@@ -28,12 +28,21 @@ type Parts struct {
 	// if the network plugin rewrote it, returning the file it changed ("":
 	// none). While it fails, the agent is not ready.
 	KeepChained func() (string, error)
-	Log         *slog.Logger
-	Metrics     *Metrics
+	// CheckHost, when set, is run every HostCheckInterval: it checks that
+	// bridged traffic reaches the forward chain (br_netfilter), sets what
+	// it may, and returns what it set. While it fails, the agent is not
+	// ready and refuses ADDs (a container there could not be segmented
+	// and reach its peers at once: the bridge guard drops its traffic).
+	CheckHost func() ([]string, error)
+	Log       *slog.Logger
+	Metrics   *Metrics
 }
 
 // ChainCheckInterval is how often KeepChained runs.
 const ChainCheckInterval = 10 * time.Second
+
+// HostCheckInterval is how often CheckHost runs: two sysctl reads.
+const HostCheckInterval = time.Second
 
 // Kernel is the node's network namespace as the agent uses it: whether a
 // host interface exists, and a handle to open the flow readers' sockets in.

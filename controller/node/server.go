@@ -314,6 +314,12 @@ func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response
 	case <-ctx.Done():
 		return fmt.Errorf("endpoint %s: no policy loaded yet (%w); the interface is not registered", EndpointID(ep.Attachment), ctx.Err())
 	}
+	a.mu.Lock()
+	hostErr := a.hostErr
+	a.mu.Unlock()
+	if hostErr != nil {
+		return fmt.Errorf("endpoint %s: the node cannot segment it: %w; the interface is not registered", EndpointID(ep.Attachment), hostErr)
+	}
 	if err := a.claim(ep); err != nil {
 		return err
 	}
@@ -382,7 +388,7 @@ func (a *Agent) Status() *agent.Status {
 	if a.syncErr != nil {
 		st.LastSyncError = a.syncErr.Error()
 	}
-	for _, err := range []error{a.flowErr, a.serveErr, a.logErr, a.chainErr} {
+	for _, err := range []error{a.flowErr, a.serveErr, a.logErr, a.chainErr, a.hostErr} {
 		if err != nil {
 			st.Warnings = append(append([]string(nil), st.Warnings...), err.Error())
 		}

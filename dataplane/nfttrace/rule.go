@@ -35,10 +35,12 @@ type (
 		and, or uint32
 	}
 	metaMarkFromCtStmt struct{}
-	counterStmt        string
-	limitOverStmt      struct{}
-	logStmt            string
-	verdictStmt        Verdict
+	// metaMarkOrStmt: meta mark set meta mark or OR.
+	metaMarkOrStmt uint32
+	counterStmt    string
+	limitOverStmt  struct{}
+	logStmt        string
+	verdictStmt    Verdict
 )
 
 var l4Names = map[string]uint8{"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "ipv6-icmp": 58}
@@ -112,6 +114,13 @@ func parseRule(text string) (*Rule, error) {
 		case len(tok) >= 5 && tok[0] == "meta" && tok[1] == "mark" && tok[2] == "set" && tok[3] == "ct" && tok[4] == "mark":
 			r.Stmts = append(r.Stmts, metaMarkFromCtStmt{})
 			take(5)
+		case len(tok) >= 7 && tok[0] == "meta" && tok[1] == "mark" && tok[2] == "set" && tok[3] == "meta" && tok[4] == "mark" && tok[5] == "or":
+			v, err := parseHex32(tok[6])
+			if err != nil {
+				return bad("meta mark or %q: %v", tok[6], err)
+			}
+			r.Stmts = append(r.Stmts, metaMarkOrStmt(v))
+			take(7)
 		case tok[0] == "ip" || tok[0] == "ip6":
 			want := 4
 			if tok[0] == "ip6" {

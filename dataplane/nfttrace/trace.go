@@ -221,6 +221,8 @@ func (t *Table) eval(r *Rule, p *Packet, res *Result) (Verdict, bool, error) {
 			res.CtMark = m | s.or
 		case metaMarkFromCtStmt:
 			res.Mark = res.CtMark
+		case metaMarkOrStmt:
+			res.Mark |= uint32(s)
 		case counterStmt:
 			res.Counters = append(res.Counters, string(s))
 		case limitOverStmt:
