@@ -90,3 +90,26 @@ func (n *Namespace) do(f func() error) error {
 	runtime.UnlockOSThread()
 	return ferr
 }
+
+// ConntrackFill reads, in the namespace, how many connections conntrack
+// tracks and how many it may (net.netfilter.nf_conntrack_count and
+// _max). At the limit the kernel drops every packet that would start a
+// new connection, allowed ones too.
+func (n *Namespace) ConntrackFill() (count, limit int, err error) {
+	err = n.do(func() error {
+		for _, v := range []struct {
+			name string
+			to   *int
+		}{{"nf_conntrack_count", &count}, {"nf_conntrack_max", &limit}} {
+			b, err := os.ReadFile("/proc/sys/net/netfilter/" + v.name)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", v.name, err)
+			}
+			if _, err := fmt.Sscan(string(b), v.to); err != nil {
+				return fmt.Errorf("read %s: %q: %w", v.name, b, err)
+			}
+		}
+		return nil
+	})
+	return count, limit, err
+}

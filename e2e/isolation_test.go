@@ -39,13 +39,17 @@ func brNetfilterOn(t *testing.T, ns *lab.Netns) bool {
 }
 
 // status asks the agent for its status.
-func (n *node) status(t *testing.T) *agent.Response {
+func (n *node) status(t *testing.T) *agent.Response { return n.call(t, agent.OpStatus) }
+
+// call sends the agent a request without endpoint, failing t if it does
+// not answer within 5 s.
+func (n *node) call(t *testing.T, op agent.Op) *agent.Response {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := agent.Call(ctx, n.socket, agent.Request{Op: agent.OpStatus})
+	resp, err := agent.Call(ctx, n.socket, agent.Request{Op: op})
 	if err != nil {
-		t.Fatalf("status: %v", err)
+		t.Fatalf("%s: %v", op, err)
 	}
 	return resp
 }

@@ -101,6 +101,27 @@ type Status struct {
 	LastSync         time.Time `json:"lastSync"`
 	LastSyncError    string    `json:"lastSyncError,omitempty"`
 	Warnings         []string  `json:"warnings,omitempty"`
+	// Loops is the state of each of the agent's background loops, in a
+	// fixed order.
+	Loops []Loop `json:"loops,omitempty"`
+}
+
+// Loop states.
+const (
+	LoopOK       = "ok"       // running, its last round worked
+	LoopRetrying = "retrying" // its last round failed; it retries on its own
+	LoopFailing  = "failing"  // a check: its last round found a fault; it checks again
+	LoopStopped  = "stopped"  // it ended; only a restart brings it back
+	LoopOff      = "off"      // not configured
+)
+
+// Loop is one background loop of the agent: the socket's accept loop, the
+// policy source, the kernel sync, the flow readers and writer, the CNI
+// chain and host checks.
+type Loop struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Error string `json:"error,omitempty"` // the last error while retrying or stopped
 }
 
 // Response is the agent's answer.

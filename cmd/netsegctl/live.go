@@ -33,7 +33,8 @@ func liveFlags(name, usage string, stderr io.Writer) (*flag.FlagSet, *string, *s
 func runStatus(args []string, stdout, stderr io.Writer) int {
 	fs, socket, output := liveFlags("status", "Usage: netsegctl status [--socket PATH] [-o json]\n\n"+
 		"Shows the running agent's mode, policy generation and source, the policy error in force\n"+
-		"(an invalid edit keeps the last good policy), endpoints, and the last sync.\n\n", stderr)
+		"(an invalid edit keeps the last good policy), endpoints, the last sync, and the state of\n"+
+		"each background loop (ok, retrying, stopped, off). Exits 1 unless ready and error-free.\n\n", stderr)
 	if err := fs.Parse(args); err != nil {
 		return exitParse(err)
 	}
@@ -66,6 +67,12 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, w := range st.Warnings {
 		fmt.Fprintf(stdout, "warning:           %s\n", w)
+	}
+	if len(st.Loops) > 0 {
+		fmt.Fprintln(stdout, "loops:")
+		for _, l := range st.Loops {
+			fmt.Fprintf(stdout, "  %-22s %-8s %s\n", l.Name, l.State, l.Error)
+		}
 	}
 	if !st.Ready || st.LastError != "" || st.LastSyncError != "" {
 		return 1

@@ -120,6 +120,7 @@ type Agent struct {
 	onRecord func(*flow.Record)
 	chain    func() (string, error)
 	host     func() ([]string, error)
+	ctFill   func() (int, int, error)
 
 	kick     chan struct{}
 	conns    atomic.Int64  // socket connections open
@@ -143,11 +144,13 @@ type Agent struct {
 	endpoints int
 	warnings  []string
 	ready     bool
-	flowErr   error // a flow reader that stopped
-	serveErr  error // the socket server stopped for good
-	logErr    error // the flow or alert log cannot be written now
-	chainErr  error // the CNI configuration does not chain netseg, and could not be fixed
-	hostErr   error // bridged traffic bypasses the forward chain, and it could not be fixed
+	readerErr map[string]error // flow readers that stopped, by name
+	serveErr  error            // the socket server stopped for good
+	acceptErr error            // the socket's accept fails now; it retries
+	logErr    error            // the flow or alert log cannot be written now
+	chainErr  error            // the CNI configuration does not chain netseg, and could not be fixed
+	hostErr   error            // bridged traffic bypasses the forward chain, and it could not be fixed
+	ctErr     error            // the conntrack table is (nearly) full: a warning, the agent stays ready
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the
@@ -161,7 +164,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, kick: make(chan struct{}, 1),
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, kick: make(chan struct{}, 1),
 		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
@@ -192,12 +195,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer srv.Close()
 	var wg sync.WaitGroup
-	wg.Add(5)
-	go func() { defer wg.Done(); a.keepChained(ctx) }()
-	go func() { defer wg.Done(); a.keepBrNetfilter(ctx) }()
-	go func() { defer wg.Done(); a.serve(ctx, srv) }()
-	go func() { defer wg.Done(); a.source.Run(ctx, func() { a.requestSync() }) }()
-	go func() { defer wg.Done(); a.checkDrift(ctx) }()
+	wg.Go(func() { a.keepChained(ctx) })
+	wg.Go(func() { a.keepBrNetfilter(ctx) })
+	wg.Go(func() { a.watchConntrack(ctx) })
+	wg.Go(func() { a.serve(ctx, srv) })
+	wg.Go(func() { a.source.Run(ctx, func() { a.requestSync() }) })
+	wg.Go(func() { a.checkDrift(ctx) })
 	a.loop(ctx)
 	srv.Close()
 	wg.Wait()
@@ -396,16 +399,39 @@ func (a *Agent) Ready() bool {
 	return a.readyLocked()
 }
 
+// notReadyReason says why the agent is not ready ("" when it is).
+func (a *Agent) notReadyReason() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.chainErr != nil:
+		return a.chainErr.Error()
+	case bypassed(a.hostErr):
+		return a.hostErr.Error()
+	case !a.ready && a.syncErr != nil:
+		return "the last sync failed: " + a.syncErr.Error()
+	case !a.ready:
+		return "no policy applied to the kernel yet"
+	}
+	return ""
+}
+
 // readyLocked is Ready with a.mu held: the last sync worked and the CNI
 // chain holds netseg (or is not watched).
-func (a *Agent) readyLocked() bool { return a.ready && a.chainErr == nil && a.hostErr == nil }
+func (a *Agent) readyLocked() bool { return a.ready && a.chainErr == nil && !bypassed(a.hostErr) }
+
+// bypassed reports whether the host check found that bridged traffic
+// bypasses the forward chain. A check that could not run (out of file
+// descriptors, say) is shown in status but does not make the agent
+// unready: the last finding stands until a check says otherwise.
+func bypassed(hostErr error) bool { return errors.Is(hostErr, dataplane.ErrBrNetfilterOff) }
 
 // keepChained runs the chain check at start and every ChainCheckInterval.
 func (a *Agent) keepChained(ctx context.Context) {
 	if a.chain == nil {
 		return
 	}
-	a.keep(ctx, ChainCheckInterval, &a.chainErr, func() error {
+	a.keep(ctx, ChainCheckInterval, &a.chainErr, "not ready", func() error {
 		changed, err := a.chain()
 		if err != nil {
 			return fmt.Errorf("the CNI configuration does not chain netseg and could not be fixed: %w", err)
@@ -423,8 +449,15 @@ func (a *Agent) keepBrNetfilter(ctx context.Context) {
 	if a.host == nil {
 		return
 	}
-	a.keep(ctx, HostCheckInterval, &a.hostErr, func() error {
+	a.keep(ctx, HostCheckInterval, &a.hostErr, "host check", func() error {
 		fixed, err := a.host()
+		a.mu.Lock()
+		prev := a.hostErr
+		a.mu.Unlock()
+		if err != nil && !bypassed(err) && bypassed(prev) {
+			// The check could not run: the last finding stands.
+			err = fmt.Errorf("%w (checking again failed: %v)", prev, err)
+		}
 		for _, name := range fixed {
 			a.metrics.BrNetfilterFixed.Inc()
 			a.log.Warn("br_netfilter was off: bridged traffic bypassed the forward chain (the bridge guard dropped it); set it on again", "sysctl", name)
@@ -433,10 +466,30 @@ func (a *Agent) keepBrNetfilter(ctx context.Context) {
 	})
 }
 
+// watchConntrack reads the conntrack table's fill every
+// HostCheckInterval, exports it, and warns near the limit.
+func (a *Agent) watchConntrack(ctx context.Context) {
+	if a.ctFill == nil {
+		return
+	}
+	a.keep(ctx, HostCheckInterval, &a.ctErr, "warning", func() error {
+		count, limit, err := a.ctFill()
+		if err != nil {
+			return fmt.Errorf("conntrack fill: %w", err)
+		}
+		a.metrics.ConntrackEntries.Set(float64(count))
+		a.metrics.ConntrackMax.Set(float64(limit))
+		if limit > 0 && float64(count) >= ConntrackFullRatio*float64(limit) {
+			return fmt.Errorf("the conntrack table is full (%d of %d entries): the kernel drops new connections, allowed ones too (denied ones stay denied); raise net.netfilter.nf_conntrack_max on the host or find what opens them", count, limit)
+		}
+		return nil
+	})
+}
+
 // keep runs check at start and every interval until ctx ends, and keeps
-// its error in *slot (read under a.mu: while it is set the agent is not
-// ready). A new error is logged once, not at every check.
-func (a *Agent) keep(ctx context.Context, interval time.Duration, slot *error, check func() error) {
+// its error in *slot (read under a.mu). A new error is logged once, with
+// what, not at every check.
+func (a *Agent) keep(ctx context.Context, interval time.Duration, slot *error, what string, check func() error) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -447,9 +500,9 @@ func (a *Agent) keep(ctx context.Context, interval time.Duration, slot *error, c
 		a.mu.Unlock()
 		switch {
 		case err != nil && (prev == nil || prev.Error() != err.Error()):
-			a.log.Error("not ready", "err", err)
+			a.log.Error(what, "err", err)
 		case err == nil && prev != nil:
-			a.log.Info("ready again", "was", prev.Error())
+			a.log.Info(what+": over", "was", prev.Error())
 		}
 		select {
 		case <-ctx.Done():

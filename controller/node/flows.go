@@ -106,7 +106,10 @@ func (a *Agent) readerStopped(name string, err error, failures prometheus.Counte
 	a.log.Error("flow reader stopped; the flow log misses records until the agent restarts", "reader", name, "err", err)
 	failures.Inc()
 	a.mu.Lock()
-	a.flowErr = fmt.Errorf("flow reader %s stopped: %w", name, err)
+	if a.readerErr == nil {
+		a.readerErr = map[string]error{}
+	}
+	a.readerErr[name] = fmt.Errorf("flow reader %s stopped: %w", name, err)
 	a.mu.Unlock()
 }
 

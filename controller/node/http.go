@@ -37,11 +37,18 @@ func (a *Agent) ServeHTTP(ctx context.Context, healthAddr, metricsAddr string) (
 			fmt.Fprintln(w, "ok")
 		})
 		m.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !a.Ready() {
-				http.Error(w, "not ready: no policy applied to the kernel yet", http.StatusServiceUnavailable)
-				return
+			st := a.Status()
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			if st.Ready {
+				fmt.Fprintln(w, "ready")
+			} else {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintln(w, "not ready: "+a.notReadyReason())
 			}
-			fmt.Fprintln(w, "ready")
+			for _, l := range st.Loops {
+				fmt.Fprintf(w, "%-22s %-8s %s\n", l.Name, l.State, l.Error)
+			}
 		})
 	}
 	if metricsAddr != "" {

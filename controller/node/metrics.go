@@ -33,7 +33,9 @@ type Metrics struct {
 	Rechained prometheus.Counter
 	// BrNetfilterFixed counts br_netfilter sysctls found off and set on.
 	BrNetfilterFixed prometheus.Counter
-	AddToKernel      prometheus.Histogram
+	// ConntrackEntries and ConntrackMax are the node's conntrack fill.
+	ConntrackEntries, ConntrackMax prometheus.Gauge
+	AddToKernel                    prometheus.Histogram
 }
 
 // NewMetrics registers the metrics.
@@ -56,6 +58,10 @@ func NewMetrics() *Metrics {
 			Help: "Accept errors of the agent socket (out of file descriptors, aborted connections), retried after a pause."}),
 		BrNetfilterFixed: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_br_netfilter_fixed_total",
 			Help: "Times a br_netfilter sysctl (bridge-nf-call-iptables, -ip6tables) was found off in the node and set on again; meanwhile the bridge guard dropped pod traffic bridged without policy."}),
+		ConntrackEntries: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netseg_conntrack_entries",
+			Help: "Connections the node's conntrack tracks (nf_conntrack_count), read every second."}),
+		ConntrackMax: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netseg_conntrack_max",
+			Help: "Connections the node's conntrack may track (nf_conntrack_max); at the limit the kernel drops new connections."}),
 		Rechained: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_cni_rechained_total",
 			Help: "Times the node's CNI configuration no longer chained netseg (the network plugin rewrote it) and the agent chained it again."}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_socket_refused_total",
@@ -65,7 +71,7 @@ func NewMetrics() *Metrics {
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Requests, m.AddToKernel,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

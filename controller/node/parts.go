@@ -34,15 +34,25 @@ type Parts struct {
 	// ready and refuses ADDs (a container there could not be segmented
 	// and reach its peers at once: the bridge guard drops its traffic).
 	CheckHost func() ([]string, error)
-	Log       *slog.Logger
-	Metrics   *Metrics
+	// ConntrackFill, when set, is read every HostCheckInterval: how many
+	// connections the node's conntrack tracks, of how many it may. Near
+	// the limit the agent warns (the kernel drops new connections, allowed
+	// ones too, while denied ones stay denied); it stays ready.
+	ConntrackFill func() (count, limit int, err error)
+	Log           *slog.Logger
+	Metrics       *Metrics
 }
 
 // ChainCheckInterval is how often KeepChained runs.
 const ChainCheckInterval = 10 * time.Second
 
-// HostCheckInterval is how often CheckHost runs: two sysctl reads.
+// HostCheckInterval is how often CheckHost runs and ConntrackFill is
+// read: two sysctl reads each.
 const HostCheckInterval = time.Second
+
+// ConntrackFullRatio is the fill of the conntrack table at which the agent
+// warns that new connections are (about to be) dropped.
+const ConntrackFullRatio = 0.95
 
 // Kernel is the node's network namespace as the agent uses it: whether a
 // host interface exists, and a handle to open the flow readers' sockets in.

@@ -116,6 +116,7 @@ func (a *Agent) serve(ctx context.Context, ln net.Listener) {
 			}
 			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
 			a.metrics.AcceptErrors.Inc()
+			a.setAcceptErr(err)
 			a.log.Warn("agent socket: accept failed; retrying", "err", err, "in", backoff)
 			select {
 			case <-ctx.Done():
@@ -124,7 +125,11 @@ func (a *Agent) serve(ctx context.Context, ln net.Listener) {
 			}
 			continue
 		}
-		backoff = 0
+		if backoff != 0 {
+			backoff = 0
+			a.setAcceptErr(nil)
+			a.log.Info("agent socket: accepting again")
+		}
 		if a.conns.Add(1) > maxConns {
 			a.conns.Add(-1)
 			a.metrics.Refused.Inc()
@@ -227,6 +232,13 @@ func retryable(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// setAcceptErr records that accepting fails now (nil: it works again).
+func (a *Agent) setAcceptErr(err error) {
+	a.mu.Lock()
+	a.acceptErr = err
+	a.mu.Unlock()
+}
+
 // setServeErr records that the socket server stopped for good.
 func (a *Agent) setServeErr(err error) {
 	a.log.Error("agent socket stopped; CNI requests cannot reach the agent until it restarts", "err", err)
@@ -317,7 +329,7 @@ func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response
 	a.mu.Lock()
 	hostErr := a.hostErr
 	a.mu.Unlock()
-	if hostErr != nil {
+	if bypassed(hostErr) {
 		return fmt.Errorf("endpoint %s: the node cannot segment it: %w; the interface is not registered", EndpointID(ep.Attachment), hostErr)
 	}
 	if err := a.claim(ep); err != nil {
@@ -388,12 +400,43 @@ func (a *Agent) Status() *agent.Status {
 	if a.syncErr != nil {
 		st.LastSyncError = a.syncErr.Error()
 	}
-	for _, err := range []error{a.flowErr, a.serveErr, a.logErr, a.chainErr, a.hostErr} {
-		if err != nil {
-			st.Warnings = append(append([]string(nil), st.Warnings...), err.Error())
+	st.Loops = a.loopsLocked(polErr)
+	for _, l := range st.Loops {
+		if l.Error != "" && l.Name != "policy-source" && l.Name != "kernel-sync" { // those two have fields of their own
+			st.Warnings = append(append([]string(nil), st.Warnings...), l.Error)
 		}
 	}
 	return st
+}
+
+// loopsLocked reports each background loop's state, with a.mu held;
+// polErr is the policy source's error in force.
+func (a *Agent) loopsLocked(polErr error) []agent.Loop {
+	loop := func(name string, on bool, err error, state string) agent.Loop {
+		switch {
+		case !on:
+			return agent.Loop{Name: name, State: agent.LoopOff}
+		case err == nil:
+			return agent.Loop{Name: name, State: agent.LoopOK}
+		}
+		return agent.Loop{Name: name, State: state, Error: err.Error()}
+	}
+	socket := loop("socket", true, a.acceptErr, agent.LoopRetrying)
+	if a.serveErr != nil {
+		socket = loop("socket", true, a.serveErr, agent.LoopStopped)
+	}
+	flowsOn := a.cfg.Flows.FlowLog != ""
+	return []agent.Loop{
+		socket,
+		loop("policy-source", true, polErr, agent.LoopFailing),
+		loop("kernel-sync", true, a.syncErr, agent.LoopRetrying),
+		loop("flow-reader-nflog", flowsOn, a.readerErr["nflog"], agent.LoopStopped),
+		loop("flow-reader-conntrack", flowsOn, a.readerErr["conntrack"], agent.LoopStopped),
+		loop("flow-writer", flowsOn, a.logErr, agent.LoopRetrying),
+		loop("cni-chain", a.chain != nil, a.chainErr, agent.LoopFailing),
+		loop("host-check", a.host != nil, a.hostErr, agent.LoopFailing),
+		loop("conntrack-check", a.ctFill != nil, a.ctErr, agent.LoopFailing),
+	}
 }
 
 // explain decides a connection between registered endpoints or addresses.

@@ -45,13 +45,21 @@ func testAgent(t *testing.T, socket string) *Agent {
 }
 
 // scriptedListener returns the scripted errors from Accept, then real
-// connections from the wrapped listener.
+// connections from the wrapped listener. With gate set, the Accept after
+// the last error first waits for gate to be closed.
 type scriptedListener struct {
 	net.Listener
-	errs []error
+	errs   []error
+	gate   chan struct{}
+	waited chan struct{} // closed when Accept waits at the gate
 }
 
 func (l *scriptedListener) Accept() (net.Conn, error) {
+	if len(l.errs) == 0 && l.gate != nil {
+		close(l.waited)
+		<-l.gate
+		l.gate = nil
+	}
 	if len(l.errs) > 0 {
 		err := l.errs[0]
 		l.errs = l.errs[1:]
@@ -73,10 +81,18 @@ func TestServeRetriesTemporaryAcceptErrors(t *testing.T) {
 	defer ln.Close()
 	emfile := &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
 	aborted := &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.ECONNABORTED)}
-	sl := &scriptedListener{Listener: ln, errs: []error{emfile, emfile, aborted}}
+	sl := &scriptedListener{Listener: ln, errs: []error{emfile, emfile, aborted}, gate: make(chan struct{}), waited: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); a.serve(ctx, sl) }()
+	<-sl.waited // every error returned; no connection accepted since
+	if l := loopNamed(t, a.Status(), "socket"); l.State != agent.LoopRetrying || !strings.Contains(l.Error, "connection abort") {
+		t.Fatalf("socket loop while accept fails: %+v, want retrying with the error", l)
+	}
+	if err := a.Healthy(); err != nil {
+		t.Fatalf("unhealthy while accept errors may pass: %v", err)
+	}
+	close(sl.gate)
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer rcancel()
 	if _, err := agent.Call(rctx, socket, agent.Request{Op: agent.OpList}); err != nil {
@@ -84,6 +100,9 @@ func TestServeRetriesTemporaryAcceptErrors(t *testing.T) {
 	}
 	if err := a.Healthy(); err != nil {
 		t.Fatalf("unhealthy after errors that pass: %v", err)
+	}
+	if l := loopNamed(t, a.Status(), "socket"); l.State != agent.LoopOK || l.Error != "" {
+		t.Fatalf("socket loop once accepting again: %+v, want ok", l)
 	}
 	cancel()
 	ln.Close()
@@ -103,6 +122,21 @@ func TestServeRetriesTemporaryAcceptErrors(t *testing.T) {
 	if st := a.Status(); !strings.Contains(strings.Join(st.Warnings, "\n"), "stopped accepting") {
 		t.Fatalf("status warnings %q do not name the socket's failure", st.Warnings)
 	}
+	if l := loopNamed(t, a.Status(), "socket"); l.State != agent.LoopStopped {
+		t.Fatalf("socket loop after a lasting failure: %+v, want stopped", l)
+	}
+}
+
+// loopNamed finds a background loop's state in st.
+func loopNamed(t *testing.T, st *agent.Status, name string) agent.Loop {
+	t.Helper()
+	for _, l := range st.Loops {
+		if l.Name == name {
+			return l
+		}
+	}
+	t.Fatalf("status has no loop %q: %+v", name, st.Loops)
+	return agent.Loop{}
 }
 
 // TestListenTouchesOnlyItsOwn: an existing directory keeps its mode (a
