@@ -5,7 +5,7 @@ BIN      := bin
 PKGS     := ./...
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build setup setup-test test unit e2e race bench fuzz lint generate verify demo clean
+.PHONY: all build setup setup-test test unit e2e faults race bench fuzz lint generate verify demo clean
 
 all: build
 
@@ -39,6 +39,12 @@ unit:
 race: setup-test build
 	$(GO) test -race -count=1 -p 1 -timeout 30m ./controller/node/ ./controller/flowlog/ ./controller/enforce/ ./dataplane/...
 	NETSEG_E2E_RACE=1 $(GO) test -count=1 -p 1 -timeout 30m ./e2e/
+
+# The fault-injection suite alone (it is part of test): each fault logs a
+# row "FAULT | fault | denied admitted | established dropped | lost |
+# recovered in" (make faults | grep 'FAULT |' gives the table).
+faults: setup-test build
+	$(GO) test -count=1 -p 1 -timeout 30m -v -run 'Fault|KillDuring|APIOutage|APIFlapping|BrNetfilterSwitchedOff|AgentKilledUnderTraffic|RecoversFromFullDisk|MovesTornEntriesAside' ./e2e/ ./controller/flowlog/ ./controller/node/
 
 e2e: setup-test build
 	$(GO) test -count=1 -p 1 -timeout 30m ./e2e/...

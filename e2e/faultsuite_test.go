@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -442,4 +443,154 @@ func statusLoop(t *testing.T, st *agent.Status, name string) agent.Loop {
 	}
 	t.Fatalf("status has no loop %q", name)
 	return agent.Loop{}
+}
+
+// sysctlIn reads a sysctl of the node's namespace.
+func sysctlIn(t *testing.T, ns *lab.Netns, path string) int {
+	t.Helper()
+	var v int
+	err := ns.Do(func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Sscan(string(b), &v)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestFaultConntrackFull: the node's conntrack table filled to
+// nf_conntrack_max (entries loaded in the node's namespace with
+// conntrack -R; the limit is the host's and cannot be lowered in a
+// namespace, the count is the namespace's own). New connections are
+// dropped by the kernel, allowed ones too: a denied one is never admitted,
+// the established connection lives, and the agent warns (conntrack-check
+// failing) while it stays ready. Once the entries go, allowed connections
+// work again and the warning clears on its own.
+func TestFaultConntrackFull(t *testing.T) {
+	n := newNode(t, "bridge")
+	checkout, monitoring, srv := shopTraffic(t, n)
+	const countPath, maxPath = "/proc/sys/net/netfilter/nf_conntrack_count", "/proc/sys/net/netfilter/nf_conntrack_max"
+	limit := sysctlIn(t, n.ns, maxPath)
+	w := watchTraffic(t, checkout, monitoring, srv)
+	w.waitRounds(1)
+	fill := limit - sysctlIn(t, n.ns, countPath)
+	var b strings.Builder
+	for i := range fill { // UDP entries between addresses no test uses, assured so the kernel cannot evict them early
+		fmt.Fprintf(&b, "-I -s 10.250.%d.%d -d 10.251.0.1 -p udp --sport %d --dport 53 -t 900 -u ASSURED,SEEN_REPLY\n",
+			i/60000/250, i/60000%250+1, 1024+i%60000)
+	}
+	file := filepath.Join(t.TempDir(), "fill.ct")
+	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out, err := n.ns.Run("conntrack", "-R", file)
+	t.Logf("loaded %d entries in %v (limit %d, count now %d): %v %s", fill, time.Since(start).Round(time.Millisecond), limit,
+		sysctlIn(t, n.ns, countPath), err, tail(out, 2))
+	t.Cleanup(func() { _, _ = n.ns.Run("conntrack", "-D", "-d", "10.251.0.1") })
+	waitFor(t, "the agent warns that conntrack is full", 10*time.Second, func() (bool, string) {
+		l := statusLoop(t, n.status(t).Status, "conntrack-check")
+		return l.State == "failing" && strings.Contains(l.Error, "conntrack table is full"), fmt.Sprintf("%+v", l)
+	})
+	if !n.status(t).Ready {
+		t.Error("the agent is not ready with conntrack full: it must stay ready (its rules work; the kernel drops new connections)")
+	}
+	w.waitRounds(3)
+	if err := checkout.Probe("tcp", srv, probeTimeout); err == nil {
+		t.Logf("an allowed connection got through with conntrack at %d of %d", sysctlIn(t, n.ns, countPath), limit)
+	}
+	freed := time.Now()
+	if _, err := n.ns.Run("conntrack", "-D", "-d", "10.251.0.1"); err != nil {
+		t.Logf("conntrack -D: %v", err)
+	}
+	waitFor(t, "allowed connections work again", 10*time.Second, func() (bool, string) {
+		err := checkout.Probe("tcp", srv, probeTimeout)
+		return err == nil, probeString(err)
+	})
+	waitFor(t, "the warning clears", 10*time.Second, func() (bool, string) {
+		l := statusLoop(t, n.status(t).Status, "conntrack-check")
+		return l.State == "ok", fmt.Sprintf("%+v", l)
+	})
+	took := time.Since(freed)
+	tl := w.tally()
+	faultRow(t, "conntrack table full", tl, fmt.Sprintf("allowed new connections dropped by the kernel: %d/%d", tl.allowedFailed, tl.allowedProbes), took)
+}
+
+// TestFaultPrimaryCNIRewritesConflist: the node's primary network plugin
+// rewrites its conflist without netseg (as many do when they restart).
+// The agent (--keep-chained) chains netseg again, with the entry it had,
+// within its check interval; a container the runtime adds from the
+// rewritten file meanwhile gets no netseg rules and so no traffic at all
+// (its address is in the pod network, unregistered: fail closed); one
+// added from the file afterwards is enforced. Traffic of existing
+// containers never changes.
+func TestFaultPrimaryCNIRewritesConflist(t *testing.T) {
+	n := newNode(t, "bridge")
+	confDir := t.TempDir()
+	conf := filepath.Join(confDir, "10-pods.conflist")
+	if err := os.WriteFile(conf, n.list.Bytes, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.stopAgent(syscall.SIGTERM)
+	n.agentArgs = append(n.agentArgs, "--cni-conf-dir", confDir, "--keep-chained")
+	n.startAgent()
+	checkout, monitoring, srv := shopTraffic(t, n)
+	w := watchTraffic(t, checkout, monitoring, srv)
+	w.waitRounds(1)
+
+	// The primary plugin's own conflist: its entry alone, written by rename.
+	var raw map[string]any
+	if err := json.Unmarshal(n.list.Bytes, &raw); err != nil {
+		t.Fatal(err)
+	}
+	raw["plugins"] = raw["plugins"].([]any)[:1]
+	primary, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf+".tmp", primary, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(conf+".tmp", conf); err != nil {
+		t.Fatal(err)
+	}
+	rewritten := time.Now()
+	// A runtime that read the rewritten file at once.
+	gap := n.attach("shop", "checkout-gap", checkoutLabels)
+	gapCtr, err := n.cni.Add("gap", n.cni.ParseConfList(t, string(primary)), gap)
+	if err != nil {
+		t.Fatalf("ADD through the primary plugin alone: %v", err)
+	}
+	expectDrop(t, "a container added without netseg -> payments 8443 (fail closed)", gapCtr.Probe("tcp", srv, probeTimeout))
+	waitFor(t, "the agent chains netseg again", 10*time.Second, func() (bool, string) {
+		b, err := os.ReadFile(conf)
+		return err == nil && strings.Contains(string(b), `"netseg"`), string(b)
+	})
+	took := time.Since(rewritten)
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := n.cni.ParseConfList(t, string(b))
+	var entry map[string]any
+	if err := json.Unmarshal(again.Plugins[len(again.Plugins)-1].Bytes, &entry); err != nil {
+		t.Fatal(err)
+	}
+	if entry["stateDir"] != n.pluginDir || entry["timeout"] != "5s" {
+		t.Errorf("netseg chained again without the entry it had: %v", entry)
+	}
+	if err := n.cni.Remove(gapCtr, n.cni.ParseConfList(t, string(primary)), gap); err != nil {
+		t.Fatal(err)
+	}
+	after := n.cni.MustAdd("after", again, n.attach("shop", "checkout-after", checkoutLabels))
+	expectPass(t, "a container added from the rechained file -> payments 8443", after.Probe("tcp", srv, probeTimeout))
+	if st := n.status(t); !st.Ready {
+		t.Errorf("not ready after rechaining: %v", st.Status.Warnings)
+	}
+	faultRow(t, "primary CNI rewrote its conflist without netseg", w.tally(), "0 (a container added in the gap had no traffic: fail closed)", took)
 }

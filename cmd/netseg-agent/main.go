@@ -120,7 +120,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cni.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
 	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/run/netseg", "the CNI plugin's stateDir: its fail-open counter becomes the metric netseg_cni_fail_open_total")
 	fs.StringVar(&f.cni.Plugin, "plugin", "/usr/local/bin/netseg", "the netseg CNI plugin binary to install")
-	fs.BoolVar(&f.keepChained, "keep-chained", false, "check every 10s that the active configuration in --cni-conf-dir chains netseg last, chain it again when the network plugin rewrote it, and report not ready while it cannot")
+	fs.BoolVar(&f.keepChained, "keep-chained", false, "check every second that the active configuration in --cni-conf-dir chains netseg last, chain it again (with the netseg entry it had) when the network plugin rewrote it, and report not ready while it cannot")
 	fs.BoolVar(&f.fixBrNetfilter, "fix-br-netfilter", true, "when a bridge's traffic bypasses the forward chain because br_netfilter's sysctls are off in the node, set them on again (checked every second; while they stay off the agent is not ready, refuses ADDs, and the bridge guard drops pod traffic bridged without policy)")
 	fs.Uint64Var(&f.forwardMark, "forward-mark", 0x00400000, "the packet mark bit the forward chain sets for the bridge guard (change it when another component of the node uses this bit)")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "remove netseg's nftables table, registry and socket, then exit")
@@ -206,9 +206,13 @@ func run(args []string, stderr io.Writer) int {
 		o := f.cni
 		o.Entry = cniEntry(f)
 		parts.KeepChained = func() (string, error) {
-			ok, _, err := cniconf.Chained(o.ConfDir)
-			if err != nil || ok {
+			entry, _, err := cniconf.ChainedEntry(o.ConfDir)
+			if err != nil {
 				return "", err
+			}
+			if entry != nil {
+				o.Entry = entry // chain it again as it was (stateDir, capabilities, timeout)
+				return "", nil
 			}
 			return cniconf.Chain(o)
 		}

@@ -46,20 +46,31 @@ func Install(o Options) (string, error) {
 // last (the agent checks it: a network plugin that rewrites its conflist,
 // as many do when they restart, drops netseg from the chain).
 func Chained(confDir string) (bool, string, error) {
+	entry, path, err := ChainedEntry(confDir)
+	return entry != nil, path, err
+}
+
+// ChainedEntry is Chained that also returns netseg's entry (nil when the
+// active configuration does not chain netseg last), so that a rewritten
+// configuration can be chained again with the entry it had.
+func ChainedEntry(confDir string) (map[string]any, string, error) {
 	path, err := activeConfig(confDir)
 	if err != nil {
-		return false, "", err
+		return nil, "", err
 	}
 	conf, err := readConfList(path)
 	if err != nil {
-		return false, path, err
+		return nil, path, err
 	}
 	plugins, _ := conf["plugins"].([]any)
 	if len(plugins) == 0 {
-		return false, path, nil
+		return nil, path, nil
 	}
 	last, ok := plugins[len(plugins)-1].(map[string]any)
-	return ok && last["type"] == PluginType && len(withoutNetseg(plugins)) == len(plugins)-1, path, nil
+	if !ok || last["type"] != PluginType || len(withoutNetseg(plugins)) != len(plugins)-1 {
+		return nil, path, nil
+	}
+	return last, path, nil
 }
 
 // Chain puts netseg last in the active network configuration (the plugin

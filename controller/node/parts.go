@@ -43,8 +43,11 @@ type Parts struct {
 	Metrics       *Metrics
 }
 
-// ChainCheckInterval is how often KeepChained runs.
-const ChainCheckInterval = 10 * time.Second
+// ChainCheckInterval is how often KeepChained runs: one small file read.
+// A container added between a rewrite and the next check gets no netseg
+// rules; its addresses, in the pod network but unregistered, carry
+// nothing (fail closed) until the runtime adds it again.
+const ChainCheckInterval = time.Second
 
 // HostCheckInterval is how often CheckHost runs and ConntrackFill is
 // read: two sysctl reads each.

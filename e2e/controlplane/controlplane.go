@@ -293,6 +293,16 @@ func (cp *ControlPlane) StopAPIServer() {
 	stop(p, 20*time.Second)
 }
 
+// KillAPIServer kills kube-apiserver at once (SIGKILL), as a crash does:
+// open watches break without a goodbye.
+func (cp *ControlPlane) KillAPIServer() {
+	cp.mu.Lock()
+	p := cp.api
+	cp.api = nil
+	cp.mu.Unlock()
+	stop(p, 0)
+}
+
 // Stop stops kube-apiserver, then etcd. It is safe to call twice.
 func (cp *ControlPlane) Stop() {
 	cp.StopAPIServer()
@@ -355,9 +365,14 @@ func sweepLeftovers() {
 	}
 }
 
-// stop sends SIGTERM, then SIGKILL after grace.
+// stop ends p: SIGTERM, and SIGKILL after grace (at once when 0).
 func stop(p *proc, grace time.Duration) {
 	if p == nil {
+		return
+	}
+	if grace == 0 {
+		_ = p.cmd.Process.Kill()
+		<-p.done
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
