@@ -180,6 +180,14 @@ func (r *rb) ctMarkSetLow(low uint32) *rb {
 		&expr.Ct{Register: 1, SourceRegister: true, Key: expr.CtKeyMARK})
 }
 
+// ctMarkNot: ct mark and 0x... != 0x... (the masked bits are not value).
+func (r *rb) ctMarkNot(mask, value uint32) *rb {
+	return r.add(fmt.Sprintf("ct mark and 0x%08x != 0x%08x", mask, value),
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(mask), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(value)})
+}
+
 // metaMarkFromCt: meta mark set ct mark. The kernel here is built without
 // CONFIG_NETFILTER_NETLINK_GLUE_CT, so NFLOG messages cannot carry the
 // conntrack entry; the packet mark (NFULA_MARK) carries the decision instead.

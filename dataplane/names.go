@@ -190,7 +190,8 @@ var (
 //
 //	chain forward { type filter hook forward priority 0; policy accept;
 //	  meta mark set meta mark or 0x00400000   (Config.ForwardMark: seen here; the bridge guard checks it)
-//	  ct state established,related accept
+//	  ct state established,related ct mark and 0x0000c000 != 0x00008000 accept
+//	  ct state established,related goto deny   (a live connection the policy denies now: Remark)
 //	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
 //	  ct state invalid drop
 //	  ip saddr @quarantine4 counter name "quarantined" drop    (and daddr, and ip6, and cniquarantine)
@@ -212,7 +213,17 @@ var (
 // is read from conntrack events.
 var baseRules = []baseRule{
 	{on: onForward, rule: func(c Config, _ int) *rb { return rule().metaMarkOr(c.ForwardMark) }},
-	{on: onHooks, rule: func(Config, int) *rb {
+	// Established packets pass unless the connection's mark says the
+	// enforced policy denies it now (Namespace.Remark rewrites the marks of
+	// live connections when the policy changes): those go to deny, logged
+	// with the rule that denies them.
+	{on: onForward, rule: func(Config, int) *rb {
+		return rule().ctState("established,related", 2|4).ctMarkNot(enforcedVerdictMask, enforcedDenyBits).verdict(expr.VerdictAccept, "")
+	}},
+	{on: onForward, rule: func(Config, int) *rb {
+		return rule().ctState("established,related", 2|4).verdict(expr.VerdictGoto, chainDeny)
+	}},
+	{on: []string{chainInput, chainOutput}, rule: func(Config, int) *rb {
 		return rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, "")
 	}},
 	// Neighbour discovery and MLD are not tracked by conntrack (their ct

@@ -2,13 +2,19 @@ package e2e_test
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/api/flow"
+	"github.com/netseg/netseg/controller/flowquery"
 	"github.com/netseg/netseg/e2e/lab"
 )
 
@@ -92,4 +98,148 @@ func TestBrNetfilterSwitchedOff(t *testing.T) {
 	waitFor(t, "the agent is ready again", 3*time.Second, func() (bool, string) { st := n.status(t); return st.Ready, strings.Join(st.Status.Warnings, "; ") })
 	expectPass(t, "checkout -> payments with br_netfilter on again", checkout.Probe("tcp", srv, probeTimeout))
 	n.pod("late", "shop", "late", checkoutLabels)
+}
+
+// cutWithin sends on conn every 20 ms from start and returns how long
+// after start the first echo failed (the connection is cut), failing t if
+// it still works after limit.
+func cutWithin(t *testing.T, conn net.Conn, start time.Time, limit time.Duration) time.Duration {
+	t.Helper()
+	for i := 0; time.Since(start) < limit+time.Second; i++ {
+		msg := fmt.Sprintf("%08d", i)
+		_ = conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := conn.Write([]byte(msg)); err == nil {
+			buf := make([]byte, len(msg))
+			if _, err := io.ReadFull(conn, buf); err == nil && string(buf) == msg {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+		}
+		took := time.Since(start)
+		if took > limit {
+			t.Errorf("the connection was cut %v after the change, want within %v", took.Round(time.Millisecond), limit)
+		}
+		return took
+	}
+	t.Fatalf("the established connection still works %v after the change", limit+time.Second)
+	return 0
+}
+
+// TestRevocationCutsLiveConnections: an established connection that a new
+// policy denies ends within a second of the change (the agent rewrites its
+// conntrack mark; the forward chain drops established packets whose mark
+// says Deny), and its dropped packets are logged with the rule that now
+// denies it. A staged (Monitor) deny does not cut. A quarantine cuts the
+// quarantined endpoint's live connections the same way.
+func TestRevocationCutsLiveConnections(t *testing.T) {
+	flowLog := filepath.Join(t.TempDir(), "flows.log")
+	n := newNode(t, "bridge", "--flow-log", flowLog, "--flow-interval", "1s")
+	checkout, monitoring, srv := shopTraffic(t, n)
+	dep := filepath.Join(n.policyDir, "dependencies.yaml")
+	orig, err := os.ReadFile(dep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePolicy := func(path string, b []byte) time.Time {
+		t.Helper()
+		if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}
+
+	// A staged deny of checkout -> payments: the connection goes on.
+	conn, err := checkout.Dial("tcp", srv, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	staged := filepath.Join(n.policyDir, "zz-staged.yaml")
+	gen := n.status(t).Status.PolicyGeneration
+	writePolicy(staged, []byte(`apiVersion: netseg.io/v1alpha1
+kind: ZonePolicy
+metadata: {name: staged-web-payments}
+spec:
+  priority: 1
+  mode: Monitor
+  rules:
+  - {name: no-web-to-payments, action: Deny, from: [{zone: web}], to: [{zone: payments}]}
+`))
+	waitFor(t, "the staged policy applied", 5*time.Second, func() (bool, string) {
+		st := n.status(t).Status
+		return st.PolicyGeneration > gen && st.LastError == "", st.LastError
+	})
+	for i := range 10 { // a second of echoes: would-deny does not cut
+		if err := echo(conn, fmt.Sprintf("staged%02d", i)); err != nil {
+			t.Fatalf("a staged deny cut the connection: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := os.Remove(staged); err != nil {
+		t.Fatal(err)
+	}
+
+	// An enforced deny: checkout loses its payments dependencies.
+	var kept []string
+	for _, block := range strings.SplitAfter(string(orig), "\n  - name: ") {
+		if !strings.HasPrefix(block, "payments-") {
+			kept = append(kept, block)
+		}
+	}
+	denied := []byte(strings.Join(kept, ""))
+	if strings.Contains(string(denied), "payments-pods") {
+		t.Fatal("could not drop checkout's payments entries")
+	}
+	changed := writePolicy(dep, denied)
+	took := cutWithin(t, conn, changed, time.Second)
+	t.Logf("enforced deny: the established connection was cut %v after the policy file changed", took.Round(time.Millisecond))
+	expectDrop(t, "checkout -> payments 8443, new connection after the change", checkout.Probe("tcp", srv, probeTimeout))
+	waitFor(t, "the cut connection's packets logged as denied with the deciding rule", 10*time.Second, func() (bool, string) {
+		var found *flow.Record
+		_ = flowquery.Read(flowLog, &flowquery.Filter{}, func(r *flow.Record) {
+			if r.Kind == flow.KindFlow && r.Verdict == "denied" && r.Src != nil && r.Dst != nil &&
+				r.Src.IP == checkout.IP(4).String() && r.Dst.IP == srv.Addr().String() && r.Dst.Port == srv.Port() && r.Origin != nil {
+				found = r
+			}
+		}, nil)
+		if found == nil {
+			return false, "no denied record for checkout -> payments:8443"
+		}
+		t.Logf("logged: %s by %s %s/%s %s", found.Verdict, found.Origin.Kind, found.Origin.Namespace, found.Origin.Name, found.Origin.Rule)
+		return true, ""
+	})
+
+	// Quarantine: monitoring -> checkout:9090 is allowed; quarantining
+	// monitoring cuts it.
+	writePolicy(dep, orig)
+	metrics := listen(checkout, 9090)
+	waitFor(t, "monitoring -> checkout 9090 allowed", 5*time.Second, func() (bool, string) {
+		err := monitoring.Probe("tcp", metrics, probeTimeout)
+		return err == nil, probeString(err)
+	})
+	mconn, err := monitoring.Dial("tcp", metrics, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mconn.Close()
+	var mon agent.Endpoint
+	for _, ep := range n.call(t, agent.OpList).Endpoints {
+		if ep.Namespace == "ops" && ep.Name == "monitoring" {
+			mon = ep
+		}
+	}
+	quarantined := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := agent.Call(ctx, n.socket, agent.Request{Op: agent.OpQuarantine, Endpoint: &mon}); err != nil {
+		t.Fatalf("quarantine monitoring: %v", err)
+	}
+	took = cutWithin(t, mconn, quarantined, time.Second)
+	t.Logf("quarantine: the established connection was cut %v after the request", took.Round(time.Millisecond))
+	if l := statusLoop(t, n.status(t).Status, "revoke"); l.State != "ok" {
+		t.Errorf("revoke loop: %+v", l)
+	}
 }

@@ -220,6 +220,7 @@ func run(args []string, stderr io.Writer) int {
 	fix := f.fixBrNetfilter
 	parts.CheckHost = func() ([]string, error) { return ns.CheckBrNetfilter(fix) }
 	parts.ConntrackFill = ns.ConntrackFill
+	parts.Remark = ns.Remark
 	if f.forwardMark > 0xffffffff {
 		fmt.Fprintf(stderr, "netseg-agent: --forward-mark %#x is wider than a packet mark (32 bits)\n", f.forwardMark)
 		return 2

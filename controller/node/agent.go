@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -121,6 +122,11 @@ type Agent struct {
 	chain    func() (string, error)
 	host     func() ([]string, error)
 	ctFill   func() (int, int, error)
+	remark   func(dataplane.Decider) (dataplane.Remarked, error)
+	// remarkJobs holds the next remark (capacity 1, the latest wins);
+	// lastRemark is the remarkKey of the last one asked for (sync loop).
+	remarkJobs chan remarkJob
+	lastRemark string
 
 	kick     chan struct{}
 	conns    atomic.Int64  // socket connections open
@@ -151,6 +157,7 @@ type Agent struct {
 	chainErr  error            // the CNI configuration does not chain netseg, and could not be fixed
 	hostErr   error            // bridged traffic bypasses the forward chain, and it could not be fixed
 	ctErr     error            // the conntrack table is (nearly) full: a warning, the agent stays ready
+	remarkErr error            // live connections could not be decided again
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the
@@ -164,7 +171,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, kick: make(chan struct{}, 1),
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, remarkJobs: make(chan remarkJob, 1), kick: make(chan struct{}, 1),
 		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
@@ -198,6 +205,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.keepChained(ctx) })
 	wg.Go(func() { a.keepBrNetfilter(ctx) })
 	wg.Go(func() { a.watchConntrack(ctx) })
+	wg.Go(func() { a.remarkLoop(ctx) })
 	wg.Go(func() { a.serve(ctx, srv) })
 	wg.Go(func() { a.source.Run(ctx, func() { a.requestSync() }) })
 	wg.Go(func() { a.checkDrift(ctx) })
@@ -375,6 +383,23 @@ func (a *Agent) syncOnce() error {
 	a.local = local
 	a.mu.Unlock()
 	a.flows.setResolver(compiled, snap.Input.Endpoints, local)
+	if err == nil && a.remark != nil {
+		var q []netip.Addr
+		for _, ep := range quarantined {
+			for _, p := range ep.Interface.IPs {
+				q = append(q, p.Addr().Unmap())
+			}
+		}
+		if key := remarkKey(snap.Generation, q); key != a.lastRemark {
+			a.lastRemark = key
+			qs := make(map[netip.Addr]bool, len(q))
+			for _, addr := range q {
+				qs[addr] = true
+			}
+			all := append(append([]policy.Endpoint(nil), snap.Input.Endpoints...), local...)
+			a.requestRemark(remarkJob{compiled: compiled, endpoints: all, quarantined: qs})
+		}
+	}
 	return err
 }
 

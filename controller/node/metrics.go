@@ -35,7 +35,10 @@ type Metrics struct {
 	BrNetfilterFixed prometheus.Counter
 	// ConntrackEntries and ConntrackMax are the node's conntrack fill.
 	ConntrackEntries, ConntrackMax prometheus.Gauge
-	AddToKernel                    prometheus.Histogram
+	// Revoked counts live connections cut because the policy in force
+	// (or a quarantine) denies them now.
+	Revoked     prometheus.Counter
+	AddToKernel prometheus.Histogram
 }
 
 // NewMetrics registers the metrics.
@@ -62,6 +65,8 @@ func NewMetrics() *Metrics {
 			Help: "Connections the node's conntrack tracks (nf_conntrack_count), read every second."}),
 		ConntrackMax: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netseg_conntrack_max",
 			Help: "Connections the node's conntrack may track (nf_conntrack_max); at the limit the kernel drops new connections."}),
+		Revoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_connections_revoked_total",
+			Help: "Live connections the policy in force (or a quarantine) came to deny: their conntrack mark was rewritten and their next packets are dropped and logged."}),
 		Rechained: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_cni_rechained_total",
 			Help: "Times the node's CNI configuration no longer chained netseg (the network plugin rewrote it) and the agent chained it again."}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_socket_refused_total",
@@ -71,7 +76,7 @@ func NewMetrics() *Metrics {
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Revoked, m.Requests, m.AddToKernel,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

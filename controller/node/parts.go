@@ -39,8 +39,12 @@ type Parts struct {
 	// the limit the agent warns (the kernel drops new connections, allowed
 	// ones too, while denied ones stay denied); it stays ready.
 	ConntrackFill func() (count, limit int, err error)
-	Log           *slog.Logger
-	Metrics       *Metrics
+	// Remark, when set, decides the node's live connections again after a
+	// policy or quarantine change (dataplane.Namespace.Remark): one the
+	// policy now denies stops at its next packet.
+	Remark  func(dataplane.Decider) (dataplane.Remarked, error)
+	Log     *slog.Logger
+	Metrics *Metrics
 }
 
 // ChainCheckInterval is how often KeepChained runs: one small file read.

@@ -436,6 +436,7 @@ func (a *Agent) loopsLocked(polErr error) []agent.Loop {
 		loop("cni-chain", a.chain != nil, a.chainErr, agent.LoopFailing),
 		loop("host-check", a.host != nil, a.hostErr, agent.LoopFailing),
 		loop("conntrack-check", a.ctFill != nil, a.ctErr, agent.LoopFailing),
+		loop("revoke", a.remark != nil, a.remarkErr, agent.LoopRetrying),
 	}
 }
 

@@ -34,6 +34,11 @@ type (
 		keep    bool
 		and, or uint32
 	}
+	// ctMarkMatchStmt: ct mark and MASK != VALUE (or ==).
+	ctMarkMatchStmt struct {
+		mask, value uint32
+		neq         bool
+	}
 	metaMarkFromCtStmt struct{}
 	// metaMarkOrStmt: meta mark set meta mark or OR.
 	metaMarkOrStmt uint32
@@ -188,6 +193,14 @@ func parseRule(text string) (*Rule, error) {
 			}
 			r.Stmts = append(r.Stmts, ctStateStmt(states))
 			take(3)
+		case len(tok) >= 6 && tok[0] == "ct" && tok[1] == "mark" && tok[2] == "and" && (tok[4] == "!=" || tok[4] == "=="):
+			mask, err1 := parseHex32(tok[3])
+			value, err2 := parseHex32(tok[5])
+			if err1 != nil || err2 != nil {
+				return bad("bad ct mark match")
+			}
+			r.Stmts = append(r.Stmts, ctMarkMatchStmt{mask: mask, value: value, neq: tok[4] == "!="})
+			take(6)
 		case len(tok) >= 4 && tok[0] == "ct" && tok[1] == "mark" && tok[2] == "set":
 			// ct mark set 0x... | ct mark set ct mark and 0x... or 0x...
 			if len(tok) >= 9 && tok[3] == "ct" && tok[4] == "mark" && tok[5] == "and" && tok[7] == "or" {

@@ -198,6 +198,10 @@ func (t *Table) eval(r *Rule, p *Packet, res *Result) (Verdict, bool, error) {
 			if !slices.Contains(s, p.CtState) {
 				return Verdict{}, false, nil
 			}
+		case ctMarkMatchStmt:
+			if (res.CtMark&s.mask != s.value) != s.neq {
+				return Verdict{}, false, nil
+			}
 		case addrNotStmt:
 			if s.p.Contains(addr(s.src)) != s.in {
 				return Verdict{}, false, nil
