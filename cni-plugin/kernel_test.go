@@ -268,7 +268,9 @@ func TestFailurePolicy(t *testing.T) {
 		// The agent's table and quarantine sets exist (it ran once); now it is down.
 		for _, cmd := range []string{"add table inet netseg",
 			"add set inet netseg cniquarantine4 { type ipv4_addr; }",
-			"add set inet netseg cniquarantine6 { type ipv6_addr; }"} {
+			"add set inet netseg cniquarantine6 { type ipv6_addr; }",
+			"add set inet netseg cnifailopen4 { type ipv4_addr; }",
+			"add set inet netseg cnifailopen6 { type ipv6_addr; }"} {
 			e.node.MustRun("nft", cmd)
 		}
 		at := lab.Attach{PodNamespace: "shop", PodName: "web-1"}
@@ -320,13 +322,30 @@ func TestFailurePolicy(t *testing.T) {
 
 		open := e.list(map[string]any{"socket": missing, "failurePolicy": "open"})
 		for i := 1; i <= 2; i++ {
-			e.cni.MustAdd("o"+string(rune('0'+i)), open, at)
+			ctr := e.cni.MustAdd("o"+string(rune('0'+i)), open, at)
 			b, err := os.ReadFile(filepath.Join(e.stateDir, "cni-fail-open"))
 			if err != nil {
 				t.Fatalf("counter: %v", err)
 			}
 			if got := strings.TrimSpace(string(b)); got != string(rune('0'+i)) {
 				t.Errorf("fail-open counter %q after %d ADDs", got, i)
+			}
+			// Opened for the agent's catch-all, and recorded for adoption.
+			addrs := containerAddrs(t, ctr)
+			if set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "cnifailopen4"); !strings.Contains(set, addrs[0]) {
+				t.Errorf("address %s not in the fail-open set:\n%s", addrs[0], set)
+			}
+			record := filepath.Join(e.stateDir, agent.FailOpenDir, ctr.ID+"_"+ctr.IfName+".json")
+			if b, err := os.ReadFile(record); err != nil || !strings.Contains(string(b), addrs[0]) {
+				t.Errorf("fail-open record %s: %v %s", record, err, b)
+			}
+			// DEL (which the agent, down, answers "try again later") closes them.
+			_ = e.cni.Del(ctr, open, at)
+			if set := e.node.MustRun("nft", "list", "set", "inet", "netseg", "cnifailopen4"); strings.Contains(set, addrs[0]) {
+				t.Errorf("address %s still open after DEL:\n%s", addrs[0], set)
+			}
+			if _, err := os.Stat(record); !os.IsNotExist(err) {
+				t.Errorf("fail-open record left after DEL: %v", err)
 			}
 		}
 	})

@@ -83,6 +83,9 @@ var (
 	setQuarantine = famSet{names: [7]string{4: "quarantine4", 6: "quarantine6"}, kind: kindAddr}
 	// setCNIQuarantine: the plugin's quarantine (api/agent names it).
 	setCNIQuarantine = famSet{names: [7]string{4: agent.CNIQuarantineSet4, 6: agent.CNIQuarantineSet6}, kind: kindAddr, foreign: true}
+	// setCNIFailOpen: the plugin's fail-open addresses (unsegmented until
+	// the agent adopts them).
+	setCNIFailOpen = famSet{names: [7]string{4: agent.CNIFailOpenSet4, 6: agent.CNIFailOpenSet6}, kind: kindAddr, foreign: true}
 	// setEgress and setIngress: endpoint address -> goto its dispatch chain.
 	setEgress  = famSet{names: [7]string{4: "egress4", 6: "egress6"}, kind: kindVmap}
 	setIngress = famSet{names: [7]string{4: "ingress4", 6: "ingress6"}, kind: kindVmap}
@@ -94,7 +97,7 @@ var (
 
 // fixedSets are the sets every render creates with the elements the
 // ruleset gives them directly (managed is rendered from its prefixes).
-var fixedSets = []famSet{setQuarantine, setCNIQuarantine, setEgress, setIngress, setLocal}
+var fixedSets = []famSet{setQuarantine, setCNIQuarantine, setCNIFailOpen, setEgress, setIngress, setLocal}
 
 // CNIQuarantineSet names the set (one per family: 4, 6) where the CNI
 // plugin quarantines the addresses of an interface whose ADD failed while
@@ -195,6 +198,7 @@ var (
 //	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
 //	  ct state invalid drop
 //	  ip saddr @quarantine4 counter name "quarantined" drop    (and daddr, and ip6, and cniquarantine)
+//	  ip saddr @cnifailopen4 accept    (and daddr, and ip6: failurePolicy open, until adopted)
 //	  ip saddr @managed4 ip saddr != @local4 counter name "unprogrammed" drop   (and daddr: fail closed)
 //	  ip saddr vmap @egress4          # a local endpoint opens it: its egress chain decides
 //	  ip daddr vmap @ingress4         # else a local endpoint receives it: its ingress chain decides
@@ -239,6 +243,8 @@ var baseRules = []baseRule{
 	{on: onToPods, fams: true, rule: quarantined(setQuarantine, false)},
 	{on: onFromPods, fams: true, rule: quarantined(setCNIQuarantine, true)},
 	{on: onToPods, fams: true, rule: quarantined(setCNIQuarantine, false)},
+	{on: onFromPods, fams: true, rule: failOpen(true)},
+	{on: onToPods, fams: true, rule: failOpen(false)},
 	{on: onFromPods, fams: true, rule: unprogrammed(true)},
 	{on: onToPods, fams: true, rule: unprogrammed(false)},
 	{on: onFromPods, fams: true, rule: func(_ Config, fam int) *rb {
@@ -262,6 +268,14 @@ var baseRules = []baseRule{
 	{on: []string{chainDeny}, rule: func(c Config, _ int) *rb {
 		return rule().metaMarkFromCt().log("netseg deny", c.NFLOGGroup).verdict(expr.VerdictDrop, "")
 	}},
+}
+
+// failOpen: ip saddr|daddr @cnifailopen4 accept (a container the plugin
+// started unsegmented under failurePolicy open, until the agent adopts it).
+func failOpen(src bool) func(Config, int) *rb {
+	return func(_ Config, fam int) *rb {
+		return rule().family(fam).addrIn(src, setCNIFailOpen.name(fam), false).verdict(expr.VerdictAccept, "")
+	}
 }
 
 // quarantined: ip saddr|daddr @<set> counter name "quarantined" drop.

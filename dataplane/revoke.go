@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
 
@@ -80,3 +81,50 @@ const (
 	enforcedVerdictMask = 3 << 14
 	enforcedDenyBits    = uint32(segment.Deny) << 14
 )
+
+// ReleaseFailOpen removes addrs from the plugin's fail-open sets (once the
+// agent has adopted the container they belong to, its rules decide its
+// traffic). Addresses not in the sets are skipped.
+func (d *Dataplane) ReleaseFailOpen(addrs []netip.Addr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	conn, err := d.dial()
+	if err != nil {
+		return fmt.Errorf("release fail-open addresses: %w", err)
+	}
+	d.writes++
+	for _, fam := range []int{4, 6} {
+		s := &nftables.Set{Table: d.table, Name: setCNIFailOpen.name(fam), KeyType: nftables.TypeIPAddr}
+		if fam == 6 {
+			s.KeyType = nftables.TypeIP6Addr
+		}
+		got, err := conn.GetSetElements(s)
+		if err != nil {
+			return fmt.Errorf("release fail-open addresses: list %s: %w", s.Name, err)
+		}
+		present := map[netip.Addr]bool{}
+		for _, e := range got {
+			if a, ok := netip.AddrFromSlice(e.Key); ok {
+				present[a.Unmap()] = true
+			}
+		}
+		var del []nftables.SetElement
+		for _, a := range addrs {
+			if a = a.Unmap(); present[a] && (a.Is4() == (fam == 4)) {
+				del = append(del, nftables.SetElement{Key: a.AsSlice()})
+			}
+		}
+		if len(del) > 0 {
+			if err := conn.SetDeleteElements(s, del); err != nil {
+				return fmt.Errorf("release fail-open addresses: %w", err)
+			}
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("release fail-open addresses: %w", err)
+	}
+	return nil
+}

@@ -113,7 +113,7 @@ func (n *node) startAgent() {
 		n.t.Fatal(err)
 	}
 	args := append([]string{"--policy-dir", n.policyDir, "--state-dir", n.stateDir, "--socket", n.socket,
-		"--health-addr", "", "--metrics-addr", ""},
+		"--health-addr", "", "--metrics-addr", "", "--cni-state-dir", n.pluginDir},
 		append([]string{"--poll-interval", "50ms", "--log-level", "debug"}, n.agentArgs...)...)
 	cmd := n.ns.Command(context.Background(), filepath.Join(binDir, "netseg-agent"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

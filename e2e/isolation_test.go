@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -241,5 +242,66 @@ spec:
 	t.Logf("quarantine: the established connection was cut %v after the request", took.Round(time.Millisecond))
 	if l := statusLoop(t, n.status(t).Status, "revoke"); l.State != "ok" {
 		t.Errorf("revoke loop: %+v", l)
+	}
+}
+
+// TestFailOpenWorksThenAdopts: under failurePolicy open, a container added
+// while the agent is down starts with a working network, unsegmented (the
+// plugin opens its addresses before the fail-closed catch-all and records
+// it); once the agent is back it adopts the container within its check
+// interval and the policy decides its traffic.
+func TestFailOpenWorksThenAdopts(t *testing.T) {
+	n := newNode(t, "bridge")
+	_, _, srv := shopTraffic(t, n)
+	var raw map[string]any
+	if err := json.Unmarshal(n.list.Bytes, &raw); err != nil {
+		t.Fatal(err)
+	}
+	plugins := raw["plugins"].([]any)
+	plugins[len(plugins)-1].(map[string]any)["failurePolicy"] = "open"
+	b, err := json.Marshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := n.cni.ParseConfList(t, string(b))
+
+	n.stopAgent(syscall.SIGKILL)
+	at := n.attach("ops", "monitoring-fo", monitoringLabels)
+	fo, err := n.cni.Add("fo", open, at)
+	if err != nil {
+		t.Fatalf("ADD under failurePolicy open with the agent down: %v", err)
+	}
+	// Unsegmented: monitoring may not reach payments:8443, yet it does.
+	expectPass(t, "fail-open monitoring -> payments 8443 (unsegmented)", fo.Probe("tcp", srv, probeTimeout))
+	records, _ := filepath.Glob(filepath.Join(n.pluginDir, agent.FailOpenDir, "*.json"))
+	if len(records) != 1 {
+		t.Fatalf("fail-open records %v, want one", records)
+	}
+
+	n.startAgent()
+	started := time.Now()
+	took := waitFor(t, "the agent adopts the container and the policy decides its traffic", 10*time.Second, func() (bool, string) {
+		if err := fo.Probe("tcp", srv, probeTimeout); err == nil {
+			return false, "monitoring -> payments still passes"
+		}
+		for _, ep := range n.call(t, agent.OpList).Endpoints {
+			if ep.Namespace == "ops" && ep.Name == "monitoring-fo" {
+				return true, ""
+			}
+		}
+		return false, "not registered"
+	})
+	t.Logf("adopted and segmented %v after the agent started (%v after its start returned)", took.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
+	if records, _ := filepath.Glob(filepath.Join(n.pluginDir, agent.FailOpenDir, "*.json")); len(records) != 0 {
+		t.Errorf("fail-open records left after adoption: %v", records)
+	}
+	if l := statusLoop(t, n.status(t).Status, "fail-open-adopt"); l.State != "ok" {
+		t.Errorf("fail-open-adopt loop: %+v", l)
+	}
+	if set := n.ns.MustRun("nft", "list", "set", "inet", "netseg", agent.CNIFailOpenSet4); strings.Contains(set, fo.IP(4).String()) {
+		t.Errorf("address %s still open after adoption:\n%s", fo.IP(4), set)
+	}
+	if err := n.cni.Remove(fo, open, at); err != nil {
+		t.Fatal(err)
 	}
 }

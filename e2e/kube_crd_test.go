@@ -42,6 +42,12 @@ func TestCRDValidation(t *testing.T) {
 			[]string{"spec.dependsOn[0]", "exactly one of service, workload or cidr"}},
 		{"dependency bad CIDR", sd + "  - {name: d, cidr: nonsense}\n",
 			[]string{"spec.dependsOn[0].cidr", "must be a CIDR"}},
+		{"dependency CIDR with host bits", sd + "  - {name: d, cidr: 10.0.0.5/8}\n",
+			[]string{"spec.dependsOn[0].cidr", "without host bits"}},
+		{"dependency IPv4-mapped CIDR", sd + "  - {name: d, cidr: \"::ffff:0:0/96\"}\n",
+			[]string{"spec.dependsOn[0].cidr", "must be a CIDR"}},
+		{"zone CIDR with host bits", "apiVersion: netseg.io/v1alpha1\nkind: Zone\nmetadata: {name: bad}\nspec: {defaultAction: Deny, cidrs: [192.168.1.1/24]}\n",
+			[]string{"spec.cidrs[0]", "without host bits"}},
 		{"duplicate dependency names", sd + "  - {name: d, cidr: 10.0.0.0/8}\n  - {name: d, cidr: 10.1.0.0/16}\n",
 			[]string{"spec.dependsOn[1]", "Duplicate value"}},
 	} {

@@ -37,6 +37,7 @@ type Dependency struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=43
 	// +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="must be a CIDR such as 10.0.0.0/8"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",message="must be a network address, without host bits (10.0.0.0/8, not 10.0.0.5/8)"
 	CIDR string `json:"cidr,omitempty"`
 	// Ports the workload connects to; empty means the Service's ports for
 	// a service, and every protocol and port otherwise.

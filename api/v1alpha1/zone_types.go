@@ -26,6 +26,7 @@ type ZoneSpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:MaxLength=43
 	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR such as 10.0.0.0/8"
+	// +kubebuilder:validation:items:XValidation:rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",message="must be a network address, without host bits (10.0.0.0/8, not 10.0.0.5/8)"
 	CIDRs []string `json:"cidrs,omitempty"`
 	// Priority decides between zones that select the same endpoint or
 	// address: the lowest number wins; a tie is an error.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -118,7 +119,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.uninstallCNI, "uninstall-cni", false, "remove netseg from every conflist of --cni-conf-dir and the plugin from --cni-bin-dir, then exit")
 	fs.StringVar(&f.cni.BinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	fs.StringVar(&f.cni.ConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
-	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/run/netseg", "the CNI plugin's stateDir: its fail-open counter becomes the metric netseg_cni_fail_open_total")
+	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/run/netseg", "the CNI plugin's stateDir: its fail-open counter becomes the metric netseg_cni_fail_open_total, and the containers it started unsegmented (failurePolicy open) are adopted from its failopen/ records every second")
 	fs.StringVar(&f.cni.Plugin, "plugin", "/usr/local/bin/netseg", "the netseg CNI plugin binary to install")
 	fs.BoolVar(&f.keepChained, "keep-chained", false, "check every second that the active configuration in --cni-conf-dir chains netseg last, chain it again (with the netseg entry it had) when the network plugin rewrote it, and report not ready while it cannot")
 	fs.BoolVar(&f.fixBrNetfilter, "fix-br-netfilter", true, "when a bridge's traffic bypasses the forward chain because br_netfilter's sysctls are off in the node, set them on again (checked every second; while they stay off the agent is not ready, refuses ADDs, and the bridge guard drops pod traffic bridged without policy)")
@@ -221,6 +222,9 @@ func run(args []string, stderr io.Writer) int {
 	parts.CheckHost = func() ([]string, error) { return ns.CheckBrNetfilter(fix) }
 	parts.ConntrackFill = ns.ConntrackFill
 	parts.Remark = ns.Remark
+	if f.cniStateDir != "" {
+		parts.FailOpenDir = filepath.Join(f.cniStateDir, agent.FailOpenDir)
+	}
 	if f.forwardMark > 0xffffffff {
 		fmt.Fprintf(stderr, "netseg-agent: --forward-mark %#x is wider than a packet mark (32 bits)\n", f.forwardMark)
 		return 2

@@ -111,18 +111,19 @@ func (c Config) Validate() error {
 
 // Agent is the running node agent.
 type Agent struct {
-	cfg      Config
-	log      *slog.Logger
-	metrics  *Metrics
-	kernel   Kernel
-	dp       Dataplane
-	reg      *Registry
-	source   Source
-	onRecord func(*flow.Record)
-	chain    func() (string, error)
-	host     func() ([]string, error)
-	ctFill   func() (int, int, error)
-	remark   func(dataplane.Decider) (dataplane.Remarked, error)
+	cfg         Config
+	log         *slog.Logger
+	metrics     *Metrics
+	kernel      Kernel
+	dp          Dataplane
+	reg         *Registry
+	source      Source
+	onRecord    func(*flow.Record)
+	chain       func() (string, error)
+	host        func() ([]string, error)
+	ctFill      func() (int, int, error)
+	remark      func(dataplane.Decider) (dataplane.Remarked, error)
+	failOpenDir string
 	// remarkJobs holds the next remark (capacity 1, the latest wins);
 	// lastRemark is the remarkKey of the last one asked for (sync loop).
 	remarkJobs chan remarkJob
@@ -137,27 +138,28 @@ type Agent struct {
 	flows        *flowLog
 	handlers     sync.WaitGroup // requests being answered
 
-	mu        sync.Mutex
-	cond      *sync.Cond
-	want      uint64 // changes requested
-	done      uint64 // changes included in the last finished sync
-	doneErr   error  // that sync's error
-	compiled  *policy.Compiled
-	local     []policy.Endpoint // this node's endpoints as compiled (labels completed)
-	model     compileModel      // owned by the sync loop
-	lastSync  time.Time
-	syncErr   error
-	endpoints int
-	warnings  []string
-	ready     bool
-	readerErr map[string]error // flow readers that stopped, by name
-	serveErr  error            // the socket server stopped for good
-	acceptErr error            // the socket's accept fails now; it retries
-	logErr    error            // the flow or alert log cannot be written now
-	chainErr  error            // the CNI configuration does not chain netseg, and could not be fixed
-	hostErr   error            // bridged traffic bypasses the forward chain, and it could not be fixed
-	ctErr     error            // the conntrack table is (nearly) full: a warning, the agent stays ready
-	remarkErr error            // live connections could not be decided again
+	mu          sync.Mutex
+	cond        *sync.Cond
+	want        uint64 // changes requested
+	done        uint64 // changes included in the last finished sync
+	doneErr     error  // that sync's error
+	compiled    *policy.Compiled
+	local       []policy.Endpoint // this node's endpoints as compiled (labels completed)
+	model       compileModel      // owned by the sync loop
+	lastSync    time.Time
+	syncErr     error
+	endpoints   int
+	warnings    []string
+	ready       bool
+	readerErr   map[string]error // flow readers that stopped, by name
+	serveErr    error            // the socket server stopped for good
+	acceptErr   error            // the socket's accept fails now; it retries
+	logErr      error            // the flow or alert log cannot be written now
+	chainErr    error            // the CNI configuration does not chain netseg, and could not be fixed
+	hostErr     error            // bridged traffic bypasses the forward chain, and it could not be fixed
+	ctErr       error            // the conntrack table is (nearly) full: a warning, the agent stays ready
+	remarkErr   error            // live connections could not be decided again
+	failOpenErr error            // containers started unsegmented and not adopted yet
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the
@@ -171,7 +173,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, remarkJobs: make(chan remarkJob, 1), kick: make(chan struct{}, 1),
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, failOpenDir: p.FailOpenDir, remarkJobs: make(chan remarkJob, 1), kick: make(chan struct{}, 1),
 		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
@@ -206,6 +208,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.keepBrNetfilter(ctx) })
 	wg.Go(func() { a.watchConntrack(ctx) })
 	wg.Go(func() { a.remarkLoop(ctx) })
+	wg.Go(func() { a.keepAdopting(ctx) })
 	wg.Go(func() { a.serve(ctx, srv) })
 	wg.Go(func() { a.source.Run(ctx, func() { a.requestSync() }) })
 	wg.Go(func() { a.checkDrift(ctx) })

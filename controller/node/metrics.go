@@ -37,7 +37,10 @@ type Metrics struct {
 	ConntrackEntries, ConntrackMax prometheus.Gauge
 	// Revoked counts live connections cut because the policy in force
 	// (or a quarantine) denies them now.
-	Revoked     prometheus.Counter
+	Revoked prometheus.Counter
+	// Adopted counts containers started unsegmented under failurePolicy
+	// open that the agent registered afterwards.
+	Adopted     prometheus.Counter
 	AddToKernel prometheus.Histogram
 }
 
@@ -67,6 +70,8 @@ func NewMetrics() *Metrics {
 			Help: "Connections the node's conntrack may track (nf_conntrack_max); at the limit the kernel drops new connections."}),
 		Revoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_connections_revoked_total",
 			Help: "Live connections the policy in force (or a quarantine) came to deny: their conntrack mark was rewritten and their next packets are dropped and logged."}),
+		Adopted: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_cni_fail_open_adopted_total",
+			Help: "Containers started unsegmented under failurePolicy open that the agent registered afterwards (their rules decide their traffic from then on)."}),
 		Rechained: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_cni_rechained_total",
 			Help: "Times the node's CNI configuration no longer chained netseg (the network plugin rewrote it) and the agent chained it again."}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_socket_refused_total",
@@ -76,7 +81,7 @@ func NewMetrics() *Metrics {
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Revoked, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Revoked, m.Adopted, m.Requests, m.AddToKernel,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

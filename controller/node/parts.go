@@ -2,6 +2,7 @@ package node
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/netseg/netseg/api/flow"
@@ -42,9 +43,14 @@ type Parts struct {
 	// Remark, when set, decides the node's live connections again after a
 	// policy or quarantine change (dataplane.Namespace.Remark): one the
 	// policy now denies stops at its next packet.
-	Remark  func(dataplane.Decider) (dataplane.Remarked, error)
-	Log     *slog.Logger
-	Metrics *Metrics
+	Remark func(dataplane.Decider) (dataplane.Remarked, error)
+	// FailOpenDir, when set, is the plugin's record directory of
+	// containers started unsegmented under failurePolicy open
+	// (<cni-state-dir>/failopen): the agent adopts each one every
+	// FailOpenInterval (registers it, then closes its fail-open addresses).
+	FailOpenDir string
+	Log         *slog.Logger
+	Metrics     *Metrics
 }
 
 // ChainCheckInterval is how often KeepChained runs: one small file read.
@@ -56,6 +62,10 @@ const ChainCheckInterval = time.Second
 // HostCheckInterval is how often CheckHost runs and ConntrackFill is
 // read: two sysctl reads each.
 const HostCheckInterval = time.Second
+
+// FailOpenInterval is how often the agent looks for containers started
+// unsegmented (one directory read).
+const FailOpenInterval = time.Second
 
 // ConntrackFullRatio is the fill of the conntrack table at which the agent
 // warns that new connections are (about to be) dropped.
@@ -81,6 +91,8 @@ type Dataplane interface {
 	// LastSyncParts: the last applied sync's render and commit times.
 	LastSyncParts() (render, commit time.Duration)
 	Cleanup() error
+	// ReleaseFailOpen removes addresses from the plugin's fail-open sets.
+	ReleaseFailOpen([]netip.Addr) error
 }
 
 var (

@@ -180,4 +180,5 @@ func TestRegistryMovesTornEntriesAside(t *testing.T) {
 	if r = mustOpen(t, dir); len(r.Damaged) != 0 {
 		t.Fatalf("damaged again: %q", r.Damaged)
 	}
+	t.Logf("FAULT | registry entries torn (1 empty, 1 garbled of 3) | registry alone, no traffic | lost 2 registrations, moved aside and counted (the runtime adds them again) | recovered at the next start")
 }

@@ -437,6 +437,7 @@ func (a *Agent) loopsLocked(polErr error) []agent.Loop {
 		loop("host-check", a.host != nil, a.hostErr, agent.LoopFailing),
 		loop("conntrack-check", a.ctFill != nil, a.ctErr, agent.LoopFailing),
 		loop("revoke", a.remark != nil, a.remarkErr, agent.LoopRetrying),
+		loop("fail-open-adopt", a.failOpenDir != "", a.failOpenErr, agent.LoopRetrying),
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -232,6 +233,7 @@ func (fakeDataplane) Collect() error                                { return nil
 func (fakeDataplane) Garbage() bool                                 { return false }
 func (fakeDataplane) CheckDrift() (string, error)                   { return "", nil }
 func (fakeDataplane) LastSyncParts() (render, commit time.Duration) { return 0, 0 }
+func (fakeDataplane) ReleaseFailOpen([]netip.Addr) error            { return nil }
 
 // TestAddWaitsForFirstPolicy: an ADD that comes while the agent has no
 // valid policy yet waits for one (within its time) instead of failing.

@@ -106,6 +106,7 @@ func Add(args *skel.CmdArgs) error {
 	if len(recordedQuarantine(conf.StateDir, ep.Attachment)) > 0 {
 		liftQuarantine(conf, ep.Attachment, ips)
 	}
+	closeFailOpen(conf, ep.Attachment)
 	return types.PrintResult(result, conf.CNIVersion)
 }
 
@@ -119,7 +120,10 @@ func addFailed(conf *Config, ep *agent.Endpoint, cause error, result types.Resul
 		if cerr != nil {
 			count = fmt.Sprintf("fail-open count not updated: %v", cerr)
 		}
-		fmt.Fprintf(Stderr, "netseg: WARNING: failurePolicy open: container %s interface %s starts WITHOUT segmentation: agent at %s: %v (%s)\n",
+		if note := openUnsegmented(conf, ep); note != "" {
+			count += "; " + note
+		}
+		fmt.Fprintf(Stderr, "netseg: WARNING: failurePolicy open: container %s interface %s starts WITHOUT segmentation until the agent adopts it: agent at %s: %v (%s)\n",
 			ep.ContainerID, ep.IfName, conf.Socket, cause, count)
 		return types.PrintResult(result, conf.CNIVersion)
 	}

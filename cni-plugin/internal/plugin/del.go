@@ -33,6 +33,7 @@ func Del(args *skel.CmdArgs) error {
 	// The addresses go back to IPAM: never leave them quarantined for the
 	// next container that gets them.
 	liftQuarantine(conf, ep.Attachment, ep.IPs)
+	closeFailOpen(conf, ep.Attachment)
 	if _, err := callAgent(conf, agent.Request{Op: agent.OpDel, Endpoint: ep}); err != nil {
 		return agentError(conf, fmt.Sprintf("remove container %s interface %s", args.ContainerID, args.IfName), err)
 	}

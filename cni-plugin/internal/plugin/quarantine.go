@@ -35,6 +35,20 @@ var errNoTable = errors.New("table inet " + nftTable + " does not exist")
 // network namespace, in one netlink batch. Adding an element already present
 // is not an error; removing one that is absent is skipped.
 func quarantine(ips []string, add bool) error {
+	return setElements(ips, add, quarantineSet)
+}
+
+// failOpenSet names the fail-open set of a's family.
+func failOpenSet(a netip.Addr) string {
+	if a.Is4() {
+		return agent.CNIFailOpenSet4
+	}
+	return agent.CNIFailOpenSet6
+}
+
+// setElements adds or removes the addresses of ips to or from the sets
+// setOf names, as quarantine does.
+func setElements(ips []string, add bool, setOf func(netip.Addr) string) error {
 	addrs, err := addrsOf(ips)
 	if err != nil {
 		return err
@@ -59,7 +73,7 @@ func quarantine(ips []string, add bool) error {
 	sets := map[string]*nftables.Set{}
 	present := map[string]map[netip.Addr]bool{}
 	for _, a := range addrs {
-		name := quarantineSet(a)
+		name := setOf(a)
 		s, ok := sets[name]
 		if !ok {
 			if s, err = c.GetSetByName(table, name); err != nil {
@@ -84,7 +98,7 @@ func quarantine(ips []string, add bool) error {
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("update quarantine sets: %w", err)
+		return fmt.Errorf("update sets of table inet %s: %w", nftTable, err)
 	}
 	return nil
 }
