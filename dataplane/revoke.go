@@ -12,22 +12,23 @@ import (
 )
 
 // Decider gives the conntrack mark a connection gets under the policy in
-// force, from its original direction (ICMP: dport 0). ok false leaves the
-// entry as it is.
-type Decider func(src, dst netip.Addr, proto uint8, dport uint16) (m Mark, ok bool)
+// force, from its original direction (ICMP: dport 0); old is its mark now
+// (0: netseg did not decide it, such as a connection of a container that
+// started unsegmented). ok false leaves the entry as it is.
+type Decider func(old Mark, src, dst netip.Addr, proto uint8, dport uint16) (m Mark, ok bool)
 
 // Remarked counts what Remark did.
 type Remarked struct {
-	Checked  int // entries netseg decided (non-zero mark)
+	Checked  int // entries decided again (the Decider said ok)
 	Changed  int // entries whose mark was rewritten
 	Revoked  int // of those: allowed before, denied now (their packets are dropped from now on)
 	Restored int // of those: denied before, allowed now
 	Gone     int // entries that ended between the dump and the update
 }
 
-// Remark decides every connection conntrack tracks in the namespace that
-// netseg decided (non-zero mark) again, and rewrites the mark of those
-// whose decision changed. The forward chain accepts established packets
+// Remark decides every connection conntrack tracks in the namespace
+// again, as decide says, and rewrites the mark of those whose decision
+// changed. The forward chain accepts established packets
 // only while their mark's enforced verdict is not Deny: a connection the
 // policy in force denies (a new Deny, a quarantine) stops at its next
 // packet, whichever direction, and that packet is logged with the rule
@@ -44,17 +45,17 @@ func (n *Namespace) Remark(decide Decider) (Remarked, error) {
 		return r, fmt.Errorf("remark: dump conntrack: %w", err)
 	}
 	for _, f := range flows {
-		if f.Mark == 0 {
-			continue
-		}
-		r.Checked++
 		t := f.TupleOrig
 		dport := t.Proto.DestinationPort
 		if t.Proto.ICMPv4 || t.Proto.ICMPv6 {
 			dport = 0
 		}
-		m, ok := decide(t.IP.SourceAddress.Unmap(), t.IP.DestinationAddress.Unmap(), t.Proto.Protocol, dport)
-		if !ok || uint32(m) == f.Mark {
+		m, ok := decide(Mark(f.Mark), t.IP.SourceAddress.Unmap(), t.IP.DestinationAddress.Unmap(), t.Proto.Protocol, dport)
+		if !ok {
+			continue
+		}
+		r.Checked++
+		if uint32(m) == f.Mark {
 			continue
 		}
 		if err := c.Update(conntrack.Flow{TupleOrig: t, Mark: uint32(m)}); err != nil {

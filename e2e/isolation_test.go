@@ -249,7 +249,8 @@ spec:
 // while the agent is down starts with a working network, unsegmented (the
 // plugin opens its addresses before the fail-closed catch-all and records
 // it); once the agent is back it adopts the container within its check
-// interval and the policy decides its traffic.
+// interval and the policy decides its traffic, including a connection it
+// opened while unsegmented (cut if the policy denies it).
 func TestFailOpenWorksThenAdopts(t *testing.T) {
 	n := newNode(t, "bridge")
 	_, _, srv := shopTraffic(t, n)
@@ -277,6 +278,12 @@ func TestFailOpenWorksThenAdopts(t *testing.T) {
 	if len(records) != 1 {
 		t.Fatalf("fail-open records %v, want one", records)
 	}
+	// A connection opened while unsegmented: the adoption decides it too.
+	conn, err := fo.Dial("tcp", srv, time.Second)
+	if err != nil {
+		t.Fatalf("fail-open monitoring -> payments 8443, a connection kept open: %v", err)
+	}
+	defer conn.Close()
 
 	n.startAgent()
 	started := time.Now()
@@ -292,6 +299,8 @@ func TestFailOpenWorksThenAdopts(t *testing.T) {
 		return false, "not registered"
 	})
 	t.Logf("adopted and segmented %v after the agent started (%v after its start returned)", took.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
+	cut := cutWithin(t, conn, started, 3*time.Second)
+	t.Logf("the connection opened while unsegmented was cut %v after the agent started", cut.Round(time.Millisecond))
 	if records, _ := filepath.Glob(filepath.Join(n.pluginDir, agent.FailOpenDir, "*.json")); len(records) != 0 {
 		t.Errorf("fail-open records left after adoption: %v", records)
 	}

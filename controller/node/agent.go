@@ -128,6 +128,9 @@ type Agent struct {
 	// lastRemark is the remarkKey of the last one asked for (sync loop).
 	remarkJobs chan remarkJob
 	lastRemark string
+	// adoptedAddrs (under mu) are addresses of fail-open containers
+	// adopted since the last remark.
+	adoptedAddrs map[netip.Addr]bool
 
 	kick     chan struct{}
 	conns    atomic.Int64  // socket connections open
@@ -173,7 +176,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, failOpenDir: p.FailOpenDir, remarkJobs: make(chan remarkJob, 1), kick: make(chan struct{}, 1),
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, failOpenDir: p.FailOpenDir, remarkJobs: make(chan remarkJob, 1), adoptedAddrs: map[netip.Addr]bool{}, kick: make(chan struct{}, 1),
 		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
@@ -393,14 +396,20 @@ func (a *Agent) syncOnce() error {
 				q = append(q, p.Addr().Unmap())
 			}
 		}
-		if key := remarkKey(snap.Generation, q); key != a.lastRemark {
+		a.mu.Lock()
+		adopted := a.adoptedAddrs
+		if len(adopted) > 0 {
+			a.adoptedAddrs = map[netip.Addr]bool{}
+		}
+		a.mu.Unlock()
+		if key := remarkKey(snap.Generation, q); key != a.lastRemark || len(adopted) > 0 {
 			a.lastRemark = key
 			qs := make(map[netip.Addr]bool, len(q))
 			for _, addr := range q {
 				qs[addr] = true
 			}
 			all := append(append([]policy.Endpoint(nil), snap.Input.Endpoints...), local...)
-			a.requestRemark(remarkJob{compiled: compiled, endpoints: all, quarantined: qs})
+			a.requestRemark(remarkJob{compiled: compiled, endpoints: all, quarantined: qs, adopted: adopted})
 		}
 	}
 	return err

@@ -85,6 +85,7 @@ func (a *Agent) adoptFailOpen(ctx context.Context) error {
 			a.log.Warn("remove fail-open record", "record", path, "err", err)
 		}
 		if adopted {
+			a.remarkAdopted(addrs)
 			a.metrics.Adopted.Inc()
 			a.log.Info("adopted a container started unsegmented (failurePolicy open): its rules decide its traffic now",
 				"endpoint", EndpointID(ep.Attachment), "pod", ep.Namespace+"/"+ep.Name, "ips", ep.IPs)

@@ -20,6 +20,10 @@ type remarkJob struct {
 	compiled    *policy.Compiled
 	endpoints   []policy.Endpoint
 	quarantined map[netip.Addr]bool
+	// adopted are addresses of containers that ran unsegmented
+	// (failurePolicy open) until the agent adopted them: their connections
+	// carry no mark (0) and are decided too.
+	adopted map[netip.Addr]bool
 }
 
 // remarkKey names what a remark depends on: the policy generation and the
@@ -98,7 +102,10 @@ func decider(job remarkJob) dataplane.Decider {
 		}
 		return policy.AddrPeer(ip)
 	}
-	return func(src, dst netip.Addr, proto uint8, dport uint16) (dataplane.Mark, bool) {
+	return func(old dataplane.Mark, src, dst netip.Addr, proto uint8, dport uint16) (dataplane.Mark, bool) {
+		if old == 0 && !job.adopted[src] && !job.adopted[dst] {
+			return 0, false // not netseg's (the node's own traffic, say)
+		}
 		if job.quarantined[src] || job.quarantined[dst] {
 			return dataplane.MakeMark(segment.Deny, segment.Deny, 0, 0), true
 		}
@@ -109,4 +116,15 @@ func decider(job remarkJob) dataplane.Decider {
 		d := job.compiled.Decide(peer(src), peer(dst), dport, p)
 		return dataplane.MakeMark(d.Enforced.Action, d.Staged.Action, d.Enforced.Origin.ID, d.Staged.Origin.ID), true
 	}
+}
+
+// remarkAdopted has the next sync decide the connections of adopted
+// fail-open containers (opened unsegmented, unmarked) with their rules.
+func (a *Agent) remarkAdopted(addrs []netip.Addr) {
+	a.mu.Lock()
+	for _, ip := range addrs {
+		a.adoptedAddrs[ip] = true
+	}
+	a.mu.Unlock()
+	a.requestSync()
 }
