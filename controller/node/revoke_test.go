@@ -29,9 +29,7 @@ func TestDeciderGivesTheKernelsMark(t *testing.T) {
 	in := pol.Input(policy.Config{}, nil, nil)
 	in.Endpoints = append(in.Endpoints, eps...)
 	c := policy.Compile(in)
-	peer := func(e policy.Endpoint) policy.Peer {
-		return policy.Peer{Namespace: e.Namespace, Name: e.Name, Labels: e.Labels, IPs: e.IPs}
-	}
+	peer := func(e policy.Endpoint) policy.Peer { return policy.Peer(e) }
 	want := func(src, dst policy.Endpoint, port uint16, proto segment.Protocol) dataplane.Mark {
 		d := c.Decide(peer(src), peer(dst), port, proto)
 		return dataplane.MakeMark(d.Enforced.Action, d.Staged.Action, d.Enforced.Origin.ID, d.Staged.Origin.ID)
