@@ -147,6 +147,7 @@ func (q *queue) rebuildGuard(managed []*setSpec) {
 	q.conn.DelTable(q.guard)
 	q.conn.AddTable(q.guard)
 	q.conn.AddObj(&nftables.CounterObj{Table: q.guard, Name: CounterBridgeUnchecked})
+	q.conn.AddObj(&nftables.CounterObj{Table: q.guard, Name: CounterBridgeMulticast})
 	for _, s := range managed {
 		ks := &nftables.Set{Table: q.guard, Name: s.name, KeyType: nftables.TypeIPAddr, Interval: true}
 		if s.fam == 6 {

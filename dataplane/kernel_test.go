@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/netseg/netseg/api/segment"
 	"github.com/netseg/netseg/dataplane"
@@ -257,33 +255,6 @@ func TestTableListsAsExpected(t *testing.T) {
 	}
 }
 
-// linkLocal returns c's IPv6 link-local address with its interface's
-// index as zone, once duplicate address detection is done with it.
-func linkLocal(t *testing.T, c *lab.Container) netip.Addr {
-	t.Helper()
-	link, err := c.Handle().LinkByName(c.IfName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		addrs, err := c.Handle().AddrList(link, netlink.FAMILY_V6)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, a := range addrs {
-			ip, ok := netip.AddrFromSlice(a.IP)
-			if ok && ip.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
-				return ip.WithZone(strconv.Itoa(link.Attrs().Index))
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s has no usable link-local address: %v", c.IfName, addrs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestLinkLocalIsDenied: a container denied a peer over its global
 // addresses cannot reach it through the peer's IPv6 link-local address,
 // with br_netfilter's sysctls on or off; neighbour discovery keeps
@@ -296,7 +267,7 @@ func TestLinkLocalIsDenied(t *testing.T) {
 	}
 	// a may reach b on TCP 8080, UDP 5353 and ICMP only; the link-local
 	// servers listen on other ports, on every address.
-	bLL, cLL := linkLocal(t, n.b), linkLocal(t, n.c)
+	bLL, cLL := n.b.LinkLocal(), n.c.LinkLocal()
 	bSrv := n.b.ListenTCP("[::]:17070")
 	cSrv := n.c.ListenTCP("[::]:18080")
 	cUDP := n.c.ListenUDP("[::]:15353")

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -55,6 +56,10 @@ const (
 	// CounterBridgeUnchecked counts pod-network packets the bridge
 	// forwarded without the inet forward chain seeing them.
 	CounterBridgeUnchecked = "bridge_unchecked"
+	// CounterBridgeMulticast counts broadcast and multicast packets the
+	// bridge would have carried from one port to another (neighbour
+	// discovery and MLD excepted).
+	CounterBridgeMulticast = "bridge_multicast"
 )
 
 // Named counters of the NFLOG rate limits: first packets decided but not
@@ -300,22 +305,45 @@ func toIngress(_ Config, fam int) *rb {
 	return rule().family(fam).addrVmap(false, setIngress.name(fam))
 }
 
+// guardMulticast are the destinations no container may send to another
+// through the bridge.
+var guardMulticast = []netip.Prefix{
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("255.255.255.255/32"),
+	netip.MustParsePrefix("ff00::/8"),
+}
+
 // guardRules are the bridge guard's forward chain:
 //
 //	chain forward { type filter hook forward priority 100; policy accept;
-//	  meta mark and 0x00400000 == 0x00400000 meta mark set meta mark and 0xffbfffff accept
 //	  meta protocol ip6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (ND, MLD; and 143)
+//	  meta protocol ip ip daddr 224.0.0.0/4 counter name "bridge_multicast" drop
+//	  meta protocol ip ip daddr 255.255.255.255 counter name "bridge_multicast" drop
+//	  meta protocol ip6 ip6 daddr ff00::/8 counter name "bridge_multicast" drop
+//	  meta mark and 0x00400000 == 0x00400000 meta mark set meta mark and 0xffbfffff accept
 //	  meta protocol ip ip saddr @managed4 counter name "bridge_unchecked" drop   (and daddr, and ip6)
 //	}
 //
+// Broadcast and multicast are decided by destination address, which names
+// no endpoint: the forward chain would let the sender's egress decide
+// alone, and the bridge floods the packet to every port. No container
+// receives another's broadcast or multicast (the IP daddr is matched, not
+// the frame's, so a group address sent to a unicast MAC is dropped too).
 // The mark is cleared on the way out: it means something only between the
 // two hooks.
 func guardRules(cfg Config) []*rb {
 	out := []*rb{
-		rule().metaMarkHas(cfg.ForwardMark).metaMarkClear(cfg.ForwardMark).verdict(expr.VerdictAccept, ""),
 		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
 		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""),
 	}
+	for _, p := range guardMulticast {
+		fam := 4
+		if p.Addr().Is6() {
+			fam = 6
+		}
+		out = append(out, rule().metaProtocol(fam).addrInPrefix(false, p).counter(CounterBridgeMulticast).verdict(expr.VerdictDrop, ""))
+	}
+	out = append(out, rule().metaMarkHas(cfg.ForwardMark).metaMarkClear(cfg.ForwardMark).verdict(expr.VerdictAccept, ""))
 	for _, fam := range []int{4, 6} {
 		for _, src := range []bool{true, false} {
 			out = append(out, rule().metaProtocol(fam).addrIn(src, setManaged.name(fam), false).

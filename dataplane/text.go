@@ -53,7 +53,9 @@ func RenderGuardText(cfg Config, rs *Ruleset) (string, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table bridge %s {\n", cfg.Table)
-	fmt.Fprintf(&b, "\tcounter %s {\n\t\tpackets 0 bytes 0\n\t}\n\n", CounterBridgeUnchecked)
+	for _, c := range []string{CounterBridgeMulticast, CounterBridgeUnchecked} {
+		fmt.Fprintf(&b, "\tcounter %s {\n\t\tpackets 0 bytes 0\n\t}\n\n", c)
+	}
 	for _, s := range guardSets(st) {
 		writeSet(&b, s)
 	}

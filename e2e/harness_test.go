@@ -80,6 +80,13 @@ type node struct {
 
 func newNode(t testing.TB, mainPlugin string, agentArgs ...string) *node {
 	t.Helper()
+	return newDualNode(t, mainPlugin, "", agentArgs...)
+}
+
+// newDualNode is newNode whose pods also get an address from subnet6
+// (dual stack) when it is not empty.
+func newDualNode(t testing.TB, mainPlugin, subnet6 string, agentArgs ...string) *node {
+	t.Helper()
 	l := lab.New(t)
 	n := &node{t: t, lab: l, ns: l.Node("node"), policyDir: t.TempDir(), stateDir: t.TempDir(), pluginDir: t.TempDir(), agentArgs: agentArgs}
 	n.socket = filepath.Join(t.TempDir(), "agent.sock")
@@ -91,7 +98,7 @@ func newNode(t testing.TB, mainPlugin string, agentArgs ...string) *node {
 	}
 	netseg := map[string]any{"type": "netseg", "socket": n.socket, "stateDir": n.pluginDir, "timeout": "5s",
 		"capabilities": map[string]bool{"labels": true}}
-	n.list = n.cni.ParseConfList(t, lab.Net{Name: "pods", CNIVersion: "1.1.0", Type: mainPlugin, Subnet: subnet, DataDir: t.TempDir(),
+	n.list = n.cni.ParseConfList(t, lab.Net{Name: "pods", CNIVersion: "1.1.0", Type: mainPlugin, Subnet: subnet, Subnet6: subnet6, DataDir: t.TempDir(),
 		Chain: []map[string]any{netseg}}.ConfList())
 	n.startAgent()
 	return n

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultCNIPath is where .ci/run installs the CNI reference plugins.
@@ -264,4 +266,32 @@ func (c *Container) HostVeth(node *Netns) string {
 		t.Fatalf("lab: host veth of %s (ifindex %d) in %s: %v", c.Label, peer, node.Label, err)
 	}
 	return link.Attrs().Name
+}
+
+// LinkLocal returns c's IPv6 link-local address with its interface's index
+// as zone, once duplicate address detection is done with it; it fails the
+// lab's test after 10 s without one.
+func (c *Container) LinkLocal() netip.Addr {
+	c.lab.t.Helper()
+	link, err := c.Handle().LinkByName(c.IfName)
+	if err != nil {
+		c.lab.t.Fatalf("lab: %s: %v", c.IfName, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		addrs, err := c.Handle().AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			c.lab.t.Fatalf("lab: addresses of %s: %v", c.IfName, err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			if ok && ip.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				return ip.WithZone(strconv.Itoa(link.Attrs().Index))
+			}
+		}
+		if time.Now().After(deadline) {
+			c.lab.t.Fatalf("lab: %s has no usable link-local address: %v", c.IfName, addrs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

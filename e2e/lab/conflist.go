@@ -24,8 +24,10 @@ func (n Net) ConfList() string {
 		n.CNIVersion = "1.0.0"
 	}
 	ranges := [][]map[string]string{{{"subnet": n.Subnet}}}
+	routes := []map[string]string{{"dst": "0.0.0.0/0"}}
 	if n.Subnet6 != "" {
 		ranges = append(ranges, []map[string]string{{"subnet": n.Subnet6}})
+		routes = append(routes, map[string]string{"dst": "::/0"})
 	}
 	main := map[string]any{
 		"type": n.Type,
@@ -33,7 +35,7 @@ func (n Net) ConfList() string {
 			"type":    "host-local",
 			"ranges":  ranges,
 			"dataDir": n.DataDir,
-			"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+			"routes":  routes,
 		},
 	}
 	if n.Type == "bridge" {
