@@ -475,6 +475,11 @@ spec:
 				t.Fatal(err)
 			}
 			a.waitGeneration(t, gen)
+			// The status reports the generation when the agent loads it, the
+			// kernel has it after the sync: wait for the first attempt's verdict.
+			waitFor(t, "the opened policy in the kernel", 5*time.Second, func() (bool, string) {
+				return a.attempts[0].run(newToken()), "monitoring -> payments still denied"
+			})
 			for i, o := range a.phase(t) {
 				at := a.attempts[i]
 				if at.policy && !o.passed {
@@ -489,6 +494,9 @@ spec:
 				t.Fatal(err)
 			}
 			a.waitGeneration(t, gen)
+			waitFor(t, "the opened policy gone from the kernel", 5*time.Second, func() (bool, string) {
+				return !a.attempts[0].run(newToken()), "monitoring -> payments still allowed"
+			})
 
 			for _, ph := range []struct {
 				name    string
