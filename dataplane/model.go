@@ -22,6 +22,10 @@ type Ruleset struct {
 	// address inside them that is no programmed endpoint is dropped (fail
 	// closed); an empty list disables the catch-all.
 	Managed []netip.Prefix
+	// Node are the node's own addresses. They are never in the catch-all,
+	// though a pod network holds them (a bridge's gateway, a ptp host
+	// veth's address): the node keeps reaching itself there.
+	Node []netip.Addr
 }
 
 // Endpoint is one container interface.

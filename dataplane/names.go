@@ -96,13 +96,15 @@ var (
 	setIngress = famSet{names: [7]string{4: "ingress4", 6: "ingress6"}, kind: kindVmap}
 	// setLocal: every programmed endpoint address.
 	setLocal = famSet{names: [7]string{4: "local4", 6: "local6"}, kind: kindAddr}
+	// setNode: the node's own addresses, which the catch-all leaves alone.
+	setNode = famSet{names: [7]string{4: "node4", 6: "node6"}, kind: kindAddr}
 	// setManaged: the pod networks (interval set): fail closed inside them.
 	setManaged = famSet{names: [7]string{4: "managed4", 6: "managed6"}, kind: kindInterval}
 )
 
 // fixedSets are the sets every render creates with the elements the
 // ruleset gives them directly (managed is rendered from its prefixes).
-var fixedSets = []famSet{setQuarantine, setCNIQuarantine, setCNIFailOpen, setEgress, setIngress, setLocal}
+var fixedSets = []famSet{setQuarantine, setCNIQuarantine, setCNIFailOpen, setEgress, setIngress, setLocal, setNode}
 
 // CNIQuarantineSet names the set (one per family: 4, 6) where the CNI
 // plugin quarantines the addresses of an interface whose ADD failed while
@@ -204,7 +206,7 @@ var (
 //	  ct state invalid drop
 //	  ip saddr @quarantine4 counter name "quarantined" drop    (and daddr, and ip6, and cniquarantine)
 //	  ip saddr @cnifailopen4 accept    (and daddr, and ip6: failurePolicy open, until adopted)
-//	  ip saddr @managed4 ip saddr != @local4 counter name "unprogrammed" drop   (and daddr: fail closed)
+//	  ip saddr @managed4 ip saddr != @local4 ip saddr != @node4 counter name "unprogrammed" drop   (and daddr: fail closed)
 //	  ip saddr vmap @egress4          # a local endpoint opens it: its egress chain decides
 //	  ip daddr vmap @ingress4         # else a local endpoint receives it: its ingress chain decides
 //	}
@@ -290,13 +292,14 @@ func quarantined(s famSet, src bool) func(Config, int) *rb {
 	}
 }
 
-// unprogrammed: ip saddr|daddr @managed4 ip saddr|daddr != @local4 counter
-// name "unprogrammed" drop: inside the pod networks, an address without
-// rules carries nothing (fail closed).
+// unprogrammed: ip saddr|daddr @managed4 ip saddr|daddr != @local4
+// ip saddr|daddr != @node4 counter name "unprogrammed" drop: inside the
+// pod networks, an address without rules carries nothing (fail closed),
+// unless it is the node's own.
 func unprogrammed(src bool) func(Config, int) *rb {
 	return func(_ Config, fam int) *rb {
 		return rule().family(fam).addrIn(src, setManaged.name(fam), false).addrIn(src, setLocal.name(fam), true).
-			counter(counterUnmanaged).verdict(expr.VerdictDrop, "")
+			addrIn(src, setNode.name(fam), true).counter(counterUnmanaged).verdict(expr.VerdictDrop, "")
 	}
 }
 

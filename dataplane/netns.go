@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -77,6 +78,28 @@ func bigBuffers(c *netlink.Conn) error {
 func (n *Namespace) LinkExists(name string) bool {
 	_, err := n.nl.LinkByName(name)
 	return err == nil
+}
+
+// NodeAddrs returns the namespace's own addresses that a pod network may
+// hold: every interface's unicast addresses but loopback and link-local
+// ones (a ptp node has a link-local address per host veth; none is ever
+// inside a pod network).
+func (n *Namespace) NodeAddrs() ([]netip.Addr, error) {
+	list, err := n.nl.AddrList(nil, vnl.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list the node's addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, len(list))
+	for _, a := range list {
+		addr, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		if addr = addr.Unmap(); addr.IsGlobalUnicast() {
+			out = append(out, addr)
+		}
+	}
+	return out, nil
 }
 
 // Fd returns the namespace's file descriptor, for netlink sockets that

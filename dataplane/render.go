@@ -242,6 +242,10 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 		a = a.Unmap()
 		st.sets[setQuarantine.name(famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
 	}
+	for _, a := range rs.Node {
+		a = a.Unmap()
+		st.sets[setNode.name(famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
+	}
 	st.intervalSets(prev, managedInputs, rs.Managed, setManaged.names)
 	for _, s := range rs.Sets {
 		names, ok := [7]string{}, false

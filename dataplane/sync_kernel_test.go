@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -284,6 +285,64 @@ func TestFailClosed(t *testing.T) {
 	}
 	if counters["unprogrammed"] == 0 {
 		t.Errorf("unprogrammed counter is 0: %v", counters)
+	}
+}
+
+// TestNodeKeepsItsOwnAddresses: the bridge's gateway address is inside
+// the pod network but is the node's own. With the node's addresses in the
+// ruleset the catch-all leaves it alone (the node reaches a server on it,
+// a container's egress decides its connections to it); without them the
+// node is locked out of its own address.
+func TestNodeKeepsItsOwnAddresses(t *testing.T) {
+	n := newNode(t, "bridge")
+	gw := netip.MustParseAddr("10.88.0.1")
+	own, err := n.ns.NodeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(own, gw) {
+		t.Fatalf("node addresses %v lack the bridge's gateway %v", own, gw)
+	}
+	for _, a := range own {
+		if a.IsLoopback() || a.IsLinkLocalUnicast() {
+			t.Errorf("node addresses hold %v: only addresses a pod network may hold belong there", a)
+		}
+	}
+	srv := n.node.ListenTCP(netip.AddrPortFrom(gw, 8080).String())
+	rs := n.policyRuleset(t)
+	rs.Managed = []netip.Prefix{netip.MustParsePrefix(bridgeSubnet), netip.MustParsePrefix(bridgeSubnet6)}
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.node.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Fatalf("without the node's addresses, node -> its gateway address = %v, want the catch-all's drop", err)
+	}
+	rs.Node = own
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.node.Probe("tcp", srv.Addr, probeTimeout); err != nil {
+		t.Errorf("node -> its gateway address: %v", err)
+	}
+	// Containers still go through their egress: a may reach b only, c
+	// anything.
+	if err := n.c.Probe("tcp", srv.Addr, probeTimeout); err != nil {
+		t.Errorf("c -> the gateway (c's egress allows all): %v", err)
+	}
+	if err := n.a.Probe("tcp", srv.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Errorf("a -> the gateway (a's egress denies it) = %v, want dropped", err)
+	}
+	// An unprogrammed address next to the gateway stays fail-closed.
+	cs := n.c.ListenTCP(netip.AddrPortFrom(n.c.IP(4), 8081).String())
+	if err := n.node.Probe("tcp", cs.Addr, probeTimeout); err != nil {
+		t.Errorf("node -> c while c is programmed: %v", err)
+	}
+	rs.Endpoints = rs.Endpoints[:2] // c is no endpoint now
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.node.Probe("tcp", cs.Addr, probeTimeout); !errors.Is(err, lab.ErrNoReply) {
+		t.Errorf("node -> unprogrammed c = %v, want dropped", err)
 	}
 }
 

@@ -95,6 +95,7 @@ var goldenWorlds = []goldenWorldT{
 	{"quarantine-managed", Config{}, Ruleset{
 		Managed:    []netip.Prefix{podNet, podNet6, netip.MustParsePrefix("10.89.0.0/16")},
 		Quarantine: []netip.Addr{netip.MustParseAddr("10.88.0.9"), netip.MustParseAddr("fd00:88::9")},
+		Node:       []netip.Addr{netip.MustParseAddr("10.88.0.1"), netip.MustParseAddr("fd00:88::1")},
 		Endpoints: []Endpoint{{ID: "c1/eth0", IPs: []netip.Addr{a1},
 			Egress:  Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}},
 			Ingress: Policy{Enforced: []Rule{{Action: segment.Allow, Origin: oDefault}}}}},
@@ -221,6 +222,9 @@ func TestTraceGoldenWorlds(t *testing.T) {
 		{"quarantine-managed", "quarantined destination", nfttrace.Packet{Src: a1, Dst: a("10.88.0.9"), Proto: tcp, DPort: 1}, "drop", 0, []string{counterQuarantine}},
 		{"quarantine-managed", "quarantined ipv6 source", nfttrace.Packet{Src: a("fd00:88::9"), Dst: a("2001:db8:9::1"), Proto: tcp, DPort: 1}, "drop", 0, []string{counterQuarantine}},
 		{"quarantine-managed", "second managed prefix", nfttrace.Packet{Src: a("10.89.3.3"), Dst: a1, Proto: tcp, DPort: 1}, "drop", 0, []string{counterUnmanaged}},
+		{"quarantine-managed", "node reaches its own address in a pod network", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a("10.88.0.1"), Proto: tcp, DPort: 53, Hook: "output"}, "accept", 0, nil},
+		{"quarantine-managed", "node's own address comes in", nfttrace.Packet{Src: a("fd00:88::1"), Dst: a("fd00:88::1"), Proto: tcp, DPort: 53, Hook: "input"}, "accept", 0, nil},
+		{"quarantine-managed", "node to an unprogrammed pod address", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a("10.88.0.2"), Proto: tcp, DPort: 53, Hook: "output"}, "drop", 0, []string{counterUnmanaged}},
 		{"quarantine-managed", "node reaches its container", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "accept", 0, nil},
 		{"log-accepted-deny-host", "host access denied", nfttrace.Packet{Src: a("10.88.0.1"), Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "drop", mark(segment.Deny, segment.Deny, oDenyAll, oDenyAll), nil},
 		{"log-accepted-deny-host", "host in the peer set", nfttrace.Packet{Src: web, Dst: a1, Proto: tcp, DPort: 8080, Hook: "output"}, "accept", mark(segment.Allow, segment.Allow, oWeb, oWeb), nil},

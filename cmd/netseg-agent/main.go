@@ -222,6 +222,7 @@ func run(args []string, stderr io.Writer) int {
 	parts.CheckHost = func() ([]string, error) { return ns.CheckBrNetfilter(fix) }
 	parts.ConntrackFill = ns.ConntrackFill
 	parts.Remark = ns.Remark
+	parts.NodeAddrs = ns.NodeAddrs
 	if f.cniStateDir != "" {
 		parts.FailOpenDir = filepath.Join(f.cniStateDir, agent.FailOpenDir)
 	}

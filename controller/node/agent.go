@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +124,7 @@ type Agent struct {
 	host        func() ([]string, error)
 	ctFill      func() (int, int, error)
 	remark      func(dataplane.Decider) (dataplane.Remarked, error)
+	nodeAddrsOf func() ([]netip.Addr, error)
 	failOpenDir string
 	// remarkJobs holds the next remark (capacity 1, the latest wins);
 	// lastRemark is the remarkKey of the last one asked for (sync loop).
@@ -163,6 +165,8 @@ type Agent struct {
 	ctErr       error            // the conntrack table is (nearly) full: a warning, the agent stays ready
 	remarkErr   error            // live connections could not be decided again
 	failOpenErr error            // containers started unsegmented and not adopted yet
+	nodeAddrs   []netip.Addr     // the node's own addresses (sorted): never in the catch-all
+	nodeErr     error            // the node's addresses could not be read
 }
 
 // New builds an agent from its parts, for cfg. It opens nothing: the
@@ -176,7 +180,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return nil, errors.New("agent: kernel, dataplane, registry, log and metrics are required")
 	}
 	a := &Agent{cfg: cfg, log: p.Log, metrics: p.Metrics, kernel: p.Kernel, dp: p.Dataplane, reg: p.Registry,
-		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, failOpenDir: p.FailOpenDir, remarkJobs: make(chan remarkJob, 1), adoptedAddrs: map[netip.Addr]bool{}, kick: make(chan struct{}, 1),
+		source: p.Source, onRecord: p.OnRecord, chain: p.KeepChained, host: p.CheckHost, ctFill: p.ConntrackFill, remark: p.Remark, nodeAddrsOf: p.NodeAddrs, failOpenDir: p.FailOpenDir, remarkJobs: make(chan remarkJob, 1), adoptedAddrs: map[netip.Addr]bool{}, kick: make(chan struct{}, 1),
 		policyLoaded: make(chan struct{}), handling: make(chan struct{}, maxHandling)}
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
@@ -206,7 +210,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer srv.Close()
+	a.readNodeAddrs() // before the first sync
 	var wg sync.WaitGroup
+	wg.Go(func() { a.keepNodeAddrs(ctx) })
 	wg.Go(func() { a.keepChained(ctx) })
 	wg.Go(func() { a.keepBrNetfilter(ctx) })
 	wg.Go(func() { a.watchConntrack(ctx) })
@@ -355,6 +361,9 @@ func (a *Agent) syncOnce() error {
 		locals = append(locals, ep.Interface)
 	}
 	rs, errs := enforce.Ruleset(compiled, locals)
+	a.mu.Lock()
+	rs.Node = a.nodeAddrs
+	a.mu.Unlock()
 	for _, ep := range quarantined {
 		for _, p := range ep.Interface.IPs {
 			rs.Quarantine = append(rs.Quarantine, p.Addr())
@@ -479,6 +488,39 @@ func (a *Agent) keepChained(ctx context.Context) {
 		}
 		return nil
 	})
+}
+
+// keepNodeAddrs reads the node's own addresses every HostCheckInterval
+// and syncs when they changed.
+func (a *Agent) keepNodeAddrs(ctx context.Context) {
+	if a.nodeAddrsOf == nil {
+		return
+	}
+	a.keep(ctx, HostCheckInterval, &a.nodeErr, "warning", a.readNodeAddrs)
+}
+
+// readNodeAddrs reads the node's own addresses and asks for a sync when
+// they changed. Until a read works, the last addresses read stand.
+func (a *Agent) readNodeAddrs() error {
+	if a.nodeAddrsOf == nil {
+		return nil
+	}
+	addrs, err := a.nodeAddrsOf()
+	if err != nil {
+		return fmt.Errorf("read the node's own addresses (the fail-closed catch-all keeps the last ones read out): %w", err)
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	addrs = slices.Compact(addrs)
+	a.mu.Lock()
+	changed := !slices.Equal(a.nodeAddrs, addrs)
+	if changed {
+		a.nodeAddrs = addrs
+	}
+	a.mu.Unlock()
+	if changed {
+		a.requestSync()
+	}
+	return nil
 }
 
 // keepBrNetfilter runs the host check at start and every HostCheckInterval.

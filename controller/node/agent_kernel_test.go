@@ -77,7 +77,7 @@ func (e *env) start() {
 	metrics := node.NewMetrics()
 	a, err := node.New(cfg, node.Parts{Kernel: ns, Dataplane: dataplane.New(cfg.Dataplane, ns.Dial, ns.LinkExists),
 		Registry: reg, Source: node.NewDirSource(cfg.PolicyDir, cfg.PollInterval, log, metrics.PolicyErrors.Inc),
-		Log: log, Metrics: metrics})
+		NodeAddrs: ns.NodeAddrs, Log: log, Metrics: metrics})
 	if err != nil {
 		ns.Close()
 		e.t.Fatal(err)
@@ -292,3 +292,32 @@ type readerFunc func([]byte) (int, error)
 func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 func readerOf(c interface{ Read([]byte) (int, error) }) io.Reader { return readerFunc(c.Read) }
+
+// TestAgentFollowsNodeAddresses: the node's own addresses inside the pod
+// network (the bridge's gateway, which the first container's ADD creates;
+// one added later) are read every second and kept out of the fail-closed
+// catch-all, so the node reaches itself there (TestNodeKeepsItsOwnAddresses
+// in dataplane shows the rest of the pod network stays closed).
+func TestAgentFollowsNodeAddresses(t *testing.T) {
+	e := newEnv(t)
+	e.trio() // the bridge and its gateway 10.88.0.1 appear after the agent started
+	reach := func(addr netip.Addr) time.Duration {
+		t.Helper()
+		srv := e.node.ListenTCP(netip.AddrPortFrom(addr, 9053).String())
+		start := time.Now()
+		for e.node.Probe("tcp", srv.Addr, timeout) != nil {
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("node -> its own %v: still dropped after 5s", addr)
+			}
+		}
+		return time.Since(start)
+	}
+	t.Logf("node reaches its gateway address %v after %v", "10.88.0.1", reach(netip.MustParseAddr("10.88.0.1")))
+	e.node.MustRun("ip", "addr", "add", "10.88.0.200/32", "dev", "lo")
+	t.Logf("node reaches an address added to it later after %v", reach(netip.MustParseAddr("10.88.0.200")))
+	for _, l := range e.agent.Status().Loops {
+		if l.Name == "node-addresses" && l.State != agent.LoopOK {
+			t.Errorf("node-addresses loop: %+v", l)
+		}
+	}
+}

@@ -44,6 +44,12 @@ type Parts struct {
 	// policy or quarantine change (dataplane.Namespace.Remark): one the
 	// policy now denies stops at its next packet.
 	Remark func(dataplane.Decider) (dataplane.Remarked, error)
+	// NodeAddrs, when set, is read at start and every HostCheckInterval:
+	// the node's own addresses (dataplane.Namespace.NodeAddrs). A pod
+	// network holds some (a bridge's gateway, a ptp host veth's address);
+	// the fail-closed catch-all leaves them alone, so the node keeps
+	// reaching itself there. A change is synced at once.
+	NodeAddrs func() ([]netip.Addr, error)
 	// FailOpenDir, when set, is the plugin's record directory of
 	// containers started unsegmented under failurePolicy open
 	// (<cni-state-dir>/failopen): the agent adopts each one every

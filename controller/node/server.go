@@ -435,6 +435,7 @@ func (a *Agent) loopsLocked(polErr error) []agent.Loop {
 		loop("flow-writer", flowsOn, a.logErr, agent.LoopRetrying),
 		loop("cni-chain", a.chain != nil, a.chainErr, agent.LoopFailing),
 		loop("host-check", a.host != nil, a.hostErr, agent.LoopFailing),
+		loop("node-addresses", a.nodeAddrsOf != nil, a.nodeErr, agent.LoopFailing),
 		loop("conntrack-check", a.ctFill != nil, a.ctErr, agent.LoopFailing),
 		loop("revoke", a.remark != nil, a.remarkErr, agent.LoopRetrying),
 		loop("fail-open-adopt", a.failOpenDir != "", a.failOpenErr, agent.LoopRetrying),
