@@ -238,14 +238,8 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 			st.addSet(fs.name(fam), fam, fs.kind).foreign = fs.foreign
 		}
 	}
-	for _, a := range rs.Quarantine {
-		a = a.Unmap()
-		st.sets[setQuarantine.name(famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
-	}
-	for _, a := range rs.Node {
-		a = a.Unmap()
-		st.sets[setNode.name(famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
-	}
+	st.addrElems(setQuarantine, rs.Quarantine)
+	st.addrElems(setNode, rs.Node)
 	st.intervalSets(prev, managedInputs, rs.Managed, setManaged.names)
 	for _, s := range rs.Sets {
 		names, ok := [7]string{}, false
@@ -342,6 +336,14 @@ func (st *state) intervalSets(prev *state, input string, prefixes []netip.Prefix
 	byFam := byFamily(prefixes)
 	for _, fam := range []int{4, 6} {
 		fillInterval(st.addSet(names[fam], fam, kindInterval), byFam[fam])
+	}
+}
+
+// addrElems puts each address into its family's set of fs.
+func (st *state) addrElems(fs famSet, addrs []netip.Addr) {
+	for _, a := range addrs {
+		a = a.Unmap()
+		st.sets[fs.name(famOf(a))].elems[elemKey{first: a}] = elemSpec{key: a}
 	}
 }
 

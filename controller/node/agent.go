@@ -210,9 +210,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer srv.Close()
-	a.readNodeAddrs() // before the first sync
 	var wg sync.WaitGroup
-	wg.Go(func() { a.keepNodeAddrs(ctx) })
+	if a.nodeAddrsOf != nil {
+		first := a.readNodeAddrs() // before the first sync
+		wg.Go(func() { a.keepAfter(ctx, HostCheckInterval, &a.nodeErr, "warning", a.readNodeAddrs, first) })
+	}
 	wg.Go(func() { a.keepChained(ctx) })
 	wg.Go(func() { a.keepBrNetfilter(ctx) })
 	wg.Go(func() { a.watchConntrack(ctx) })
@@ -490,21 +492,10 @@ func (a *Agent) keepChained(ctx context.Context) {
 	})
 }
 
-// keepNodeAddrs reads the node's own addresses every HostCheckInterval
-// and syncs when they changed.
-func (a *Agent) keepNodeAddrs(ctx context.Context) {
-	if a.nodeAddrsOf == nil {
-		return
-	}
-	a.keep(ctx, HostCheckInterval, &a.nodeErr, "warning", a.readNodeAddrs)
-}
-
 // readNodeAddrs reads the node's own addresses and asks for a sync when
-// they changed. Until a read works, the last addresses read stand.
+// they changed. Until a read works, the last addresses read stand. Run
+// reads them before the first sync, then every HostCheckInterval.
 func (a *Agent) readNodeAddrs() error {
-	if a.nodeAddrsOf == nil {
-		return nil
-	}
 	addrs, err := a.nodeAddrsOf()
 	if err != nil {
 		return fmt.Errorf("read the node's own addresses (the fail-closed catch-all keeps the last ones read out): %w", err)
@@ -569,10 +560,14 @@ func (a *Agent) watchConntrack(ctx context.Context) {
 // its error in *slot (read under a.mu). A new error is logged once, with
 // what, not at every check.
 func (a *Agent) keep(ctx context.Context, interval time.Duration, slot *error, what string, check func() error) {
+	a.keepAfter(ctx, interval, slot, what, check, check())
+}
+
+// keepAfter is keep for a check whose first run already returned first.
+func (a *Agent) keepAfter(ctx context.Context, interval time.Duration, slot *error, what string, check func() error, first error) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
-		err := check()
+	for err := first; ; err = check() {
 		a.mu.Lock()
 		prev := *slot
 		*slot = err

@@ -312,7 +312,7 @@ func TestAgentFollowsNodeAddresses(t *testing.T) {
 		}
 		return time.Since(start)
 	}
-	t.Logf("node reaches its gateway address %v after %v", "10.88.0.1", reach(netip.MustParseAddr("10.88.0.1")))
+	t.Logf("node reaches its gateway address 10.88.0.1 after %v", reach(netip.MustParseAddr("10.88.0.1")))
 	e.node.MustRun("ip", "addr", "add", "10.88.0.200/32", "dev", "lo")
 	t.Logf("node reaches an address added to it later after %v", reach(netip.MustParseAddr("10.88.0.200")))
 	for _, l := range e.agent.Status().Loops {
