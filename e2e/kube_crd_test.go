@@ -24,6 +24,8 @@ func TestCRDValidation(t *testing.T) {
 	}{
 		{"zone bad enum", "apiVersion: netseg.io/v1alpha1\nkind: Zone\nmetadata: {name: bad}\nspec: {defaultAction: Maybe}\n",
 			[]string{"spec.defaultAction", "Unsupported value"}},
+		{"zone bad admitDependencies", "apiVersion: netseg.io/v1alpha1\nkind: Zone\nmetadata: {name: bad}\nspec: {defaultAction: Deny, admitDependencies: Nobody}\n",
+			[]string{"spec.admitDependencies", "Unsupported value"}},
 		{"zone bad CIDR", "apiVersion: netseg.io/v1alpha1\nkind: Zone\nmetadata: {name: bad}\nspec: {defaultAction: Deny, cidrs: [10.0.0.0/33]}\n",
 			[]string{"spec.cidrs[0]", "must be a CIDR"}},
 		{"zone reserved name", "apiVersion: netseg.io/v1alpha1\nkind: Zone\nmetadata: {name: unzoned}\nspec: {defaultAction: Deny}\n",

@@ -10,12 +10,18 @@ const (
 	OriginZonePolicy        OriginKind = "ZonePolicy"
 	OriginServiceDependency OriginKind = "ServiceDependency"
 	OriginZoneDefault       OriginKind = "ZoneDefault"
+	// OriginZonePerimeter is a zone default reached without consulting
+	// dependencies, because the destination zone does not admit the
+	// source's namespace (Zone spec.admitDependencies). It names the
+	// pair only where it denies; where the defaults allow, the origin is
+	// the ZoneDefault.
+	OriginZonePerimeter OriginKind = "ZonePerimeter"
 )
 
 // Origin is what decided a connection: a ZonePolicy rule, a
-// ServiceDependency entry or a zone-default pair. The policy compiler
-// assigns them, the conntrack mark carries their ids, and every flow
-// record names one (its JSON is part of the flow log's schema,
+// ServiceDependency entry, a zone-default pair or a zone perimeter. The
+// policy compiler assigns them, the conntrack mark carries their ids, and
+// every flow record names one (its JSON is part of the flow log's schema,
 // docs/flow-log.md). IDs are assigned in the order of (kind, names, rule
 // index), so the same input always gets the same ids; a different input
 // may renumber them.
@@ -27,7 +33,7 @@ type Origin struct {
 	Namespace string `json:"namespace,omitempty"`
 	// Rule is the ZonePolicy rule's or the dependency entry's name.
 	Rule string `json:"rule,omitempty"`
-	// FromZone and ToZone are the zones of a ZoneDefault.
+	// FromZone and ToZone are the zones of a ZoneDefault or ZonePerimeter.
 	FromZone string `json:"fromZone,omitempty"`
 	ToZone   string `json:"toZone,omitempty"`
 }
@@ -40,6 +46,8 @@ func (o Origin) String() string {
 		return fmt.Sprintf("ServiceDependency %s/%s entry %s", o.Namespace, o.Name, o.Rule)
 	case OriginZoneDefault:
 		return fmt.Sprintf("ZoneDefault %s -> %s", o.FromZone, o.ToZone)
+	case OriginZonePerimeter:
+		return fmt.Sprintf("ZonePerimeter %s -> %s", o.FromZone, o.ToZone)
 	}
 	return "none"
 }

@@ -45,7 +45,29 @@ type ZoneSpec struct {
 	// +optional
 	// +kubebuilder:default=Enforce
 	Mode Mode `json:"mode,omitempty"`
+	// AdmitDependencies says whose ServiceDependencies may open a path
+	// into the zone: Any namespace's (the default), only ZoneNamespaces
+	// (the namespaces NamespaceSelector selects; with none, no namespace),
+	// or None. From an endpoint of a namespace it refuses, a connection
+	// into the zone that no ZonePolicy rule decides goes to the zone
+	// defaults without consulting dependencies; the flow log and explain
+	// then name the ZonePerimeter when it is denied. Only a network
+	// engineer's ZonePolicy can open such a zone to other namespaces.
+	// +optional
+	// +kubebuilder:default=Any
+	AdmitDependencies Admission `json:"admitDependencies,omitempty"`
 }
+
+// Admission says whose ServiceDependencies a zone admits.
+// +kubebuilder:validation:Enum=Any;ZoneNamespaces;None
+type Admission string
+
+// Admissions.
+const (
+	AdmitAny            Admission = "Any"
+	AdmitZoneNamespaces Admission = "ZoneNamespaces"
+	AdmitNone           Admission = "None"
+)
 
 // ZoneStatus is the observed state of a Zone.
 type ZoneStatus struct {
@@ -71,6 +93,7 @@ type ZoneStatus struct {
 // +kubebuilder:printcolumn:name="Priority",type=integer,JSONPath=`.spec.priority`
 // +kubebuilder:printcolumn:name="Default",type=string,JSONPath=`.spec.defaultAction`
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
+// +kubebuilder:printcolumn:name="Admits",type=string,JSONPath=`.spec.admitDependencies`,priority=1
 // +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -22,7 +22,7 @@ func TestValidateExamples(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
 	}
-	want := "ok: 5 zones, 3 zone policies (7 rules), 2 service dependencies (5 entries), 4 namespaces; 1 warning\n"
+	want := "ok: 5 zones, 3 zone policies (7 rules), 3 service dependencies (6 entries), 4 namespaces; 1 warning\n"
 	if out != want {
 		t.Errorf("stdout = %q, want %q", out, want)
 	}

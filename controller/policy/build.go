@@ -26,6 +26,7 @@ type model struct {
 	epByIP     map[netip.Addr]*endpoint
 	origins    []segment.Origin
 	zdOrigin   map[[2]string]uint16
+	pmOrigin   map[[2]string]uint16 // (from zone, perimeter zone)
 	errors     []Problem
 	warnings   []Problem
 }
@@ -37,6 +38,7 @@ type zone struct {
 	monitor       bool
 	nsSel, podSel labels.Selector // nil: not set
 	cidrs         []netip.Prefix
+	admit         v1alpha1.Admission
 }
 
 // zoneRef is the zones of a rule's from or to side.
@@ -112,6 +114,7 @@ func build(src *Model) *model {
 		nsLabels:   map[string]labels.Set{},
 		epByIP:     map[netip.Addr]*endpoint{},
 		zdOrigin:   map[[2]string]uint16{},
+		pmOrigin:   map[[2]string]uint16{},
 	}
 	switch m.cfg.UnzonedDefault {
 	case 0:
@@ -187,6 +190,18 @@ func (m *model) addZone(in *v1alpha1.Zone) {
 		z.def = segment.Deny
 	}
 	z.monitor = m.mode(in.Spec.Mode, kind, "", z.name, "spec.mode")
+	switch z.admit = in.Spec.AdmitDependencies; z.admit {
+	case "":
+		z.admit = v1alpha1.AdmitAny
+	case v1alpha1.AdmitAny, v1alpha1.AdmitNone:
+	case v1alpha1.AdmitZoneNamespaces:
+		if in.Spec.NamespaceSelector == nil {
+			m.warnf(kind, "", z.name, "spec.admitDependencies", "ZoneNamespaces without a namespaceSelector admits no namespace's dependencies, as None does")
+		}
+	default:
+		m.errorf(kind, "", z.name, "spec.admitDependencies", "must be Any, ZoneNamespaces or None, not %q; using None", z.admit)
+		z.admit = v1alpha1.AdmitNone
+	}
 	z.nsSel = m.selector(in.Spec.NamespaceSelector, kind, "", z.name, "spec.namespaceSelector")
 	z.podSel = m.selector(in.Spec.PodSelector, kind, "", z.name, "spec.podSelector")
 	for i, c := range in.Spec.CIDRs {

@@ -2,6 +2,9 @@ package policy
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/netseg/netseg/api/segment"
 )
@@ -69,4 +72,39 @@ func coversPorts(a, b []segment.PortRange) bool {
 		}
 	}
 	return true
+}
+
+// checkRefused warns about dependency entries that reach into a zone whose
+// perimeter refuses their namespace: those connections are decided by the
+// zone defaults, which the app team may not expect.
+func (m *model) checkRefused(covering map[*endpoint][]*entry) {
+	refused := map[*entry]map[string]bool{}
+	note := func(en *entry, zone string) {
+		if refused[en] == nil {
+			refused[en] = map[string]bool{}
+		}
+		refused[en][zone] = true
+	}
+	for e, ens := range covering {
+		for _, en := range ens {
+			if m.refuses(e.zone, en.sd.ns) {
+				note(en, e.zone)
+			}
+		}
+	}
+	for _, p := range m.perimeters() {
+		for _, en := range m.entries {
+			if en.cidr.IsValid() && m.refuses(p.name, en.sd.ns) && slices.ContainsFunc(p.cidrs, en.cidr.Overlaps) {
+				note(en, p.name)
+			}
+		}
+	}
+	for _, en := range m.entries { // in entry order, for a stable report
+		if zones := refused[en]; zones != nil {
+			names := slices.Sorted(maps.Keys(zones))
+			m.warnf("ServiceDependency", en.sd.ns, en.sd.name, fmt.Sprintf("spec.dependsOn[%d]", en.index),
+				"entry %s reaches zone %s, which does not admit dependencies from namespace %s (spec.admitDependencies); only a ZonePolicy rule can open it",
+				en.name, strings.Join(names, ", "), en.sd.ns)
+		}
+	}
 }

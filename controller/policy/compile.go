@@ -10,6 +10,7 @@ import (
 	"go4.org/netipx"
 
 	"github.com/netseg/netseg/api/segment"
+	"github.com/netseg/netseg/api/v1alpha1"
 )
 
 func (m *model) compile() *Compiled {
@@ -31,13 +32,20 @@ func (m *model) compile() *Compiled {
 				clientOf = append(clientOf, sd.entries...)
 			}
 		}
+		var refused []string
+		for _, p := range m.perimeters() {
+			if m.refuses(p.name, e.Namespace) {
+				refused = append(refused, p.name)
+			}
+		}
 		c.Endpoints = append(c.Endpoints, EndpointRules{
 			Namespace: e.Namespace, Name: e.Name, IPs: e.IPs, Zone: e.zone,
-			Egress:  lists.get(e.zone, true, clientOf),
-			Ingress: lists.get(e.zone, false, covering[e]),
+			Egress:  lists.get(e.zone, true, clientOf, refused),
+			Ingress: lists.get(e.zone, false, covering[e], nil),
 		})
 	}
 	m.checkShadowed()
+	m.checkRefused(covering)
 	c.Errors, c.Warnings = sortProblems(m.errors), sortProblems(m.warnings)
 	return c
 }
@@ -210,6 +218,20 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 			add(WorkloadSet(sd.ns, sd.name), ms)
 		}
 	}
+	for _, p := range m.perimeters() {
+		refused := map[string]*members{}
+		for _, n := range m.zoneNames() {
+			refused[n] = &members{}
+		}
+		for _, e := range m.endpoints {
+			if m.refuses(p.name, e.Namespace) {
+				refused[e.zone].addrs = m.ownedIPs(e, refused[e.zone].addrs)
+			}
+		}
+		for n, ms := range refused {
+			add(PerimeterSet(p.name, n), *ms)
+		}
+	}
 	sort.Slice(sets, func(i, j int) bool { return sets[i].Name < sets[j].Name })
 	return sets
 }
@@ -234,24 +256,26 @@ type listCache struct {
 	memo map[string]Direction
 }
 
-func (lc listCache) get(zone string, egress bool, entries []*entry) Direction {
+func (lc listCache) get(zone string, egress bool, entries []*entry, refused []string) Direction {
 	var k strings.Builder
 	k.WriteString(zone)
 	k.WriteString(strconv.FormatBool(egress))
 	for _, e := range entries {
 		k.WriteString("," + strconv.Itoa(int(e.origin)) + "/" + e.sd.ns + "/" + e.sd.name + "/" + e.name)
 	}
+	k.WriteString("|" + strings.Join(refused, ","))
 	if d, ok := lc.memo[k.String()]; ok {
 		return d
 	}
-	d := Direction{Enforced: lc.m.list(zone, egress, true, entries), Staged: lc.m.list(zone, egress, false, entries)}
+	d := Direction{Enforced: lc.m.list(zone, egress, true, entries, refused), Staged: lc.m.list(zone, egress, false, entries, refused)}
 	lc.memo[k.String()] = d
 	return d
 }
 
 // list is the rule list of an endpoint in zone: for egress the peer is the
-// destination, for ingress the source.
-func (m *model) list(zone string, egress, enforced bool, entries []*entry) RuleList {
+// destination, for ingress the source. refused (egress only) are the
+// perimeter zones that refuse the endpoint's namespace.
+func (m *model) list(zone string, egress, enforced bool, entries []*entry, refused []string) RuleList {
 	var l RuleList
 	for _, r := range m.rules {
 		own, other := r.from, r.to
@@ -267,6 +291,21 @@ func (m *model) list(zone string, egress, enforced bool, entries []*entry) RuleL
 		}
 		for _, n := range other.names {
 			l.Policy = append(l.Policy, Rule{Peer: zonePeer(n), Ports: r.ports, Action: r.action, Origin: r.origin})
+		}
+	}
+	// A perimeter comes before the dependencies it refuses: egress, by the
+	// destination's zone; ingress, by the sources of refused namespaces,
+	// per source zone (the fallback depends on both zones).
+	perimeter := func(from, to string, peer PeerMatch) {
+		a, o := m.fallback(from, to, enforced, true)
+		l.Tail = append(l.Tail, Rule{Peer: peer, Action: a, Origin: o})
+	}
+	for _, p := range refused {
+		perimeter(zone, p, zonePeer(p))
+	}
+	if z := m.zoneByName[zone]; !egress && z != nil && z.admit != v1alpha1.AdmitAny {
+		for _, n := range m.zoneNames() {
+			perimeter(n, zone, PeerMatch{Set: PerimeterSet(zone, n)})
 		}
 	}
 	for _, e := range entries {

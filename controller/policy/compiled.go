@@ -114,6 +114,10 @@ func DependencySet(ns, sd, entry string) string { return "dep/" + ns + "/" + sd 
 // WorkloadSet names the client endpoints of a ServiceDependency.
 func WorkloadSet(ns, sd string) string { return "workload/" + ns + "/" + sd }
 
+// PerimeterSet names the endpoints of zone from whose namespace the
+// perimeter zone refuses (spec.admitDependencies).
+func PerimeterSet(perimeter, from string) string { return "perimeter/" + perimeter + "/" + from }
+
 // Origin returns the origin with the given id.
 func (c *Compiled) Origin(id uint16) (segment.Origin, bool) {
 	if int(id) >= len(c.Origins) || id == 0 {

@@ -108,14 +108,16 @@ func (m *model) pass(s, d peer, port uint16, proto segment.Protocol, enforced bo
 		}
 		return PassResult{r.action, m.origins[r.origin]}
 	}
-	if s.endpoint {
+	perimeter := s.endpoint && m.refuses(d.zone, s.ns)
+	if s.endpoint && !perimeter {
 		for _, e := range m.entries {
 			if e.sd.isClient(s.ns, s.labels) && m.covers(e, d) && matchPorts(e.ports, port, proto) {
 				return PassResult{segment.Allow, m.origins[e.origin]}
 			}
 		}
 	}
-	return PassResult{m.both(s.zone, d.zone, enforced), m.origins[m.zdOrigin[[2]string{s.zone, d.zone}]]}
+	a, o := m.fallback(s.zone, d.zone, enforced, perimeter)
+	return PassResult{a, m.origins[o]}
 }
 
 func (m *model) covers(e *entry, d peer) bool {

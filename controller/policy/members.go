@@ -3,7 +3,9 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -164,6 +166,44 @@ func (m *model) both(from, to string, enforced bool) segment.Action {
 	return segment.Deny
 }
 
+// perimeters are the zones that refuse some namespace's dependencies,
+// by name.
+func (m *model) perimeters() []*zone {
+	var out []*zone
+	for _, z := range m.zones {
+		if z.admit != v1alpha1.AdmitAny {
+			out = append(out, z)
+		}
+	}
+	slices.SortFunc(out, func(a, b *zone) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// refuses reports whether zone p does not admit the dependencies of
+// namespace ns (the perimeter of spec.admitDependencies).
+func (m *model) refuses(p, ns string) bool {
+	z := m.zoneByName[p]
+	switch {
+	case z == nil || z.admit == v1alpha1.AdmitAny:
+		return false
+	case z.admit == v1alpha1.AdmitZoneNamespaces:
+		return z.nsSel == nil || !z.nsSel.Matches(m.namespaceLabels(ns))
+	}
+	return true
+}
+
+// fallback is the zone defaults' result for a connection from zone from
+// into zone to; perimeter says that dependencies were not consulted
+// because to refuses the source's namespace, which the origin then names
+// where it denies.
+func (m *model) fallback(from, to string, enforced, perimeter bool) (segment.Action, uint16) {
+	a := m.both(from, to, enforced)
+	if perimeter && a != segment.Allow {
+		return a, m.pmOrigin[[2]string{from, to}]
+	}
+	return a, m.zdOrigin[[2]string{from, to}]
+}
+
 // isClient reports whether an endpoint is a client of sd.
 func (sd *sdep) isClient(ns string, l labels.Set) bool {
 	return ns == sd.ns && sd.client.Matches(l)
@@ -210,6 +250,11 @@ func (m *model) assignOrigins() {
 	for _, a := range names {
 		for _, b := range names {
 			m.zdOrigin[[2]string{a, b}] = add(segment.Origin{Kind: segment.OriginZoneDefault, FromZone: a, ToZone: b})
+		}
+	}
+	for _, p := range m.perimeters() {
+		for _, a := range names {
+			m.pmOrigin[[2]string{a, p.name}] = add(segment.Origin{Kind: segment.OriginZonePerimeter, FromZone: a, ToZone: p.name})
 		}
 	}
 	if dropped > 0 {

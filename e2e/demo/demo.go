@@ -72,7 +72,8 @@ var conns = []struct{ from, to, port, note string }{
 	{"ops/monitoring", "default/legacy", "22/TCP", "ssh lockdown being staged"},
 	{"ops/monitoring", "default/legacy", "8080/TCP", "ops zone's default, in Monitor mode"},
 	{"default/batch", "default/legacy", "8080/TCP", "nobody declared this"},
-	{"default/legacy", "shop/redis", "6379/TCP", "data zone's default"},
+	{"ops/monitoring", "shop/redis", "6379/TCP", "declared by ops, but data admits only web-tier namespaces"},
+	{"default/legacy", "shop/redis", "6379/TCP", "data zone's perimeter"},
 	{"default/batch", "default/legacy", "53/UDP", "DNS to the unzoned zone"},
 }
 

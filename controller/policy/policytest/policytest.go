@@ -198,6 +198,7 @@ func Gen(b []byte) policy.Input {
 		for range s.n(3) {
 			z.Spec.CIDRs = append(z.Spec.CIDRs, pick(s, genCIDRs...))
 		}
+		z.Spec.AdmitDependencies = pick[v1alpha1.Admission](s, "", "", v1alpha1.AdmitAny, v1alpha1.AdmitZoneNamespaces, v1alpha1.AdmitNone)
 		in.Zones = append(in.Zones, z)
 	}
 	refPool := []string{"z0", "z1", "z2", "z3", "*", "unzoned", "missing"}
