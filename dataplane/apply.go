@@ -100,7 +100,7 @@ func (q *queue) op(o op) {
 			q.errs = append(q.errs, fmt.Errorf("set %s: %w", o.set.name, err))
 		}
 		if o.set.kind != kindVmap { // vmap elements need their chains: added later
-			q.elems(o.set, sortedElems(o.set.elems), false)
+			q.elems(q.sets.get(o.set), o.set, sortedElems(o.set.elems), false)
 		}
 	case opDeleteSet:
 		q.conn.DelSet(q.sets.get(o.set))
@@ -122,10 +122,12 @@ func (q *queue) op(o op) {
 			q.conn.InsertRule(&nftables.Rule{Table: q.table, Chain: kc, Exprs: o.chain.rules[i].exprs,
 				UserData: userdata.AppendString(nil, userdata.TypeComment, ruleTag(o.chain, i))})
 		}
-	case opAddElems:
-		q.elems(o.set, o.keys, false)
-	case opDeleteElems:
-		q.elems(o.set, o.keys, true)
+	case opAddElems, opDeleteElems:
+		ks := q.sets.get(o.set)
+		if o.inGuard {
+			ks = q.guardSet(o.set)
+		}
+		q.elems(ks, o.set, o.keys, o.kind == opDeleteElems)
 	case opKeepElems:
 		if err := q.conn.SetAddElements(q.sets.get(o.set), o.raw); err != nil {
 			q.errs = append(q.errs, fmt.Errorf("keep elements of %s: %w", o.set.name, err))
@@ -142,18 +144,14 @@ func (q *queue) op(o op) {
 
 // rebuildGuard replaces the bridge guard's table: its counter, its copies
 // of the managed sets and its forward chain (names.go, guardRules).
-func (q *queue) rebuildGuard(managed []*setSpec) {
+func (q *queue) rebuildGuard(sets []*setSpec) {
 	q.conn.AddTable(q.guard)
 	q.conn.DelTable(q.guard)
 	q.conn.AddTable(q.guard)
 	q.conn.AddObj(&nftables.CounterObj{Table: q.guard, Name: CounterBridgeUnchecked})
 	q.conn.AddObj(&nftables.CounterObj{Table: q.guard, Name: CounterBridgeMulticast})
-	for _, s := range managed {
-		ks := &nftables.Set{Table: q.guard, Name: s.name, KeyType: nftables.TypeIPAddr, Interval: true}
-		if s.fam == 6 {
-			ks.KeyType = nftables.TypeIP6Addr
-		}
-		if err := q.conn.AddSet(ks, elements(s, sortedElems(s.elems))); err != nil {
+	for _, s := range sets {
+		if err := q.conn.AddSet(q.guardSet(s), elements(s, sortedElems(s.elems))); err != nil {
 			q.errs = append(q.errs, fmt.Errorf("bridge guard set %s: %w", s.name, err))
 		}
 	}
@@ -164,6 +162,15 @@ func (q *queue) rebuildGuard(managed []*setSpec) {
 	for _, r := range guardRules(q.cfg) {
 		q.conn.AddRule(&nftables.Rule{Table: q.guard, Chain: kc, Exprs: r.exprs})
 	}
+}
+
+// guardSet is the library's set for the bridge guard's set s.
+func (q *queue) guardSet(s *setSpec) *nftables.Set {
+	ks := &nftables.Set{Table: q.guard, Name: s.name, KeyType: nftables.TypeIPAddr, Interval: s.kind == kindInterval}
+	if s.fam == 6 {
+		ks.KeyType = nftables.TypeIP6Addr
+	}
+	return ks
 }
 
 // kchain is the library's chain for c; with hook, a base chain's type,
@@ -182,8 +189,7 @@ func (q *queue) kchain(c *chainSpec, hook bool) *nftables.Chain {
 // one attribute, and a netlink attribute's length is 16 bits (64 KiB).
 const elemChunk = 256
 
-func (q *queue) elems(s *setSpec, keys []elemKey, del bool) {
-	ks := q.sets.get(s)
+func (q *queue) elems(ks *nftables.Set, s *setSpec, keys []elemKey, del bool) {
 	for len(keys) > 0 {
 		n := min(len(keys), elemChunk)
 		var err error

@@ -59,7 +59,7 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 	r := rand.New(rand.NewSource(1))
 	cfg := Config{}.Defaults()
 	var prev *state
-	derived := 0
+	derived, derivedGuard := 0, 0
 	for step := 0; step < 500; step++ {
 		rs := &Ruleset{Managed: randomMembers(r)}
 		for i := 0; i < 30; i++ { // endpoints come and go, and change address
@@ -77,9 +77,13 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 			}
 		}
 		before := map[string]map[elemKey]elemSpec{} // render takes over derived sets' maps
+		var beforeGuard []map[elemKey]elemSpec
 		if prev != nil {
 			for name, s := range prev.sets {
 				before[name] = maps.Clone(s.elems)
+			}
+			for _, s := range prev.guard {
+				beforeGuard = append(beforeGuard, maps.Clone(s.elems))
 			}
 		}
 		got, err := render(cfg, rs, prev)
@@ -102,21 +106,24 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 			if s.delta.from != prev.sets[name] {
 				t.Fatalf("step %d: set %s derived from another rendering", step, name)
 			}
-			var add, del []elemKey
-			for k := range before[name] {
-				if _, ok := s.elems[k]; !ok {
-					del = append(del, k)
-				}
-			}
-			for k := range s.elems {
-				if _, ok := before[name][k]; !ok {
-					add = append(add, k)
-				}
-			}
-			slices.SortFunc(add, elemKey.compare)
-			slices.SortFunc(del, elemKey.compare)
+			add, del := changed(before[name], s.elems)
 			if !slices.Equal(add, s.delta.add) || !slices.Equal(del, s.delta.del) {
 				t.Fatalf("step %d: set %s delta +%v -%v, want +%v -%v", step, name, s.delta.add, s.delta.del, add, del)
+			}
+		}
+		// The bridge guard's sets likewise.
+		for i, want := range fresh.guard {
+			s := got.guard[i]
+			if !maps.Equal(s.elems, want.elems) {
+				t.Fatalf("step %d: guard set %s differs from a fresh render:\n got %v\nwant %v", step, want.name, s.elems, want.elems)
+			}
+			if s.delta == nil {
+				continue
+			}
+			derivedGuard++
+			add, del := changed(beforeGuard[i], s.elems)
+			if s.delta.from != prev.guard[i] || !slices.Equal(add, s.delta.add) || !slices.Equal(del, s.delta.del) {
+				t.Fatalf("step %d: guard set %s delta +%v -%v, want +%v -%v", step, s.name, s.delta.add, s.delta.del, add, del)
 			}
 		}
 		if len(got.chains) != len(fresh.chains) {
@@ -133,10 +140,13 @@ func TestDerivedSetsMatchFreshRender(t *testing.T) {
 		for _, s := range got.sets {
 			s.delta = nil // as Sync does once applied
 		}
+		for _, s := range got.guard {
+			s.delta = nil
+		}
 		prev = got
 	}
-	if derived < 100 {
-		t.Fatalf("only %d sets were derived: the shortcut is not exercised", derived)
+	if derived < 100 || derivedGuard < 50 {
+		t.Fatalf("only %d sets and %d guard sets were derived: the shortcut is not exercised", derived, derivedGuard)
 	}
 	t.Logf("%d sets derived", derived)
 }
@@ -165,4 +175,21 @@ func TestBaseChainsFollowConfig(t *testing.T) {
 	if got.chains[chainOutput].hash == prev.chains[chainOutput].hash {
 		t.Error("the output chain does not depend on DenyHostAccess")
 	}
+}
+
+// changed is what a set gained and lost from before to after, sorted.
+func changed(before, after map[elemKey]elemSpec) (add, del []elemKey) {
+	for k := range before {
+		if _, ok := after[k]; !ok {
+			del = append(del, k)
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			add = append(add, k)
+		}
+	}
+	slices.SortFunc(add, elemKey.compare)
+	slices.SortFunc(del, elemKey.compare)
+	return add, del
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -364,4 +365,124 @@ func TestBridgeGuardWithoutBrNetfilter(t *testing.T) {
 	}
 	setBrNetfilter("1")
 	checkProbes(t, probes)
+}
+
+// TestBridgeGuardFollowsPodNetworks: when the pod networks change (the
+// first pod of a network arrives, the last one leaves), the bridge
+// guard's copies of the managed sets change element by element. Its
+// table stays: rebuilding it re-registers its hook (2 ms of a CNI ADD)
+// and zeroes its counters, the evidence of what it dropped. The guard
+// still drops what bypasses the forward chain.
+func TestBridgeGuardFollowsPodNetworks(t *testing.T) {
+	n := newNode(t, "bridge")
+	rs := n.policyRuleset(t)
+	pods, pods6 := netip.MustParsePrefix(bridgeSubnet), netip.MustParsePrefix(bridgeSubnet6)
+	other := netip.MustParsePrefix("10.99.0.0/24")
+	// IPAMs that give each pod a /32 (/128) register single addresses.
+	host, host6 := netip.MustParsePrefix("10.98.0.7/32"), netip.MustParsePrefix("fd00:98::7/128")
+	guard := &nftables.Table{Name: "netseg", Family: nftables.TableFamilyBridge}
+	nets := func() []string {
+		t.Helper()
+		conn, err := n.ns.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, name := range []string{"managed4", "managed6", "managed_hosts4", "managed_hosts6"} {
+			set, err := conn.GetSetByName(guard, name)
+			if err != nil {
+				t.Fatalf("guard set %s: %v", name, err)
+			}
+			elems, err := conn.GetSetElements(set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range elems {
+				if a, ok := netip.AddrFromSlice(e.Key); ok && !e.IntervalEnd {
+					out = append(out, a.String())
+				}
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	dropped := func() uint64 {
+		t.Helper()
+		c, err := n.dp.CounterValues()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c[dataplane.CounterBridgeUnchecked]
+	}
+	rs.Managed = []netip.Prefix{pods, pods6}
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	n.node.MustSysctl("net.bridge.bridge-nf-call-iptables", "0")
+	n.node.MustSysctl("net.bridge.bridge-nf-call-ip6tables", "0")
+	t.Cleanup(func() {
+		n.node.MustSysctl("net.bridge.bridge-nf-call-iptables", "1")
+		n.node.MustSysctl("net.bridge.bridge-nf-call-ip6tables", "1")
+	})
+	probes := n.probes(4)
+	for _, p := range probes {
+		if err := p.run(); err == nil {
+			t.Errorf("br_netfilter off: %s passed", p.name)
+		}
+	}
+	before := dropped()
+	if before == 0 {
+		t.Fatalf("%s is 0 after %d dropped probes", dataplane.CounterBridgeUnchecked, len(probes))
+	}
+	steps := []struct {
+		managed []netip.Prefix
+		want    []string
+	}{
+		{[]netip.Prefix{pods, other, pods6}, []string{"10.88.0.0", "10.99.0.0", "fd00:88::"}},
+		{[]netip.Prefix{pods, host, other, pods6, host6}, []string{"10.88.0.0", "10.98.0.7", "10.99.0.0", "fd00:88::", "fd00:98::7"}},
+		{[]netip.Prefix{pods, host}, []string{"10.88.0.0", "10.98.0.7"}},
+		{[]netip.Prefix{pods}, []string{"10.88.0.0"}},
+		{[]netip.Prefix{pods, pods6}, []string{"10.88.0.0", "fd00:88::"}},
+	}
+	for i, s := range steps {
+		rs.Managed = s.managed
+		if err := n.dp.Sync(rs); err != nil {
+			t.Fatal(err)
+		}
+		if got := nets(); !slices.Equal(got, s.want) {
+			t.Errorf("step %d: guard sets hold %v, want %v", i, got, s.want)
+		}
+		if got := dropped(); got < before {
+			t.Errorf("step %d: %s went from %d to %d: the guard was rebuilt", i, dataplane.CounterBridgeUnchecked, before, got)
+		}
+	}
+	for _, p := range probes {
+		if err := p.run(); err == nil {
+			t.Errorf("br_netfilter off, guard updated in place: %s passed", p.name)
+		}
+	}
+	after := dropped()
+	if after <= before {
+		t.Errorf("%s did not grow (%d) after %d more dropped probes", dataplane.CounterBridgeUnchecked, after, len(probes))
+	}
+	// The pods registered as single addresses: the guard holds them by
+	// address, and still drops what the forward chain did not see.
+	rs.Managed = nil
+	for _, ep := range rs.Endpoints {
+		for _, a := range ep.IPs {
+			rs.Managed = append(rs.Managed, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	slices.SortFunc(rs.Managed, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	if err := n.dp.Sync(rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range probes {
+		if err := p.run(); err == nil {
+			t.Errorf("br_netfilter off, pods registered as /32: %s passed", p.name)
+		}
+	}
+	if got := dropped(); got <= after {
+		t.Errorf("%s did not grow (%d) with the pods in the guard by address", dataplane.CounterBridgeUnchecked, got)
+	}
 }

@@ -83,6 +83,15 @@ type famSet struct {
 
 func (s famSet) name(fam int) string { return s.names[fam] }
 
+// key is interval key k as an element key of s: an address set's key is
+// the address alone.
+func (s famSet) key(k elemKey) elemKey {
+	if s.kind == kindAddr {
+		return elemKey{first: k.first}
+	}
+	return k
+}
+
 var (
 	// setQuarantine: addresses of interfaces known but not programmed.
 	setQuarantine = famSet{names: [7]string{4: "quarantine4", 6: "quarantine6"}, kind: kindAddr}
@@ -100,6 +109,13 @@ var (
 	setNode = famSet{names: [7]string{4: "node4", 6: "node6"}, kind: kindAddr}
 	// setManaged: the pod networks (interval set): fail closed inside them.
 	setManaged = famSet{names: [7]string{4: "managed4", 6: "managed6"}, kind: kindInterval}
+	// The bridge guard's copy of the pod networks, in its own table: the
+	// networks wider than one address (interval set, few and rarely
+	// changing), and the single addresses of IPAMs that register /32 and
+	// /128 (hash set). An interval set's commit walks its whole tree, so
+	// a copy of a thousand /32s would cost every ADD that walk once more.
+	setGuardNets  = famSet{names: [7]string{4: "managed4", 6: "managed6"}, kind: kindInterval}
+	setGuardHosts = famSet{names: [7]string{4: "managed_hosts4", 6: "managed_hosts6"}, kind: kindAddr}
 )
 
 // fixedSets are the sets every render creates with the elements the
@@ -349,8 +365,10 @@ func guardRules(cfg Config) []*rb {
 	out = append(out, rule().metaMarkHas(cfg.ForwardMark).metaMarkClear(cfg.ForwardMark).verdict(expr.VerdictAccept, ""))
 	for _, fam := range []int{4, 6} {
 		for _, src := range []bool{true, false} {
-			out = append(out, rule().metaProtocol(fam).addrIn(src, setManaged.name(fam), false).
-				counter(CounterBridgeUnchecked).verdict(expr.VerdictDrop, ""))
+			for _, set := range []famSet{setGuardNets, setGuardHosts} {
+				out = append(out, rule().metaProtocol(fam).addrIn(src, set.name(fam), false).
+					counter(CounterBridgeUnchecked).verdict(expr.VerdictDrop, ""))
+			}
 		}
 	}
 	return out

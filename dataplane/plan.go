@@ -88,13 +88,10 @@ type op struct {
 	set   *setSpec
 	keys  []elemKey
 	raw   []nftables.SetElement
-	guard []*setSpec // opRebuildGuard: the managed sets, one per family
-}
-
-// guardSets are the managed sets of a rendering, which the bridge guard
-// holds copies of.
-func guardSets(st *state) []*setSpec {
-	return []*setSpec{st.sets[setManaged.name(4)], st.sets[setManaged.name(6)]}
+	guard []*setSpec // opRebuildGuard: the guard's sets (state.guard)
+	// inGuard: opAddElems and opDeleteElems go to the bridge guard's copy
+	// of the set (same name, same elements) instead of the inet table's.
+	inGuard bool
 }
 
 // batch is one transaction: its steps in the order the kernel accepts them
@@ -132,7 +129,7 @@ func (b *batch) delElems(s *setSpec, keys []elemKey) {
 func planFull(st *state, carried map[string][]nftables.SetElement) *batch {
 	b := &batch{full: true, next: newApplied(st)}
 	b.add(op{kind: opRebuildTable})
-	b.add(op{kind: opRebuildGuard, guard: guardSets(st)})
+	b.add(op{kind: opRebuildGuard, guard: st.guard})
 	sets, chains := sortedKeys(st.sets), sortedKeys(st.chains)
 	for _, name := range sets {
 		b.addSet(st.sets[name])
@@ -204,10 +201,19 @@ func plan(old *applied, st *state) *batch {
 			b.addSet(st.sets[name])
 		}
 	}
-	// render carries an unchanged set over: a new managed set means the
-	// pod networks changed, and the guard follows.
-	if g := guardSets(st); g[0] != present(g[0].name) || g[1] != present(g[1].name) {
-		b.add(op{kind: opRebuildGuard, guard: g})
+	// The bridge guard's sets follow the pod networks element by element:
+	// rebuilding its table would re-register its hook (2 ms of an ADD
+	// that changes the pod networks) and zero its counters.
+	if len(o.guard) != len(st.guard) {
+		b.add(op{kind: opRebuildGuard, guard: st.guard})
+	} else {
+		for i, s := range st.guard {
+			if prev := o.guard[i]; prev != s {
+				del, add := elemDelta(prev, s)
+				b.guardElems(prev, del, true)
+				b.guardElems(s, add, false)
+			}
+		}
 	}
 	// New chains first, all of them: their rules may jump to each other.
 	// A stale chain wanted again is still there, with the same content
@@ -256,28 +262,44 @@ func plan(old *applied, st *state) *batch {
 		if prev == s {
 			continue // carried over unchanged by render
 		}
-		if s.delta != nil && s.delta.from == prev {
-			b.delElems(prev, s.delta.del)
-			b.addElems(s, s.delta.add)
-			continue
-		}
-		var del, add []elemKey
-		for k, e := range prev.elems {
-			if n, ok := s.elems[k]; !ok || n != e {
-				del = append(del, k)
-			}
-		}
-		for k, e := range s.elems {
-			if p, ok := prev.elems[k]; !ok || p != e {
-				add = append(add, k)
-			}
-		}
-		slices.SortFunc(del, elemKey.compare)
-		slices.SortFunc(add, elemKey.compare)
+		del, add := elemDelta(prev, s)
 		b.delElems(prev, del)
 		b.addElems(s, add)
 	}
 	return b
+}
+
+// elemDelta is what changes from set prev to set s: the elements to
+// delete, then those to add.
+func elemDelta(prev, s *setSpec) (del, add []elemKey) {
+	if s.delta != nil && s.delta.from == prev {
+		return s.delta.del, s.delta.add
+	}
+	for k, e := range prev.elems {
+		if n, ok := s.elems[k]; !ok || n != e {
+			del = append(del, k)
+		}
+	}
+	for k, e := range s.elems {
+		if p, ok := prev.elems[k]; !ok || p != e {
+			add = append(add, k)
+		}
+	}
+	slices.SortFunc(del, elemKey.compare)
+	slices.SortFunc(add, elemKey.compare)
+	return del, add
+}
+
+// guardElems queues a change of the bridge guard's copy of a managed set.
+func (b *batch) guardElems(s *setSpec, keys []elemKey, del bool) {
+	if len(keys) == 0 {
+		return
+	}
+	kind := opAddElems
+	if del {
+		kind = opDeleteElems
+	}
+	b.add(op{kind: kind, set: s, keys: keys, inGuard: true})
 }
 
 // emptied queues the removal of the elements of a set that nothing wants
@@ -363,7 +385,11 @@ func (o op) String() string {
 		for i, k := range o.keys {
 			keys[i] = o.set.keyText(k)
 		}
-		return fmt.Sprintf("%s elements %s { %s }", verb, o.set.name, strings.Join(keys, ", "))
+		table := ""
+		if o.inGuard {
+			table = "bridge guard "
+		}
+		return fmt.Sprintf("%s elements %s%s { %s }", verb, table, o.set.name, strings.Join(keys, ", "))
 	case opKeepElems:
 		return fmt.Sprintf("keep elements %s (%d)", o.set.name, len(o.raw))
 	case opRebuildGuard:

@@ -101,6 +101,9 @@ type state struct {
 	// peerNames: peer set -> its kernel names by family, taken from the
 	// previous render when the peer was already there.
 	peerNames map[string][7]string
+	// guard are the bridge guard's sets (guardNames order), in a table of
+	// their own.
+	guard []*setSpec
 	// err is the first name collision met while rendering chains.
 	err error
 	// own are the maps above that a render fills from nothing, and spare
@@ -241,6 +244,7 @@ func render(cfg Config, rs *Ruleset, prev *state) (*state, error) {
 	st.addrElems(setQuarantine, rs.Quarantine)
 	st.addrElems(setNode, rs.Node)
 	st.intervalSets(prev, managedInputs, rs.Managed, setManaged.names)
+	st.guardSets(prev, rs.Managed)
 	for _, s := range rs.Sets {
 		names, ok := [7]string{}, false
 		if prev != nil {
@@ -337,6 +341,98 @@ func (st *state) intervalSets(prev *state, input string, prefixes []netip.Prefix
 	for _, fam := range []int{4, 6} {
 		fillInterval(st.addSet(names[fam], fam, kindInterval), byFam[fam])
 	}
+}
+
+// guardNames are the bridge guard's sets, in the order of state.guard.
+var guardNames = [4]struct {
+	fs  famSet
+	fam int
+}{{setGuardNets, 4}, {setGuardNets, 6}, {setGuardHosts, 4}, {setGuardHosts, 6}}
+
+// guardSets renders the bridge guard's copy of the pod networks: taken
+// over from prev when the managed sets were, else split into networks
+// and single addresses.
+func (st *state) guardSets(prev *state, managed []netip.Prefix) {
+	m4, m6 := setManaged.name(4), setManaged.name(6)
+	if prev != nil && prev.guard != nil && st.sets[m4] == prev.sets[m4] && st.sets[m6] == prev.sets[m6] {
+		st.guard = prev.guard
+		return
+	}
+	if st.deriveGuard(prev) {
+		return
+	}
+	st.guard = make([]*setSpec, len(guardNames))
+	for i, g := range guardNames {
+		st.guard[i] = &setSpec{name: g.fs.name(g.fam), fam: g.fam, kind: g.fs.kind, elems: map[elemKey]elemSpec{}}
+	}
+	byFam := byFamily(managed)
+	for i, fam := range []int{4, 6} {
+		var nets []netip.Prefix
+		hosts := st.guard[2+i]
+		for _, p := range byFam[fam] {
+			if p.IsSingleIP() {
+				hosts.elems[elemKey{first: p.Addr()}] = elemSpec{key: p.Addr()}
+			} else {
+				nets = append(nets, p)
+			}
+		}
+		fillInterval(st.guard[i], nets)
+	}
+}
+
+// deriveGuard renders the guard's sets from prev's by the delta of the
+// managed sets, when render derived those (deriveIntervals: one element
+// per prefix): a pod's arrival is then one element, not a copy of every
+// pod's. The new sets take over prev's element maps, as deriveIntervals
+// does. It returns false, changing nothing, when there is no such delta.
+func (st *state) deriveGuard(prev *state) bool {
+	if prev == nil || len(prev.guard) != len(guardNames) {
+		return false
+	}
+	var deltas [7]*setDelta
+	for _, fam := range []int{4, 6} {
+		name := setManaged.name(fam)
+		now, before := st.sets[name], prev.sets[name]
+		switch {
+		case now == before:
+			deltas[fam] = &setDelta{from: before}
+		case now.delta != nil && now.delta.from == before:
+			deltas[fam] = now.delta
+		default:
+			return false
+		}
+	}
+	// One element per prefix: a key one address wide is a host.
+	host := func(k elemKey) bool { return k.first.Next() == k.end }
+	st.guard = make([]*setSpec, len(guardNames))
+	for i, g := range guardNames {
+		p, d := prev.guard[i], deltas[g.fam]
+		var add, del []elemKey
+		for _, k := range d.add {
+			if host(k) == (g.fs.kind == kindAddr) {
+				add = append(add, g.fs.key(k))
+			}
+		}
+		for _, k := range d.del {
+			if host(k) == (g.fs.kind == kindAddr) {
+				del = append(del, g.fs.key(k))
+			}
+		}
+		if len(add) == 0 && len(del) == 0 {
+			st.guard[i] = p
+			continue
+		}
+		s := &setSpec{name: p.name, fam: p.fam, kind: p.kind, elems: p.elems, delta: &setDelta{from: p, add: add, del: del}}
+		p.elems = nil
+		for _, k := range del {
+			delete(s.elems, k)
+		}
+		for _, k := range add {
+			s.elems[k] = elemSpec{key: k.first, keyEnd: k.end}
+		}
+		st.guard[i] = s
+	}
+	return true
 }
 
 // addrElems puts each address into its family's set of fs.

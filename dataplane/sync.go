@@ -144,6 +144,9 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	for _, s := range st.sets {
 		s.delta = nil // applied: holding on to delta.from would keep every earlier rendering
 	}
+	for _, s := range st.guard {
+		s.delta = nil
+	}
 	d.applied, d.last = b.next, rs
 	return nil
 }

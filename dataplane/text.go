@@ -56,7 +56,7 @@ func RenderGuardText(cfg Config, rs *Ruleset) (string, error) {
 	for _, c := range []string{CounterBridgeMulticast, CounterBridgeUnchecked} {
 		fmt.Fprintf(&b, "\tcounter %s {\n\t\tpackets 0 bytes 0\n\t}\n\n", c)
 	}
-	for _, s := range guardSets(st) {
+	for _, s := range st.guard {
 		writeSet(&b, s)
 	}
 	writeChain(&b, &chainSpec{name: guardChain, hook: nftables.ChainHookForward, prio: guardPriority, rules: guardRules(cfg)})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"testing"
 	"time"
@@ -38,6 +40,12 @@ func BenchmarkPluginAdd(b *testing.B) {
 				}
 			}
 			n.cni.OnExec(nil)
+			// NETSEG_BENCH_LOG=FILE keeps the agent's debug log (each
+			// sync's compile, render and commit times) for a comparison.
+			if d := os.Getenv("NETSEG_BENCH_LOG"); d != "" {
+				b, _ := os.ReadFile(filepath.Join(n.stateDir, "agent.log"))
+				_ = os.WriteFile(d, b, 0o644)
+			}
 			// took holds ADD and DEL runs alternately: keep the ADDs.
 			var addTimes []time.Duration
 			for i := 0; i < len(took); i += 2 {
