@@ -75,7 +75,7 @@ type Set struct {
 }
 
 // MaxOrigin is the largest origin id a conntrack mark can carry.
-const MaxOrigin = 1<<14 - 1
+const MaxOrigin = segment.MaxOriginID
 
 // Mark is the conntrack mark netseg stamps on a connection when its first
 // packet is decided. Layout (32 bits):

@@ -2,6 +2,10 @@ package segment
 
 import "fmt"
 
+// MaxOriginID is the largest origin id: a conntrack mark carries 14 bits
+// of origin for each pass of the decision.
+const MaxOriginID = 1<<14 - 1
+
 // OriginKind says which kind of object decided.
 type OriginKind string
 
@@ -23,8 +27,10 @@ const (
 // policy compiler assigns them, the conntrack mark carries their ids, and
 // every flow record names one (its JSON is part of the flow log's schema,
 // docs/flow-log.md). IDs are assigned in the order of (kind, names, rule
-// index), so the same input always gets the same ids; a different input
-// may renumber them.
+// index), what the cluster shares (ZonePolicy rules, zone defaults and
+// perimeters) before the namespaces' dependency entries, so the same input
+// always gets the same ids and no tenant's objects push a shared origin
+// out of range; a different input may renumber them.
 type Origin struct {
 	ID   uint16     `json:"id"`
 	Kind OriginKind `json:"kind"`

@@ -42,6 +42,10 @@ type Config struct {
 	// (Blocked, endpoint counts) is computed with it. Every agent of a
 	// cluster must use the same, or their statuses differ.
 	UnzonedDefault segment.Action
+	// EntryBudget is the dependency entries one namespace may hold
+	// (policy.Config.EntryBudget); like UnzonedDefault, the same on every
+	// agent.
+	EntryBudget int
 	// WriteStatus enables status writes and Events from this agent.
 	WriteStatus bool
 	// StatusDelay is how long status writes wait after a change, plus a
@@ -350,7 +354,7 @@ func (s *Source) input(ctx context.Context, allPods bool) (policy.Input, error) 
 		// Just after an outage: the policy kinds from the API server.
 		zones, zps, sds, nss = live.zones, live.zps, live.sds, live.nss
 	}
-	in.Config = policy.Config{UnzonedDefault: s.cfg.UnzonedDefault}
+	in.Config = policy.Config{UnzonedDefault: s.cfg.UnzonedDefault, EntryBudget: s.cfg.EntryBudget}
 	in.Zones, in.ZonePolicies, in.ServiceDependencies = zones.Items, zps.Items, sds.Items
 	for _, ns := range nss.Items {
 		in.Namespaces = append(in.Namespaces, policy.Namespace{Name: ns.Name, Labels: ns.Labels})

@@ -41,6 +41,9 @@ type Config struct {
 	Dataplane dataplane.Config
 	// UnzonedDefault is the default action of the implicit unzoned zone.
 	UnzonedDefault segment.Action
+	// EntryBudget is the dependency entries one namespace may hold
+	// (policy.Config.EntryBudget; 0: the default).
+	EntryBudget int
 	// PollInterval is how often the policy directory is checked.
 	PollInterval time.Duration
 	// DriftInterval is how often the kernel is compared with the ruleset.
@@ -92,6 +95,9 @@ func (c Config) Defaults() Config {
 // Validate reports every problem with the configuration.
 func (c Config) Validate() error {
 	var errs []error
+	if c.EntryBudget < 0 {
+		errs = append(errs, fmt.Errorf("--entry-budget %d: want 0 (the default, %d) or more", c.EntryBudget, policy.DefaultEntryBudget))
+	}
 	if c.UnzonedDefault != segment.Allow && c.UnzonedDefault != segment.Deny {
 		errs = append(errs, fmt.Errorf("--unzoned-default %q: want Allow or Deny", c.UnzonedDefault))
 	}
@@ -356,7 +362,7 @@ func (a *Agent) syncOnce() error {
 			snap.Enrich(&local[i], uids[i])
 		}
 	}
-	compiled := a.model.compile(snap, policy.Config{UnzonedDefault: a.cfg.UnzonedDefault}, local)
+	compiled := a.model.compile(snap, policy.Config{UnzonedDefault: a.cfg.UnzonedDefault, EntryBudget: a.cfg.EntryBudget}, local)
 	compiledAt := time.Now()
 	locals := make([]segment.Endpoint, 0, len(eps))
 	for _, ep := range eps {
@@ -375,7 +381,9 @@ func (a *Agent) syncOnce() error {
 	for _, e := range errs {
 		warnings = append(warnings, e.Error())
 	}
-	for _, p := range compiled.Errors {
+	// The policy's errors (objects not compiled) and warnings (objects
+	// compiled, but likely not as meant), for netsegctl status.
+	for _, p := range slices.Concat(compiled.Errors, compiled.Warnings) {
 		if snap.Locate != nil {
 			warnings = append(warnings, snap.Locate(p))
 		} else {

@@ -27,8 +27,13 @@ type model struct {
 	origins    []segment.Origin
 	zdOrigin   map[[2]string]uint16
 	pmOrigin   map[[2]string]uint16 // (from zone, perimeter zone)
-	errors     []Problem
-	warnings   []Problem
+	// The dependency entries' budgets: entries per namespace so far, in
+	// all so far, and the room the shared origins leave.
+	nsEntries    map[string]int
+	entriesTotal int
+	entryRoom    int
+	errors       []Problem
+	warnings     []Problem
 }
 
 type zone struct {
@@ -115,6 +120,10 @@ func build(src *Model) *model {
 		epByIP:     map[netip.Addr]*endpoint{},
 		zdOrigin:   map[[2]string]uint16{},
 		pmOrigin:   map[[2]string]uint16{},
+		nsEntries:  map[string]int{},
+	}
+	if m.cfg.EntryBudget <= 0 {
+		m.cfg.EntryBudget = DefaultEntryBudget
 	}
 	switch m.cfg.UnzonedDefault {
 	case 0:
@@ -135,6 +144,11 @@ func build(src *Model) *model {
 	sort.SliceStable(m.rules, func(i, j int) bool { return m.rules[i].priority < m.rules[j].priority })
 	for name, ns := range src.namespaces {
 		m.nsLabels[name] = nsLabels(name, ns.Labels)
+	}
+	m.entryRoom = segment.MaxOriginID - m.sharedOrigins()
+	if m.entryRoom < 0 {
+		m.errorf("Config", "", "", "", "ZonePolicy rules, zone defaults and perimeters need %d origin ids, %d over the %d a conntrack mark carries; no dependency is compiled",
+			m.sharedOrigins(), -m.entryRoom, segment.MaxOriginID)
 	}
 	for _, k := range sortedKeys(src.deps, keyLess) {
 		m.addDependency(src.deps[k], src.services)

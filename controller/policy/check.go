@@ -108,3 +108,36 @@ func (m *model) checkRefused(covering map[*endpoint][]*entry) {
 		}
 	}
 }
+
+// checkTenantZones warns about zones that select pods by podSelector
+// alone while membership matters: a zone whose default is Deny, or one a
+// ZonePolicy Allow rule names. Pod labels are the app teams' to set, so any
+// namespace's pod can join such a zone (and get what its rules allow);
+// a namespaceSelector keeps the zone to namespaces an admin labels.
+func (m *model) checkTenantZones() {
+	allowed := map[string]bool{}
+	for _, r := range m.rules {
+		if r.broken || r.action != segment.Allow {
+			continue
+		}
+		for _, n := range append(append([]string(nil), r.from.names...), r.to.names...) {
+			allowed[n] = true
+		}
+	}
+	for _, z := range m.zones {
+		if z.podSel == nil || z.nsSel != nil {
+			continue
+		}
+		var why []string
+		if z.def == segment.Deny {
+			why = append(why, "its default is Deny")
+		}
+		if allowed[z.name] {
+			why = append(why, "a ZonePolicy Allow rule names it")
+		}
+		if len(why) > 0 {
+			m.warnf("Zone", "", z.name, "spec.podSelector", "selects pods by podSelector alone and %s: any namespace's pod with these labels joins the zone; add a namespaceSelector to keep it to namespaces an admin labels",
+				strings.Join(why, " and "))
+		}
+	}
+}

@@ -46,6 +46,7 @@ func (m *model) compile() *Compiled {
 	}
 	m.checkShadowed()
 	m.checkRefused(covering)
+	m.checkTenantZones()
 	c.Errors, c.Warnings = sortProblems(m.errors), sortProblems(m.warnings)
 	return c
 }

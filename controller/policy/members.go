@@ -82,9 +82,31 @@ func (m *model) addDependency(in *v1alpha1.ServiceDependency, services map[key]S
 			e.target, e.cidr, e.targetNS = labels.Nothing(), netip.Prefix{}, ""
 		}
 		sd.entries = append(sd.entries, e)
-		m.entries = append(m.entries, e)
 	}
+	n, used := len(sd.entries), m.nsEntries[ns]
+	switch {
+	case used+n > m.cfg.EntryBudget:
+		m.errorf(kind, ns, name, "spec.dependsOn", "over the dependency budget of namespace %s: its %d entries would make %d, %d over the budget of %d entries per namespace; not compiled",
+			ns, n, used+n, used+n-m.cfg.EntryBudget, m.cfg.EntryBudget)
+		return
+	case m.entriesTotal+n > m.entryRoom:
+		m.errorf(kind, ns, name, "spec.dependsOn", "over the cluster's origin budget: its %d entries would make %d dependency entries, %d over the %d origin ids the zones and ZonePolicy rules leave; not compiled",
+			n, m.entriesTotal+n, m.entriesTotal+n-m.entryRoom, m.entryRoom)
+		return
+	}
+	m.nsEntries[ns] += n
+	m.entriesTotal += n
+	m.entries = append(m.entries, sd.entries...)
 	m.sdsByNS[ns] = append(m.sdsByNS[ns], sd)
+}
+
+// sharedOrigins is the number of origin ids the zones and ZonePolicy rules
+// take: a rule each, a zone default for every ordered pair of zones
+// (unzoned included), and a perimeter from every zone into each zone that
+// refuses some namespace's dependencies.
+func (m *model) sharedOrigins() int {
+	zones := len(m.zones) + 1
+	return len(m.rules) + zones*zones + len(m.perimeters())*zones
 }
 
 func (m *model) addEndpoint(in Endpoint) {
@@ -223,11 +245,14 @@ func (e *entry) coversEndpoint(ns string, l labels.Set, ips []netip.Addr) bool {
 	return e.target != nil && ns == e.targetNS && e.target.Matches(l)
 }
 
+// assignOrigins numbers the origins: what the cluster shares (ZonePolicy
+// rules, zone defaults, perimeters) first, then the dependency entries,
+// which the budgets keep within the ids left.
 func (m *model) assignOrigins() {
 	m.origins = []segment.Origin{{}}
 	dropped := 0
 	add := func(o segment.Origin) uint16 {
-		if len(m.origins) > 0xffff {
+		if len(m.origins) > segment.MaxOriginID {
 			dropped++
 			return 0
 		}
@@ -243,9 +268,6 @@ func (m *model) assignOrigins() {
 	for _, r := range rules {
 		r.origin = add(segment.Origin{Kind: segment.OriginZonePolicy, Name: r.policy, Rule: r.name})
 	}
-	for _, e := range m.entries { // already by namespace, name, index
-		e.origin = add(segment.Origin{Kind: segment.OriginServiceDependency, Namespace: e.sd.ns, Name: e.sd.name, Rule: e.name})
-	}
 	names := m.zoneNames()
 	for _, a := range names {
 		for _, b := range names {
@@ -257,8 +279,11 @@ func (m *model) assignOrigins() {
 			m.pmOrigin[[2]string{a, p.name}] = add(segment.Origin{Kind: segment.OriginZonePerimeter, FromZone: a, ToZone: p.name})
 		}
 	}
+	for _, e := range m.entries { // already by namespace, name, index
+		e.origin = add(segment.Origin{Kind: segment.OriginServiceDependency, Namespace: e.sd.ns, Name: e.sd.name, Rule: e.name})
+	}
 	if dropped > 0 {
-		m.errorf("Config", "", "", "", "%d origins do not fit a 16-bit id and have id 0", dropped)
+		m.errorf("Config", "", "", "", "%d origins do not fit the %d ids of a conntrack mark and have id 0", dropped, segment.MaxOriginID)
 	}
 }
 

@@ -55,7 +55,18 @@ type Config struct {
 	// UnzonedDefault is the default action of the implicit zone "unzoned";
 	// empty means Allow, so that installing netseg breaks nothing.
 	UnzonedDefault segment.Action
+	// EntryBudget is how many dependency entries the ServiceDependencies
+	// of one namespace may hold together (each is an origin id, a kernel
+	// set and rules); 0 means DefaultEntryBudget. A ServiceDependency that
+	// would take its namespace past it is not compiled.
+	EntryBudget int
 }
+
+// DefaultEntryBudget is the default Config.EntryBudget: 512 entries (two
+// ServiceDependencies of the most entries the CRD allows), so that 30
+// namespaces at their budget still fit the 16,383 origin ids of a
+// conntrack mark beside a few hundred ZonePolicy rules and zones.
+const DefaultEntryBudget = 512
 
 // Unzoned is the implicit zone of endpoints and addresses in no zone.
 const Unzoned = "unzoned"

@@ -18,7 +18,7 @@ func TestLoadExamples(t *testing.T) {
 		t.Fatalf("Load: %v", err)
 	}
 	got := p.Summary()
-	want := Summary{Zones: 5, ZonePolicies: 3, Rules: 7, ServiceDependencies: 2, Dependencies: 5, Namespaces: 4}
+	want := Summary{Zones: 5, ZonePolicies: 3, Rules: 7, ServiceDependencies: 3, Dependencies: 6, Namespaces: 4}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("summary (-want +got):\n%s", diff)
 	}

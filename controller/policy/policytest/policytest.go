@@ -183,6 +183,7 @@ func Gen(b []byte) policy.Input {
 	s := &byteSrc{b: b}
 	var in policy.Input
 	in.Config.UnzonedDefault = pick[segment.Action](s, 0, segment.Allow, segment.Deny)
+	in.Config.EntryBudget = pick(s, 0, 0, 1, 2, 4) // small budgets refuse some objects
 	zoneNames := []string{"z0", "z1", "z2", "z3"}
 	for i := range s.n(5) {
 		z := Zone(zoneNames[i], pick[int32](s, 10, 20, 20, 30), pick(s, "Allow", "Deny"), pick(s, "", "Enforce", "Monitor"), nil)

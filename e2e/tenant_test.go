@@ -1,0 +1,148 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/netseg/netseg/api/v1alpha1"
+	"github.com/netseg/netseg/e2e/lab"
+)
+
+// The hostile tenant of the tenant-budget tests: in namespace tenant, 64
+// valid ServiceDependencies of 256 CIDR entries each, whose workload
+// selects nothing. Before budgets, their 16,384 origin ids pushed every
+// zone default past the 14 bits of a conntrack mark and every ADD on the
+// node failed.
+const (
+	tenantObjects = 64
+	tenantEntries = 256
+)
+
+func tenantDependency(i int) *v1alpha1.ServiceDependency {
+	sd := &v1alpha1.ServiceDependency{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: fmt.Sprintf("sd%02d", i)},
+		Spec: v1alpha1.ServiceDependencySpec{Workload: metav1.LabelSelector{MatchLabels: map[string]string{"app": "nothing"}}}}
+	for j := range tenantEntries {
+		sd.Spec.DependsOn = append(sd.Spec.DependsOn, v1alpha1.Dependency{Name: fmt.Sprintf("e%d", j),
+			CIDR: fmt.Sprintf("198.18.%d.%d/32", j/256, j%256), Ports: []v1alpha1.PortRange{{Protocol: v1alpha1.ProtocolTCP, Port: 443}}})
+	}
+	return sd
+}
+
+// tenantYAML is the tenant's objects as a policy file.
+func tenantYAML() string {
+	var b strings.Builder
+	for i := range tenantObjects {
+		sd := tenantDependency(i)
+		fmt.Fprintf(&b, "---\napiVersion: netseg.io/v1alpha1\nkind: ServiceDependency\nmetadata: {name: %s, namespace: tenant}\nspec:\n  workload: {matchLabels: {app: nothing}}\n  dependsOn:\n", sd.Name)
+		for _, d := range sd.Spec.DependsOn {
+			fmt.Fprintf(&b, "  - {name: %s, cidr: %q, ports: [{protocol: TCP, port: 443}]}\n", d.Name, d.CIDR)
+		}
+	}
+	return b.String()
+}
+
+// budgetMessage is the error the third object gets: the first two fill
+// the namespace's default budget of 512 entries.
+const budgetMessage = "over the dependency budget of namespace tenant: its 256 entries would make 768, 256 over the budget of 512 entries per namespace; not compiled"
+
+// checkOthersUnharmed starts pods of other namespaces on a node that holds
+// the tenant's objects and checks their traffic obeys the policy.
+func checkOthersUnharmed(t *testing.T, checkout, payments, monitoring *lab.Container) {
+	t.Helper()
+	srv := listen(payments, 8443)
+	expectPass(t, "checkout -> payments 8443 (declared)", checkout.Probe("tcp", srv, probeTimeout))
+	expectDrop(t, "monitoring -> payments 8443 (payments perimeter)", monitoring.Probe("tcp", srv, probeTimeout))
+	expectPass(t, "monitoring -> checkout 9090 (ops-scrapes-metrics)", monitoring.Probe("tcp", listen(checkout, 9090), probeTimeout))
+}
+
+// TestTenantBudgetStandalone: the tenant's objects as policy files. The
+// agent compiles the first two, names the other 62 in its status, and
+// every other namespace's pods start and are segmented as without them;
+// netsegctl validate fails on the directory, naming the budget.
+func TestTenantBudgetStandalone(t *testing.T) {
+	n := newNode(t, "bridge")
+	gen := n.status(t).Status.PolicyGeneration
+	if err := os.WriteFile(filepath.Join(n.policyDir, "tenant.yaml"), []byte(tenantYAML()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the agent applies the tenant's policy", 20*time.Second, func() (bool, string) {
+		st := n.status(t).Status
+		return st.PolicyGeneration > gen && strings.Contains(strings.Join(st.Warnings, "\n"), budgetMessage), fmt.Sprintf("generation %d, %d warnings", st.PolicyGeneration, len(st.Warnings))
+	})
+	refused := 0
+	for _, w := range n.status(t).Status.Warnings {
+		if strings.Contains(w, "over the dependency budget of namespace tenant") {
+			refused++
+		}
+	}
+	if refused != tenantObjects-2 {
+		t.Errorf("status names %d refused objects, want %d", refused, tenantObjects-2)
+	}
+	checkOthersUnharmed(t,
+		n.pod("checkout", "shop", "checkout", checkoutLabels),
+		n.pod("payments", "pay", "payments", paymentsLabels),
+		n.pod("monitoring", "ops", "monitoring", monitoringLabels))
+	out, err := n.ctl("validate", "-f", n.policyDir)
+	if err == nil || !strings.Contains(out, "ServiceDependency tenant/sd02") || !strings.Contains(out, budgetMessage) {
+		t.Errorf("netsegctl validate: %v, want a failure naming tenant/sd02 and the budget:\n%.600s", err, out)
+	}
+}
+
+// TestTenantBudgetKubernetes: the tenant's objects in the API server. The
+// first two are Ready; the rest are Ready=False with the budget named and
+// a Warning Event; pods of other namespaces start and are segmented.
+func TestTenantBudgetKubernetes(t *testing.T) {
+	k := newKubeCluster(t)
+	ctx := context.Background()
+	if err := k.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tenant"}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range tenantObjects {
+		if err := k.c.Create(ctx, tenantDependency(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := k.node(lab.New(t), "node-a", "10.88.0.0/24")
+	condition := func(name string) *metav1.Condition {
+		sd := &v1alpha1.ServiceDependency{}
+		if err := k.c.Get(ctx, client.ObjectKey{Namespace: "tenant", Name: name}, sd); err != nil {
+			return nil
+		}
+		return meta.FindStatusCondition(sd.Status.Conditions, v1alpha1.ConditionReady)
+	}
+	waitFor(t, "tenant/sd02 Ready=False naming the budget, sd01 Ready", 30*time.Second, func() (bool, string) {
+		c, ok := condition("sd02"), condition("sd01")
+		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, budgetMessage) &&
+			ok != nil && ok.Status == metav1.ConditionTrue, fmt.Sprintf("sd02 %+v, sd01 %+v", c, ok)
+	})
+	if c := condition("sd63"); c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "over the dependency budget") {
+		t.Errorf("tenant/sd63: %+v, want Ready=False naming the budget", c)
+	}
+	waitFor(t, "a Warning Event about tenant/sd02", 10*time.Second, func() (bool, string) {
+		var evs eventsv1.EventList
+		if err := k.c.List(ctx, &evs, client.InNamespace("tenant")); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == "sd02" && e.Type == corev1.EventTypeWarning && strings.Contains(e.Note, "over the dependency budget") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(evs.Items))
+	})
+	checkOthersUnharmed(t,
+		n.pod("shop", "checkout", checkoutLabels),
+		n.pod("pay", "payments", paymentsLabels),
+		n.pod("ops", "monitoring", monitoringLabels))
+}
