@@ -394,7 +394,7 @@ const missRetry = 10 * time.Second
 // and name in the cache, or on a cache miss (a pod created moments ago)
 // from the API server. A uid that does not match the Pod's means the
 // registration is of an older pod of the same name: not enriched.
-func (s *Source) Enrich(ep *policy.Endpoint, uid string) bool {
+func (s *Source) Enrich(ep *policy.Endpoint, uid string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	key := client.ObjectKey{Namespace: ep.Namespace, Name: ep.Name}
@@ -403,11 +403,14 @@ func (s *Source) Enrich(ep *policy.Endpoint, uid string) bool {
 	if apierrors.IsNotFound(err) {
 		err = s.liveGet(ctx, key, &pod)
 	}
-	if err != nil || uid != "" && string(pod.UID) != uid {
-		return false
+	switch {
+	case err != nil:
+		return fmt.Errorf("pod %s: %w", key, err)
+	case uid != "" && string(pod.UID) != uid:
+		return fmt.Errorf("pod %s has uid %s, the container's is %s", key, pod.UID, uid)
 	}
 	ep.Labels = pod.Labels
-	return true
+	return nil
 }
 
 func (s *Source) liveGet(ctx context.Context, key client.ObjectKey, pod *corev1.Pod) error {

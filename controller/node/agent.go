@@ -135,6 +135,9 @@ type Agent struct {
 	// remarkJobs holds the next remark (capacity 1, the latest wins);
 	// lastRemark is the remarkKey of the last one asked for (sync loop).
 	remarkJobs chan remarkJob
+	// labels: the last labels read for each registered endpoint (sync
+	// loop only; enrich).
+	labels     map[string]knownLabels
 	lastRemark string
 	// adoptedAddrs (under mu) are addresses of fail-open containers
 	// adopted since the last remark.
@@ -357,10 +360,9 @@ func (a *Agent) syncOnce() error {
 	a.loadedOnce.Do(func() { close(a.policyLoaded) })
 	eps, quarantined := a.reg.List()
 	local, uids := compilerEndpoints(eps)
+	var unlabelled []string
 	if snap.Enrich != nil {
-		for i := range local {
-			snap.Enrich(&local[i], uids[i])
-		}
+		local, unlabelled = a.enrich(snap.Enrich, local, uids)
 	}
 	compiled := a.model.compile(snap, policy.Config{UnzonedDefault: a.cfg.UnzonedDefault, EntryBudget: a.cfg.EntryBudget}, local)
 	compiledAt := time.Now()
@@ -377,7 +379,7 @@ func (a *Agent) syncOnce() error {
 			rs.Quarantine = append(rs.Quarantine, p.Addr())
 		}
 	}
-	var warnings []string
+	warnings := unlabelled
 	for _, e := range errs {
 		warnings = append(warnings, e.Error())
 	}
@@ -592,6 +594,47 @@ func (a *Agent) keepAfter(ctx context.Context, interval time.Duration, slot *err
 		case <-t.C:
 		}
 	}
+}
+
+// enrich completes the local endpoints' labels from the policy source.
+// Labels it cannot read are never taken as none (which would compile the
+// pod into unzoned, Allow by default): the endpoint keeps the labels it
+// last had, or, without any, is left out of the compile, which
+// quarantines it until they can be read. It returns the endpoints to
+// compile and a warning for each left out; a.labels keeps the last known
+// labels of the endpoints registered now, and no others.
+func (a *Agent) enrich(f func(*policy.Endpoint, string) error, local []policy.Endpoint, uids []string) ([]policy.Endpoint, []string) {
+	known := make(map[string]knownLabels, len(local))
+	out := local[:0]
+	var left []string
+	for i, ep := range local {
+		key := ep.Namespace + "/" + ep.Name
+		err := f(&ep, uids[i])
+		switch last, ok := a.labels[key]; {
+		case err == nil:
+			known[key] = knownLabels{uid: uids[i], labels: ep.Labels}
+		case ok && last.uid == uids[i]:
+			ep.Labels = last.labels
+			known[key] = last
+			a.metrics.Labels.WithLabelValues("kept").Inc()
+			a.log.Warn("labels of a local endpoint could not be read; keeping its last known labels", "endpoint", key, "err", err)
+		default:
+			a.metrics.Labels.WithLabelValues("quarantined").Inc()
+			a.log.Warn("labels of a local endpoint could not be read, and none are known; quarantined until they can be", "endpoint", key, "err", err)
+			left = append(left, fmt.Sprintf("endpoint %s: labels unknown (%v): quarantined until they can be read", key, err))
+			continue
+		}
+		out = append(out, ep)
+	}
+	a.labels = known
+	return out, left
+}
+
+// knownLabels are an endpoint's last labels read from the policy source,
+// for the pod of uid.
+type knownLabels struct {
+	uid    string
+	labels map[string]string
 }
 
 // compilerEndpoints merges interfaces of one pod into one endpoint; uids

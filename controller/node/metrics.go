@@ -42,6 +42,9 @@ type Metrics struct {
 	// open that the agent registered afterwards.
 	Adopted     prometheus.Counter
 	AddToKernel prometheus.Histogram
+	// Labels counts syncs in which a local endpoint's labels could not be
+	// read, by what the agent did: kept the last ones, or quarantined it.
+	Labels *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics.
@@ -78,10 +81,12 @@ func NewMetrics() *Metrics {
 			Help: "Agent socket connections refused or dropped: too many open, a request over the size limit, a client that sent nothing in time."}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netseg_cni_requests_total",
 			Help: "Requests on the agent socket by operation and result."}, []string{"op", "result"}),
+		Labels: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netseg_labels_unresolved_total",
+			Help: "Times a local endpoint's labels could not be read from the policy source (the API server): kept are its last known labels, quarantined an endpoint that had none yet."}, []string{"action"}),
 		AddToKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netseg_cni_add_to_kernel_seconds",
 			Help: "Time from a CNI ADD reaching the agent to its rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Revoked, m.Adopted, m.Requests, m.AddToKernel,
+	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.Endpoints, m.PolicyErrors, m.DriftRepairs, m.RegistryDamaged, m.AcceptErrors, m.Refused, m.Rechained, m.BrNetfilterFixed, m.ConntrackEntries, m.ConntrackMax, m.Revoked, m.Adopted, m.Requests, m.AddToKernel, m.Labels,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

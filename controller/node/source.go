@@ -51,8 +51,10 @@ type Snapshot struct {
 	Locate func(policy.Problem) string
 	// Enrich, when set, completes a local endpoint from what the source
 	// knows (in Kubernetes mode: the Pod's labels, found by namespace,
-	// name and UID). It reports false when the source does not know it.
-	Enrich func(ep *policy.Endpoint, uid string) bool
+	// name and UID). An error means the endpoint's labels are unknown
+	// (not "it has none"): the agent then keeps the labels it last had or
+	// quarantines it, and never compiles it as unlabelled.
+	Enrich func(ep *policy.Endpoint, uid string) error
 }
 
 // DirSource is the standalone policy source: a directory of YAML files,
@@ -150,7 +152,9 @@ func (s *DirSource) Snapshot() Snapshot {
 		good := s.good
 		snap.Input = good.Input(policy.Config{}, nil, nil)
 		snap.Locate = good.Locate
-		snap.Enrich = func(ep *policy.Endpoint, _ string) bool { return good.Label(ep) }
+		// The inventory adds labels to pods the runtime passed none for;
+		// a pod it does not name keeps the runtime's (maybe none).
+		snap.Enrich = func(ep *policy.Endpoint, _ string) error { good.Label(ep); return nil }
 	}
 	return snap
 }
