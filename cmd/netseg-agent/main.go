@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -36,7 +37,29 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+	// With a lazy collector the heap may grow to a few times the live
+	// set: a soft limit under the container's memory limit (the DaemonSet
+	// passes it by the downward API) makes the collector work harder near
+	// it instead of the kernel killing the agent. GOMEMLIMIT wins.
+	if limit, ok := memoryLimit(os.Getenv); ok {
+		debug.SetMemoryLimit(limit)
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// memoryLimit is the Go heap's soft limit: 80 % of NETSEG_MEMORY_LIMIT
+// (bytes, the container's limits.memory), leaving room for what the
+// runtime does not count (stacks, the binary, kernel buffers); ok is
+// false when GOMEMLIMIT is set or there is no usable limit.
+func memoryLimit(getenv func(string) string) (int64, bool) {
+	if getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(getenv("NETSEG_MEMORY_LIMIT"), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, false
+	}
+	return n / 10 * 8, true
 }
 
 const usage = `netseg-agent: netseg's node agent.

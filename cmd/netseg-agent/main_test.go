@@ -54,3 +54,32 @@ func TestInstallCNIFlags(t *testing.T) {
 		t.Fatalf("conflist after uninstall: %s", b)
 	}
 }
+
+func TestMemoryLimit(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		env   func(string) string
+		limit int64
+		ok    bool
+	}{
+		{"the DaemonSet's 512Mi", env("NETSEG_MEMORY_LIMIT", "536870912"), 429496728, true},
+		{"GOMEMLIMIT wins", env("NETSEG_MEMORY_LIMIT", "536870912", "GOMEMLIMIT", "100MiB"), 0, false},
+		{"no limit", env(), 0, false},
+		{"garbage", env("NETSEG_MEMORY_LIMIT", "512Mi"), 0, false},
+		{"zero", env("NETSEG_MEMORY_LIMIT", "0"), 0, false},
+	} {
+		if limit, ok := memoryLimit(tc.env); limit != tc.limit || ok != tc.ok {
+			t.Errorf("%s: %d, %v; want %d, %v", tc.name, limit, ok, tc.limit, tc.ok)
+		}
+	}
+}
