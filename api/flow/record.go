@@ -62,11 +62,23 @@ type Record struct {
 	PacketsToSrc uint64 `json:"packetsToSrc,omitempty"`
 	BytesToSrc   uint64 `json:"bytesToSrc,omitempty"`
 
+	// Scan: an alert of a source that went past its share of alert keys
+	// (the alert log's scan alert): its destinations and ports vary.
+	Scan *Scan `json:"scan,omitempty"`
+
 	// lost and alert
 	Count uint64 `json:"count,omitempty"`
 	// lost
 	Cause string `json:"cause,omitempty"`
 	Unit  string `json:"unit,omitempty"`
+}
+
+// Scan counts what a scan alert folded.
+type Scan struct {
+	// Keys counts the flow records folded whose (destination, port,
+	// protocol) had no alert of its own, the source's share of keys
+	// taken (a destination met twice counts twice).
+	Keys uint64 `json:"keys"`
 }
 
 // Endpoint is one side of a connection. IP and Port are the connection's;

@@ -58,6 +58,11 @@ func appendRecord(b []byte, r *flow.Record) []byte {
 	b = appendUintField(b, "bytesToDst", r.BytesToDst)
 	b = appendUintField(b, "packetsToSrc", r.PacketsToSrc)
 	b = appendUintField(b, "bytesToSrc", r.BytesToSrc)
+	if r.Scan != nil {
+		b = append(b, `,"scan":{"keys":`...)
+		b = strconv.AppendUint(b, r.Scan.Keys, 10)
+		b = append(b, '}')
+	}
 	b = appendUintField(b, "count", r.Count)
 	b = appendStringField(b, "cause", r.Cause)
 	b = appendStringField(b, "unit", r.Unit)

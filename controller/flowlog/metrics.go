@@ -7,6 +7,8 @@ type metrics struct {
 	writeErrors, untracked    prometheus.Counter
 	nflogIgnored              prometheus.Counter
 	open, denied, alerts      prometheus.Gauge
+	alertsEvicted             prometheus.Counter
+	alertsScanned             prometheus.Counter
 	queue                     prometheus.GaugeFunc
 }
 
@@ -31,6 +33,10 @@ func newMetrics(p *Pipeline) *metrics {
 			Help: "Denied 5-tuples aggregated in the current interval."}),
 		alerts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netseg_flow_alert_keys",
 			Help: "Alert keys held in memory."}),
+		alertsEvicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_flow_alert_evictions_total",
+			Help: "Alert keys forgotten to make room for a new one (the least recently seen; each was written before)."}),
+		alertsScanned: prometheus.NewCounter(prometheus.CounterOpts{Name: "netseg_flow_alert_scan_keys_total",
+			Help: "New alert keys of a source past its share (MaxAlertsPerSource), folded into that source's scan alert."}),
 		queue: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "netseg_flow_queue_length",
 			Help: "Events waiting for the pipeline."}, func() float64 { return float64(p.QueueLen()) }),
 	}
@@ -45,5 +51,5 @@ func (m *metrics) setGauges(open, denied, alerts int) {
 // Collectors returns the pipeline's metrics for the agent to register.
 func (p *Pipeline) Collectors() []prometheus.Collector {
 	m := p.m
-	return []prometheus.Collector{m.records, m.lost, m.unexpected, m.writeErrors, m.untracked, m.nflogIgnored, m.open, m.denied, m.alerts, m.queue}
+	return []prometheus.Collector{m.records, m.lost, m.unexpected, m.writeErrors, m.untracked, m.nflogIgnored, m.open, m.denied, m.alerts, m.alertsEvicted, m.alertsScanned, m.queue}
 }

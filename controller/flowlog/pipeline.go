@@ -30,6 +30,9 @@ type Config struct {
 	BatchWait time.Duration
 	// AlertTTL forgets an alert key not seen for this long. Default 24h.
 	AlertTTL time.Duration
+	// MaxAlertsPerSource is the alert keys one source workload may hold;
+	// its further keys fold into one scan alert. Default 64.
+	MaxAlertsPerSource int
 	// Labels are the label keys copied into records. Default ["app"].
 	Labels []string
 	// Now is the clock; default time.Now.
@@ -60,6 +63,9 @@ func (c Config) Defaults() Config {
 	}
 	if c.MaxAlerts <= 0 {
 		c.MaxAlerts = 10000
+	}
+	if c.MaxAlertsPerSource <= 0 {
+		c.MaxAlertsPerSource = 64
 	}
 	if c.BatchWait == 0 {
 		c.BatchWait = 200 * time.Millisecond
@@ -137,7 +143,7 @@ func New(cfg Config, flowOut, alertOut io.Writer, res Resolver, src Sources) *Pi
 		res:    &resolverHistory{list: []timedResolver{{r: res}}},
 		open:   newOpenConns(cfg.MaxOpenFlows),
 		denied: newDeniedAggs(cfg.MaxDenied),
-		alerts: newAlertBook(cfg.MaxAlerts, cfg.FlowInterval, cfg.AlertTTL),
+		alerts: newAlertBook(cfg.MaxAlerts, cfg.MaxAlertsPerSource, cfg.FlowInterval, cfg.AlertTTL),
 		losses: newLosses(),
 	}
 	p.m = newMetrics(p)

@@ -301,8 +301,8 @@ func TestLosses(t *testing.T) {
 		"rate-limit-allow/messages": 1, "rate-limit-deny/packets": 3,
 		"nflog-overflow/overflows": 2, "conntrack-overflow/overflows": 1,
 		"denied-table-full/packets": 2,
-		// 203.0.113.2 and the denied aggregate: the one alert key is taken.
-		"alert-table-full/connections": 2,
+		// A full alert book evicts its oldest key instead of losing the
+		// new one (TestScanCannotSilenceAlerts).
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
@@ -456,5 +456,72 @@ func TestAlertKeepsItsRecord(t *testing.T) {
 	}
 	if diff := cmp.Diff([]uint8{8, 8}, types); diff != "" {
 		t.Errorf("ICMP types of the alert's records (-want +got):\n%s", diff)
+	}
+}
+
+// TestScanCannotSilenceAlerts: one pod scans 20,000 distinct unexpected
+// destinations, then another pod makes one new unexpected connection: its
+// alert is written at once. The scanner holds its share of keys and one
+// scan alert that counts the rest; a full book evicts its oldest key
+// instead of refusing new ones; nothing is lost.
+func TestScanCannotSilenceAlerts(t *testing.T) {
+	p, out, alerts, c := newTest(Config{FlowInterval: time.Minute, MaxAlerts: 100, MaxAlertsPerSource: 64}, Sources{})
+	const scanned = 20000
+	for i := range uint32(scanned) {
+		dst := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		p.conn(ct(flows.ConnDestroy, i+1, web, dst, 443, mark(segment.Allowed, 3), t0, t0.Add(time.Second), 100))
+	}
+	p.conn(ct(flows.ConnDestroy, scanned+1, api, partner, 443, mark(segment.Allowed, 3), t0, t0.Add(2*time.Second), 100))
+	written := map[string]int{}
+	var newest flow.Record
+	for _, r := range records(t, alerts) {
+		k := r.Src.Workload()
+		if r.Scan != nil {
+			k += " scan"
+		}
+		written[k]++
+		newest = r
+	}
+	want := map[string]int{"shop/web-1": 64, "shop/web-1 scan": 1, "shop/api-1": 1}
+	if diff := cmp.Diff(want, written); diff != "" {
+		t.Errorf("alerts written (-want +got):\n%s", diff)
+	}
+	if newest.Src.Workload() != "shop/api-1" || newest.Dst.Workload() != "203.0.113.10" {
+		t.Errorf("the last alert is %+v, want the other pod's", newest)
+	}
+	if ev, sc := p.alerts.evicted, p.alerts.scanned; ev != 0 || sc != scanned-64 {
+		t.Errorf("evicted %d, scanned %d; want 0 and %d", ev, sc, scanned-64)
+	}
+	// At the interval the scan alert says how much it folded.
+	c.t = t0.Add(61 * time.Second)
+	p.tick(c.t, true)
+	var scan *flow.Record
+	for _, r := range records(t, alerts) {
+		if r.Scan != nil {
+			scan = &r
+		}
+	}
+	if scan == nil || scan.Scan.Keys != scanned-64 || scan.Count != scanned-64 || scan.Dst != nil {
+		t.Errorf("scan alert %+v, want %d keys and connections, no destination", scan, scanned-64)
+	}
+	// 40 more sources, 3 keys each, fill the book of 100: the oldest keys
+	// are evicted (they were written), every new pair gets its alert.
+	before := len(records(t, alerts))
+	for s := range uint32(40) {
+		src := netip.AddrFrom4([4]byte{10, 88, 1, byte(s)})
+		for d := range uint32(3) {
+			p.conn(ct(flows.ConnDestroy, 30000+s*3+d, src, partner, uint16(1000+d), mark(segment.Allowed, 3), t0, t0.Add(3*time.Second), 100))
+		}
+	}
+	if got := len(records(t, alerts)) - before; got != 120 {
+		t.Errorf("%d alerts written for 120 new pairs", got)
+	}
+	if p.alerts.len() != 100 || p.alerts.evicted != 120-(100-66) {
+		t.Errorf("book holds %d keys, evicted %d; want 100 and %d", p.alerts.len(), p.alerts.evicted, 120-(100-66))
+	}
+	for _, r := range records(t, out) {
+		if r.Kind == flow.KindLost {
+			t.Errorf("lost: %+v", r)
+		}
 	}
 }
