@@ -219,6 +219,7 @@ func run(args []string, stderr io.Writer) int {
 			return 2
 		}
 		parts.Source, parts.OnRecord = ks, ks.ObserveRecord
+		metrics.RegisterEventCaps(ks.EventsSuppressed)
 	default:
 		parts.Source = node.NewDirSource(cfg.PolicyDir, cfg.PollInterval, log, metrics.PolicyErrors.Inc)
 	}

@@ -76,7 +76,7 @@ func (s *Source) eventForAlert(r *flow.Record) {
 		r.Verdict, dst, port, origin, r.Count)
 	key := objKey("Pod", r.Src.Namespace, r.Src.Name) + " " + dst + " " + port + " " + r.Verdict
 	// Rate limit by the connection, not the message: the count changes.
-	if !s.status.shouldEvent(key, strings.SplitN(msg, ";", 2)[0]) {
+	if !s.status.shouldEvent(key, strings.SplitN(msg, ";", 2)[0]) || !s.status.allowAlertEvent(objKey("Pod", r.Src.Namespace, r.Src.Name), time.Now()) {
 		return
 	}
 	pod := &corev1.Pod{TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -48,6 +50,26 @@ type statusWriter struct {
 
 	mu         sync.Mutex
 	lastEvents map[string]eventMark // kind/ns/name -> last event
+	// The caps on Events about unexpected connections: per pod, and for
+	// the agent; what they held back, by cap.
+	podEvents  map[string]podEventCount
+	events1s   *rate.Limiter
+	pruned     time.Time
+	suppressed map[string]uint64
+}
+
+// The caps on alert Events: a pod gets at most podEventCap of them per
+// eventInterval, and an agent sends at most eventRate a second (bursts of
+// eventBurst), so a scan or a hostile pod cannot flood the API server.
+const (
+	podEventCap = 10
+	eventRate   = 1
+	eventBurst  = 30
+)
+
+type podEventCount struct {
+	since time.Time
+	n     int
 }
 
 type eventMark struct {
@@ -61,7 +83,8 @@ func newStatusWriter(s *Source, c client.Client, ev recorder.EventRecorder) *sta
 	// Spread the agents' writes over [delay, 2*delay): the first one's
 	// write reaches the others' caches before their timers fire.
 	jitter := time.Duration(h.Sum32()%1000) * s.cfg.StatusDelay / 1000
-	return &statusWriter{s: s, c: c, events: ev, delay: s.cfg.StatusDelay + jitter, lastEvents: map[string]eventMark{}}
+	return &statusWriter{s: s, c: c, events: ev, delay: s.cfg.StatusDelay + jitter, lastEvents: map[string]eventMark{},
+		podEvents: map[string]podEventCount{}, events1s: rate.NewLimiter(eventRate, eventBurst), suppressed: map[string]uint64{}}
 }
 
 // run writes status after each kick (coalesced over the delay), and
@@ -193,6 +216,60 @@ func (w *statusWriter) shouldEvent(key, msg string) bool {
 	}
 	w.lastEvents[key] = eventMark{msg: msg, at: time.Now()}
 	return true
+}
+
+// allowAlertEvent applies the caps on Events about unexpected connections
+// to one more for pod, at now, counting what they hold back.
+func (w *statusWriter) allowAlertEvent(pod string, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pruneLocked(now)
+	c := w.podEvents[pod]
+	if now.Sub(c.since) >= eventInterval {
+		c = podEventCount{since: now}
+	}
+	switch {
+	case c.n >= podEventCap:
+		w.suppressed["pod"]++
+		return false
+	case !w.events1s.AllowN(now, 1):
+		w.suppressed["agent"]++
+		return false
+	}
+	c.n++
+	w.podEvents[pod] = c
+	return true
+}
+
+// pruneLocked forgets, at most once per eventInterval, the Event marks and
+// pod counts older than eventInterval: they would decide nothing, and pods
+// and destinations come and go.
+func (w *statusWriter) pruneLocked(now time.Time) {
+	if now.Sub(w.pruned) < eventInterval {
+		return
+	}
+	w.pruned = now
+	for k, m := range w.lastEvents {
+		if now.Sub(m.at) >= eventInterval {
+			delete(w.lastEvents, k)
+		}
+	}
+	for k, c := range w.podEvents {
+		if now.Sub(c.since) >= eventInterval {
+			delete(w.podEvents, k)
+		}
+	}
+}
+
+// EventsSuppressed returns the alert Events the caps held back, by cap:
+// "pod" (podEventCap per pod) and "agent" (eventRate).
+func (s *Source) EventsSuppressed() map[string]uint64 {
+	if s.status == nil {
+		return nil
+	}
+	s.status.mu.Lock()
+	defer s.status.mu.Unlock()
+	return maps.Clone(s.status.suppressed)
 }
 
 func objKey(kind, ns, name string) string { return kind + "/" + ns + "/" + name }

@@ -116,6 +116,17 @@ func (m *Metrics) RegisterKernel(a *Agent) {
 		"Packets counted by netseg's named nftables counters.", []string{"counter"}, nil)})
 }
 
+// RegisterEventCaps exports what the caps on alert Events held back, by
+// cap ("pod", "agent"), read from suppressed at scrape.
+func (m *Metrics) RegisterEventCaps(suppressed func() map[string]uint64) {
+	for _, c := range []string{"pod", "agent"} {
+		m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netseg_events_suppressed_total",
+			Help:        "Warning Events about unexpected connections not sent: a pod's cap (10 per 5 minutes) or the agent's rate (1/s, bursts of 30).",
+			ConstLabels: prometheus.Labels{"cap": c}},
+			func() float64 { return float64(suppressed()[c]) }))
+	}
+}
+
 // RegisterFailOpen exports the CNI plugin's fail-open counter: the file
 // <cniStateDir>/cni-fail-open the plugin increments (under a lock) each
 // time it let a container start without its rules because the agent was
