@@ -25,6 +25,8 @@ func (m *model) compile() *Compiled {
 
 	lists := listCache{m: m, memo: map[string]Direction{}}
 	c.Endpoints = make([]EndpointRules, 0, len(m.endpoints))
+	perimeters := m.perimeters()
+	refusedOf := map[string][]string{} // namespace -> the perimeters refusing it
 	for _, e := range m.endpoints {
 		var clientOf []*entry
 		for _, sd := range m.sdsByNS[e.Namespace] {
@@ -32,11 +34,14 @@ func (m *model) compile() *Compiled {
 				clientOf = append(clientOf, sd.entries...)
 			}
 		}
-		var refused []string
-		for _, p := range m.perimeters() {
-			if m.refuses(p.name, e.Namespace) {
-				refused = append(refused, p.name)
+		refused, known := refusedOf[e.Namespace]
+		if !known {
+			for _, p := range perimeters {
+				if m.refuses(p.name, e.Namespace) {
+					refused = append(refused, p.name)
+				}
 			}
+			refusedOf[e.Namespace] = refused
 		}
 		c.Endpoints = append(c.Endpoints, EndpointRules{
 			Namespace: e.Namespace, Name: e.Name, IPs: e.IPs, Zone: e.zone,
@@ -224,8 +229,11 @@ func (m *model) sets(byNS map[string][]*endpoint, covering map[*endpoint][]*entr
 		for _, n := range m.zoneNames() {
 			refused[n] = &members{}
 		}
-		for _, e := range m.endpoints {
-			if m.refuses(p.name, e.Namespace) {
+		for ns, eps := range byNS {
+			if !m.refuses(p.name, ns) {
+				continue
+			}
+			for _, e := range eps {
 				refused[e.zone].addrs = m.ownedIPs(e, refused[e.zone].addrs)
 			}
 		}
