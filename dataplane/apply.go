@@ -133,7 +133,14 @@ func (q *queue) op(o op) {
 			q.errs = append(q.errs, fmt.Errorf("keep elements of %s: %w", o.set.name, err))
 		}
 	case opRebuildGuard:
-		q.rebuildGuard(o.guard)
+		q.rebuildGuard(o.guard, o.rules)
+	case opGuardRules:
+		q.conn.AddTable(q.guard)
+		kc := q.conn.AddChain(q.guardChain())
+		q.conn.FlushChain(kc)
+		for _, r := range o.rules {
+			q.conn.AddRule(&nftables.Rule{Table: q.guard, Chain: kc, Exprs: r.exprs})
+		}
 	case opDeleteGuard:
 		q.conn.AddTable(q.guard)
 		q.conn.DelTable(q.guard)
@@ -144,7 +151,7 @@ func (q *queue) op(o op) {
 
 // rebuildGuard replaces the bridge guard's table: its counter, its copies
 // of the managed sets and its forward chain (names.go, guardRules).
-func (q *queue) rebuildGuard(sets []*setSpec) {
+func (q *queue) rebuildGuard(sets []*setSpec, rules []*rb) {
 	q.conn.AddTable(q.guard)
 	q.conn.DelTable(q.guard)
 	q.conn.AddTable(q.guard)
@@ -155,13 +162,18 @@ func (q *queue) rebuildGuard(sets []*setSpec) {
 			q.errs = append(q.errs, fmt.Errorf("bridge guard set %s: %w", s.name, err))
 		}
 	}
-	prio := nftables.ChainPriority(guardPriority)
-	accept := nftables.ChainPolicyAccept
-	kc := q.conn.AddChain(&nftables.Chain{Name: guardChain, Table: q.guard, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &accept})
-	for _, r := range guardRules(q.cfg) {
+	kc := q.conn.AddChain(q.guardChain())
+	for _, r := range rules {
 		q.conn.AddRule(&nftables.Rule{Table: q.guard, Chain: kc, Exprs: r.exprs})
 	}
+}
+
+// guardChain is the library's chain for the bridge guard's forward chain.
+func (q *queue) guardChain() *nftables.Chain {
+	prio := nftables.ChainPriority(guardPriority)
+	accept := nftables.ChainPolicyAccept
+	return &nftables.Chain{Name: guardChain, Table: q.guard, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &accept}
 }
 
 // guardSet is the library's set for the bridge guard's set s.

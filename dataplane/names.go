@@ -225,6 +225,7 @@ var (
 //	  ip saddr @managed4 ip saddr != @local4 ip saddr != @node4 counter name "unprogrammed" drop   (and daddr: fail closed)
 //	  ip saddr vmap @egress4          # a local endpoint opens it: its egress chain decides
 //	  ip daddr vmap @ingress4         # else a local endpoint receives it: its ingress chain decides
+//	  ip saddr @local4 counter name "unprogrammed" drop   (and daddr: a local address no map element decided)
 //	}
 //	chain input  { the rules on the source }
 //	chain output { the rules on the destination; with DenyHostAccess: ip daddr vmap @ingress4 }
@@ -275,6 +276,17 @@ var baseRules = []baseRule{
 	}},
 	{on: onForward, fams: true, rule: toIngress},
 	{on: []string{chainOutput}, fams: true, when: func(c Config) bool { return c.DenyHostAccess }, rule: toIngress},
+	// A packet of a local endpoint that got past its verdict map's lookup
+	// undecided is dropped, not left to the chain's policy (accept).
+	// Never in steady state: every local address has its elements. But a
+	// full rebuild deletes the old maps in the transaction that creates
+	// the new ones, and a packet that entered the old chain before the
+	// commit and looks the map up after it finds the element inactive.
+	// Plain sets keep their elements when deleted, so this lookup holds
+	// (TestRebuildAdmitsNothing).
+	{on: onFromPods, fams: true, rule: undispatched(true)},
+	{on: onForward, fams: true, rule: undispatched(false)},
+	{on: []string{chainOutput}, fams: true, when: func(c Config) bool { return c.DenyHostAccess }, rule: undispatched(false)},
 
 	{on: []string{chainAllow}, when: func(c Config) bool { return !c.LogAccepted }, rule: func(Config, int) *rb {
 		return rule().verdict(expr.VerdictAccept, "")
@@ -319,6 +331,14 @@ func unprogrammed(src bool) func(Config, int) *rb {
 	}
 }
 
+// undispatched: ip saddr|daddr @local4 counter name "unprogrammed" drop,
+// after the verdict maps.
+func undispatched(src bool) func(Config, int) *rb {
+	return func(_ Config, fam int) *rb {
+		return rule().family(fam).addrIn(src, setLocal.name(fam), false).counter(counterUnmanaged).verdict(expr.VerdictDrop, "")
+	}
+}
+
 // toIngress: ip daddr vmap @ingress4.
 func toIngress(_ Config, fam int) *rb {
 	return rule().family(fam).addrVmap(false, setIngress.name(fam))
@@ -351,6 +371,20 @@ var guardMulticast = []netip.Prefix{
 // The mark is cleared on the way out: it means something only between the
 // two hooks.
 func guardRules(cfg Config) []*rb {
+	out := guardHead(cfg)
+	for _, fam := range []int{4, 6} {
+		for _, src := range []bool{true, false} {
+			for _, set := range []famSet{setGuardNets, setGuardHosts} {
+				out = append(out, rule().metaProtocol(fam).addrIn(src, set.name(fam), false).
+					counter(CounterBridgeUnchecked).verdict(expr.VerdictDrop, ""))
+			}
+		}
+	}
+	return out
+}
+
+// guardHead are the guard's rules before its pod network matches.
+func guardHead(cfg Config) []*rb {
 	out := []*rb{
 		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
 		rule().metaProtocol(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""),
@@ -362,16 +396,7 @@ func guardRules(cfg Config) []*rb {
 		}
 		out = append(out, rule().metaProtocol(fam).addrInPrefix(false, p).counter(CounterBridgeMulticast).verdict(expr.VerdictDrop, ""))
 	}
-	out = append(out, rule().metaMarkHas(cfg.ForwardMark).metaMarkClear(cfg.ForwardMark).verdict(expr.VerdictAccept, ""))
-	for _, fam := range []int{4, 6} {
-		for _, src := range []bool{true, false} {
-			for _, set := range []famSet{setGuardNets, setGuardHosts} {
-				out = append(out, rule().metaProtocol(fam).addrIn(src, set.name(fam), false).
-					counter(CounterBridgeUnchecked).verdict(expr.VerdictDrop, ""))
-			}
-		}
-	}
-	return out
+	return append(out, rule().metaMarkHas(cfg.ForwardMark).metaMarkClear(cfg.ForwardMark).verdict(expr.VerdictAccept, ""))
 }
 
 // renderBaseChains renders baseChains with their rules for cfg.

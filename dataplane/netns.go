@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -74,10 +75,20 @@ func bigBuffers(c *netlink.Conn) error {
 }
 
 // LinkExists reports whether the interface exists in the namespace (a
-// LinkChecker).
-func (n *Namespace) LinkExists(name string) bool {
+// LinkChecker). An error means the lookup itself failed (a netlink error,
+// not "no such device"): the answer is unknown, and callers keep what
+// depends on the interface rather than drop it.
+func (n *Namespace) LinkExists(name string) (bool, error) {
 	_, err := n.nl.LinkByName(name)
-	return err == nil
+	var missing vnl.LinkNotFoundError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &missing):
+		return false, nil
+	default:
+		return false, fmt.Errorf("look up interface %s: %w", name, err)
+	}
 }
 
 // NodeAddrs returns the namespace's own addresses that a pod network may

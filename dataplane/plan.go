@@ -77,6 +77,7 @@ const (
 	// The bridge guard (a table of its own, names.go): rebuilt whole with
 	// the managed sets of guard, which are few prefixes.
 	opRebuildGuard
+	opGuardRules // the guard's chain flushed and given rules (hold.go), created if missing
 	opDeleteGuard
 )
 
@@ -89,6 +90,7 @@ type op struct {
 	keys  []elemKey
 	raw   []nftables.SetElement
 	guard []*setSpec // opRebuildGuard: the guard's sets (state.guard)
+	rules []*rb      // opGuardRules; opRebuildGuard: the chain's rules
 	// inGuard: opAddElems and opDeleteElems go to the bridge guard's copy
 	// of the set (same name, same elements) instead of the inet table's.
 	inGuard bool
@@ -126,10 +128,21 @@ func (b *batch) delElems(s *setSpec, keys []elemKey) {
 // delete it, add it again with every object. Deleting first makes the
 // rebuild exact; doing it in one transaction makes it atomic. carried are
 // the foreign sets' elements, read from the kernel before, kept.
-func planFull(st *state, carried map[string][]nftables.SetElement) *batch {
+//
+// With hold (holdChains), the hooked base chains get the hold's rules
+// instead of their own, and so does the bridge guard (guardHold): the
+// release batch gives them theirs once the kernel holds the sets (hold.go).
+func planFull(st *state, carried map[string][]nftables.SetElement, hold []*chainSpec, guardHold []*rb) *batch {
 	b := &batch{full: true, next: newApplied(st)}
 	b.add(op{kind: opRebuildTable})
-	b.add(op{kind: opRebuildGuard, guard: st.guard})
+	if guardHold == nil {
+		guardHold = guardRules(st.cfg)
+	}
+	b.add(op{kind: opRebuildGuard, guard: st.guard, rules: guardHold})
+	held := map[string]*chainSpec{}
+	for _, c := range hold {
+		held[c.name] = c
+	}
 	sets, chains := sortedKeys(st.sets), sortedKeys(st.chains)
 	for _, name := range sets {
 		b.addSet(st.sets[name])
@@ -138,7 +151,11 @@ func planFull(st *state, carried map[string][]nftables.SetElement) *batch {
 		b.add(op{kind: opAddChain, chain: st.chains[name]})
 	}
 	for _, name := range chains {
-		b.add(op{kind: opAddRules, chain: st.chains[name]})
+		c := st.chains[name]
+		if h := held[name]; h != nil {
+			c = h
+		}
+		b.add(op{kind: opAddRules, chain: c})
 	}
 	for _, name := range sets {
 		if s := st.sets[name]; s.kind == kindVmap {

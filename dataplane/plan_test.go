@@ -41,7 +41,7 @@ func applyPlan(t *testing.T, a *applied, rs *Ruleset) *batch {
 		t.Fatal(err)
 	}
 	if a == nil {
-		return planFull(st, nil)
+		return planFull(st, nil, nil, nil)
 	}
 	b := plan(a, st)
 	for _, s := range st.sets {

@@ -27,10 +27,12 @@ type Stats struct {
 	LastSync, LastRender, LastCommit atomic.Int64
 }
 
-// LinkChecker says whether a host interface exists. The dataplane binds an
-// anti-spoofing chain only to interfaces that exist: the kernel refuses a
-// chain on a missing device, and that would fail the whole batch.
-type LinkChecker func(name string) bool
+// LinkChecker says whether a host interface exists; an error means it
+// could not tell. The dataplane binds an anti-spoofing chain only to
+// interfaces that exist: the kernel refuses a chain on a missing device,
+// and that would fail the whole batch. A failed lookup keeps the chain (a
+// container must not lose its anti-spoofing to a netlink hiccup).
+type LinkChecker func(name string) (bool, error)
 
 // Dataplane owns the nftables table "inet <Config.Table>" in one network
 // namespace and makes it match a Ruleset, one atomic batch per change.
@@ -70,7 +72,7 @@ type Dialer func(opts ...nftables.ConnOption) (*nftables.Conn, error)
 func New(cfg Config, dial Dialer, links LinkChecker) *Dataplane {
 	cfg = cfg.Defaults()
 	if links == nil {
-		links = func(string) bool { return true }
+		links = func(string) (bool, error) { return true, nil }
 	}
 	table := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
 	guard := &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyBridge}
@@ -116,7 +118,15 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	rendered := time.Now()
 	var b *batch
 	if full || d.applied == nil {
-		b = planFull(st, d.readForeign(st))
+		// Three transactions (hold.go): hold, rebuild holding, release.
+		if d.tableExists() {
+			if err := d.apply(holdBatch(d.cfg, rs)); err != nil {
+				// Base chains someone changed: the rebuild that
+				// repairs them goes on.
+				d.Stats.Errors.Add(1)
+			}
+		}
+		b = planFull(st, d.readForeign(st), holdChains(d.cfg, rs), guardHold(d.cfg, heldPrefixes(rs)))
 	} else {
 		b = plan(d.applied, st)
 	}
@@ -132,6 +142,15 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 			return d.sync(rs, true)
 		}
 		return fmt.Errorf("apply nftables batch to table inet %s: %w", d.cfg.Table, err)
+	}
+	if b.full {
+		if err := d.apply(releaseBatch(st)); err != nil {
+			// The base chains still hold: containers' new connections
+			// are dropped (closed) until a sync releases them.
+			d.Stats.Errors.Add(1)
+			d.applied = nil
+			return fmt.Errorf("release the base chains of table inet %s after its rebuild: %w", d.cfg.Table, err)
+		}
 	}
 	d.Stats.LastSync.Store(int64(time.Since(start)))
 	d.Stats.LastRender.Store(int64(rendered.Sub(start)))
@@ -149,6 +168,21 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	}
 	d.applied, d.last = b.next, rs
 	return nil
+}
+
+// tableExists reports whether the kernel holds the table (an error reads
+// as yes: a hold on a missing table only creates what the rebuild
+// replaces).
+func (d *Dataplane) tableExists() bool {
+	conn, err := d.dial()
+	if err != nil {
+		return true
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return true
+	}
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == d.cfg.Table })
 }
 
 // readForeign reads the elements of the foreign sets (the CNI plugin's
@@ -183,9 +217,13 @@ func (d *Dataplane) readForeign(st *state) map[string][]nftables.SetElement {
 
 // withLinks drops the host interface of endpoints whose device is gone.
 func (d *Dataplane) withLinks(rs *Ruleset) *Ruleset {
+	gone := func(name string) bool {
+		ok, err := d.links(name)
+		return err == nil && !ok
+	}
 	missing := false
 	for _, ep := range rs.Endpoints {
-		if ep.HostIface != "" && !d.links(ep.HostIface) {
+		if ep.HostIface != "" && gone(ep.HostIface) {
 			missing = true
 			break
 		}
@@ -196,7 +234,7 @@ func (d *Dataplane) withLinks(rs *Ruleset) *Ruleset {
 	cp := *rs
 	cp.Endpoints = append([]Endpoint(nil), rs.Endpoints...)
 	for i, ep := range cp.Endpoints {
-		if ep.HostIface != "" && !d.links(ep.HostIface) {
+		if ep.HostIface != "" && gone(ep.HostIface) {
 			cp.Endpoints[i].HostIface = ""
 		}
 	}

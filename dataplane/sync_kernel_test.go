@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -551,5 +552,114 @@ func TestUnusedSetIsEmptied(t *testing.T) {
 	}
 	if got := n.node.MustRun("nft", "list", "set", "inet", "netseg", m[1]); !strings.Contains(got, n.b.IP(4).String()) {
 		t.Fatalf("set b used again lacks b's address %s:\n%s", n.b.IP(4), got)
+	}
+}
+
+// TestRebuildAdmitsNothing: a denied sender floods UDP datagrams while
+// the table is rebuilt whole 200 times (what an agent restart, a refused
+// batch or a drift repair does). Not one is delivered: a rebuild done in
+// one transaction delivered thousands (the deny rule's set, or the
+// verdict map, missed around the commit; hold.go).
+func TestRebuildAdmitsNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		egress func(rs *dataplane.Ruleset) dataplane.Policy
+	}{
+		// a's egress denies c's set and allows the rest: a set that
+		// misses lets the packet reach the allow.
+		{"deny set, allow the rest", func(*dataplane.Ruleset) dataplane.Policy {
+			return dataplane.Policy{Enforced: []dataplane.Rule{{Peer: "c", Action: segment.Deny, Origin: oDenyAll}, {Action: segment.Allow, Origin: oAllowDefault}}}
+		}},
+		// a's egress allows b and denies the rest: a verdict map that
+		// misses leaves the packet to the chain's policy.
+		{"allow b, deny the rest", func(rs *dataplane.Ruleset) dataplane.Policy { return rs.Endpoints[0].Egress }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t, "bridge")
+			rs := n.policyRuleset(t)
+			rs.Endpoints[0].Egress = tc.egress(rs)
+			if err := n.dp.Sync(rs); err != nil {
+				t.Fatal(err)
+			}
+			dst := netip.AddrPortFrom(n.c.IP(4), 9999)
+			var pc net.PacketConn
+			if err := n.c.Do(func() (err error) { pc, err = net.ListenPacket("udp", dst.String()); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			// The receiver counts a's datagrams until b's marker, sent
+			// after the last rebuild, arrives.
+			var delivered atomic.Int64
+			received := make(chan struct{})
+			go func() {
+				defer close(received)
+				buf := make([]byte, 16)
+				for {
+					k, _, err := pc.ReadFrom(buf)
+					if err != nil || string(buf[:k]) == "end" {
+						return
+					}
+					delivered.Add(1)
+				}
+			}()
+			stop, flooding := make(chan struct{}), make(chan struct{})
+			var sent atomic.Int64
+			done := make(chan error, 1)
+			go func() {
+				done <- n.a.Do(func() error {
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return nil
+						default:
+						}
+						c, err := net.Dial("udp", dst.String()) // a new source port: a new connection
+						if err != nil {
+							return err
+						}
+						for range 20 {
+							_, _ = c.Write([]byte("a"))
+						}
+						c.Close()
+						if sent.Add(20) == 2000 {
+							close(flooding)
+						}
+					}
+				})
+			}()
+			<-flooding
+			for i := range 200 {
+				if err := n.dp.Resync(withExtraSet(rs, i)); err != nil {
+					t.Fatalf("full resync %d: %v", i, err)
+				}
+			}
+			close(stop)
+			if err := <-done; err != nil {
+				t.Fatalf("sender: %v", err)
+			}
+			if err := n.b.Do(func() error {
+				c, err := net.Dial("udp", dst.String())
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_, err = c.Write([]byte("end"))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-received:
+			case <-time.After(10 * time.Second):
+				t.Fatal("b's marker datagram never arrived (is b -> c allowed?)")
+			}
+			if got := n.dp.Stats.FullResyncs.Load(); got < 201 {
+				t.Fatalf("full rebuilds counted %d, want 201", got)
+			}
+			if delivered.Load() > 0 {
+				t.Fatalf("%d of %d denied datagrams delivered during 200 rebuilds", delivered.Load(), sent.Load())
+			}
+			t.Logf("0 of %d denied datagrams delivered during 200 rebuilds", sent.Load())
+		})
 	}
 }

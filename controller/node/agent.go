@@ -251,7 +251,17 @@ func (a *Agent) reconcileRegistry() {
 	}
 	a.reg.Damaged = nil
 	removed, err := a.reg.Retain(func(ep agent.Endpoint) bool {
-		return ep.HostIface == "" || a.kernel.LinkExists(ep.HostIface)
+		if ep.HostIface == "" {
+			return true
+		}
+		ok, err := a.kernel.LinkExists(ep.HostIface)
+		if err != nil {
+			// Unknown is not gone: erasing a live container's
+			// registration would leave it unprogrammed.
+			a.log.Error("could not tell whether a registered endpoint's interface exists; kept", "id", EndpointID(ep.Attachment), "hostIface", ep.HostIface, "err", err)
+			return true
+		}
+		return ok
 	})
 	if err != nil {
 		a.log.Error("save registry", "err", err)

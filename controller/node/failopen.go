@@ -65,7 +65,16 @@ func (a *Agent) adoptFailOpen(ctx context.Context) error {
 			}
 		}
 		adopted := false
-		if ep.HostIface != "" && a.kernel.LinkExists(ep.HostIface) {
+		live := false
+		if ep.HostIface != "" {
+			var err error
+			if live, err = a.kernel.LinkExists(ep.HostIface); err != nil {
+				pending = append(pending, EndpointID(ep.Attachment)) // unknown: asked again next time
+				firstErr = cmpOr(firstErr, err)
+				continue
+			}
+		}
+		if live {
 			actx, cancel := context.WithTimeout(ctx, requestTimeout)
 			err := a.add(actx, ep, &agent.Response{})
 			cancel()

@@ -78,9 +78,10 @@ const FailOpenInterval = time.Second
 const ConntrackFullRatio = 0.95
 
 // Kernel is the node's network namespace as the agent uses it: whether a
-// host interface exists, and a handle to open the flow readers' sockets in.
+// host interface exists (an error: the lookup failed, the answer is
+// unknown), and a handle to open the flow readers' sockets in.
 type Kernel interface {
-	LinkExists(name string) bool
+	LinkExists(name string) (bool, error)
 	Fd() int
 }
 

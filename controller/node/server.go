@@ -201,9 +201,16 @@ func (a *Agent) handleConn(ctx context.Context, conn net.Conn) {
 func (a *Agent) claim(ep agent.Endpoint) error {
 	for _, other := range a.reg.Claimants(ep) {
 		oid := EndpointID(other.Attachment)
-		if other.HostIface != "" && a.kernel.LinkExists(other.HostIface) {
-			return fmt.Errorf("endpoint %s (%s/%s): its addresses %v are registered to %s (%s/%s), whose interface %s exists: refused",
-				EndpointID(ep.Attachment), ep.Namespace, ep.Name, ep.IPs, oid, other.Namespace, other.Name, other.HostIface)
+		if other.HostIface != "" {
+			live, err := a.kernel.LinkExists(other.HostIface)
+			if err != nil {
+				return fmt.Errorf("endpoint %s: its addresses %v are registered to %s (%s/%s), and whether its interface %s exists is unknown (%w): refused",
+					EndpointID(ep.Attachment), ep.IPs, oid, other.Namespace, other.Name, other.HostIface, err)
+			}
+			if live {
+				return fmt.Errorf("endpoint %s (%s/%s): its addresses %v are registered to %s (%s/%s), whose interface %s exists: refused",
+					EndpointID(ep.Attachment), ep.Namespace, ep.Name, ep.IPs, oid, other.Namespace, other.Name, other.HostIface)
+			}
 		}
 		if _, err := a.reg.Delete(other.Attachment); err != nil {
 			return fmt.Errorf("endpoint %s: remove the stale registration %s holding its addresses: %w", EndpointID(ep.Attachment), oid, err)
@@ -316,8 +323,14 @@ func (a *Agent) Handle(ctx context.Context, req agent.Request) (*agent.Response,
 // add registers the endpoint and answers once a sync that includes it has
 // put its rules in the kernel, verified by reading them back.
 func (a *Agent) add(ctx context.Context, ep agent.Endpoint, resp *agent.Response) error {
-	if ep.HostIface != "" && !a.kernel.LinkExists(ep.HostIface) {
-		return fmt.Errorf("endpoint %s: host interface %q does not exist on this node", EndpointID(ep.Attachment), ep.HostIface)
+	if ep.HostIface != "" {
+		live, err := a.kernel.LinkExists(ep.HostIface)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: %w", EndpointID(ep.Attachment), err)
+		}
+		if !live {
+			return fmt.Errorf("endpoint %s: host interface %q does not exist on this node", EndpointID(ep.Attachment), ep.HostIface)
+		}
 	}
 	// An ADD while the agent starts waits for its first policy (within the
 	// request's time) rather than fail at once.

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,8 +25,8 @@ import (
 // an agent but no sync.
 type fakeKernel struct{}
 
-func (fakeKernel) LinkExists(string) bool { return true }
-func (fakeKernel) Fd() int                { return -1 }
+func (fakeKernel) LinkExists(string) (bool, error) { return true, nil }
+func (fakeKernel) Fd() int                         { return -1 }
 
 type fakeDataplane struct{ Dataplane }
 
@@ -299,11 +301,17 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// linksKernel has the host interfaces in links.
+// linksKernel has the host interfaces mapped to true; a lookup of one
+// mapped to false fails (a netlink error: the answer is unknown).
 type linksKernel map[string]bool
 
-func (k linksKernel) LinkExists(name string) bool { return k[name] }
-func (linksKernel) Fd() int                       { return -1 }
+func (k linksKernel) LinkExists(name string) (bool, error) {
+	if up, known := k[name]; known && !up {
+		return false, errors.New("netlink: no buffer space available")
+	}
+	return k[name], nil
+}
+func (linksKernel) Fd() int { return -1 }
 
 // TestOneAddressOneEndpoint: an address held by a live registration
 // cannot be registered again (the ADD is refused, naming the holder); one
@@ -326,6 +334,13 @@ func TestOneAddressOneEndpoint(t *testing.T) {
 	if _, ok := a.reg.Get(old.Attachment); !ok {
 		t.Fatal("the live holder was removed")
 	}
+	links["veth1"] = false // the lookup fails: unknown is not gone
+	if err := a.claim(newer); err == nil || !strings.Contains(err.Error(), "unknown") {
+		t.Fatalf("claim while the holder's lookup fails = %v, want refused", err)
+	}
+	if _, ok := a.reg.Get(old.Attachment); !ok {
+		t.Fatal("a holder whose lookup failed was removed")
+	}
 	delete(links, "veth1") // the old container is gone; its DEL never came
 	if err := a.claim(newer); err != nil {
 		t.Fatalf("claim after the holder's interface went: %v", err)
@@ -339,6 +354,32 @@ func TestOneAddressOneEndpoint(t *testing.T) {
 	}
 	if err := a.claim(newer); err != nil {
 		t.Fatalf("a repeated ADD of the same attachment: %v", err)
+	}
+}
+
+// TestRestartKeepsEndpointsItCannotCheck: at start the agent drops the
+// registrations whose interface is gone, and keeps those whose lookup
+// fails: a netlink error must not unprogram a live container.
+func TestRestartKeepsEndpointsItCannotCheck(t *testing.T) {
+	a := testAgent(t, filepath.Join(t.TempDir(), "agent.sock"))
+	a.kernel = linksKernel{"veth-live": true, "veth-unknown": false}
+	for i, iface := range []string{"veth-live", "veth-unknown", "veth-gone"} {
+		ep := testEndpoint(iface)
+		ep.HostIface = iface
+		ep.IPs = []string{fmt.Sprintf("10.88.0.%d/24", 2+i)}
+		if err := a.reg.Put(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.reconcileRegistry()
+	var kept []string
+	eps, _ := a.reg.List()
+	for _, ep := range eps {
+		kept = append(kept, ep.HostIface)
+	}
+	slices.Sort(kept)
+	if want := []string{"veth-live", "veth-unknown"}; !slices.Equal(kept, want) {
+		t.Fatalf("registrations after the start = %v, want %v", kept, want)
 	}
 }
 
