@@ -14,7 +14,12 @@ import (
 // follow what the kernel holds: reset by a rebuild, forgotten with a
 // deleted set, and dropped whole when the kernel refuses the batch (its
 // state is unknown then).
-func (d *Dataplane) apply(b *batch) error {
+func (d *Dataplane) apply(b *batch) error { return d.applyAfter(b, nil) }
+
+// applyAfter is apply, with before run once the batch's messages are
+// built, just before they are sent (the hold of a rebuild: hold.go, so
+// that containers wait for the kernel's transaction only).
+func (d *Dataplane) applyAfter(b *batch, before func()) error {
 	d.writes++
 	conn, err := d.dial()
 	if err != nil {
@@ -27,6 +32,9 @@ func (d *Dataplane) apply(b *batch) error {
 	if err := errors.Join(q.errs...); err != nil {
 		d.sets.reset()
 		return err
+	}
+	if before != nil {
+		before()
 	}
 	if err := conn.Flush(); err != nil {
 		d.sets.reset()

@@ -21,10 +21,14 @@ type Stats struct {
 	DriftRepairs atomic.Uint64 // drift found in the kernel and repaired
 	Errors       atomic.Uint64 // batches the kernel refused
 	Collections  atomic.Uint64 // Collect batches applied
+	Adoptions    atomic.Uint64 // first syncs that found the kernel holding their table already (no write)
 	// LastSync is the duration of the last applied batch, in nanoseconds;
 	// LastRender and LastCommit its parts: rendering the ruleset into
 	// chains and sets, and the kernel's transaction.
 	LastSync, LastRender, LastCommit atomic.Int64
+	// LastHold is how long the last rebuild held the base chains (hold.go):
+	// containers' new connections waited that long, in nanoseconds.
+	LastHold atomic.Int64
 }
 
 // LinkChecker says whether a host interface exists; an error means it
@@ -116,22 +120,38 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		return err
 	}
 	rendered := time.Now()
+	if d.applied == nil && !full && d.adopt(st) {
+		// A restarted agent whose kernel already holds what it would
+		// write: nothing is written, and no container's new connection
+		// waits for a rebuild.
+		d.Stats.Adoptions.Add(1)
+		d.Stats.LastSync.Store(int64(time.Since(start)))
+		d.Stats.LastRender.Store(int64(rendered.Sub(start)))
+		d.Stats.LastCommit.Store(0)
+		d.applied, d.last = newApplied(st), rs
+		return nil
+	}
 	var b *batch
+	var hold func()
+	var held time.Time
 	if full || d.applied == nil {
 		// Three transactions (hold.go): hold, rebuild holding, release.
+		b = planFull(st, d.readForeign(st), holdChains(d.cfg, rs), guardHold(d.cfg, heldPrefixes(rs)))
 		if d.tableExists() {
-			if err := d.apply(holdBatch(d.cfg, rs)); err != nil {
-				// Base chains someone changed: the rebuild that
-				// repairs them goes on.
-				d.Stats.Errors.Add(1)
+			hold = func() {
+				if err := d.apply(holdBatch(d.cfg, rs)); err != nil {
+					// Base chains someone changed: the rebuild
+					// that repairs them goes on.
+					d.Stats.Errors.Add(1)
+				}
+				held = time.Now()
 			}
 		}
-		b = planFull(st, d.readForeign(st), holdChains(d.cfg, rs), guardHold(d.cfg, heldPrefixes(rs)))
 	} else {
 		b = plan(d.applied, st)
 	}
 	built := time.Now()
-	if err := d.apply(b); err != nil {
+	if err := d.applyAfter(b, hold); err != nil {
 		d.Stats.Errors.Add(1)
 		// Unknown now, and render may have taken over the applied sets'
 		// elements: the next sync rebuilds.
@@ -151,6 +171,9 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 			d.applied = nil
 			return fmt.Errorf("release the base chains of table inet %s after its rebuild: %w", d.cfg.Table, err)
 		}
+		if !held.IsZero() {
+			d.Stats.LastHold.Store(int64(time.Since(held)))
+		}
 	}
 	d.Stats.LastSync.Store(int64(time.Since(start)))
 	d.Stats.LastRender.Store(int64(rendered.Sub(start)))
@@ -168,6 +191,52 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	}
 	d.applied, d.last = b.next, rs
 	return nil
+}
+
+// adopt reports whether the kernel's table is exactly st: every chain with
+// its rules (by their tags, which carry a hash of the rules), no other
+// chain, every set and map with its elements, the bridge guard (what the
+// drift check compares). Then the first sync of a restarted agent takes
+// it over instead of rebuilding it.
+func (d *Dataplane) adopt(st *state) bool {
+	if diff, err := d.diffKernel(d.expect(newApplied(st))); err != nil || diff != "" {
+		return false
+	}
+	// What the drift check leaves out: sets nothing wants (the previous
+	// agent's, not collected yet: taken over, they would never be), and the
+	// hooks of the base chains (an ingress chain's device is named in the
+	// chain's name; the library does not read it back).
+	conn, err := d.dial()
+	if err != nil {
+		return false
+	}
+	sets, err := conn.GetSets(d.table)
+	if err != nil {
+		return false
+	}
+	for _, ks := range sets {
+		if st.sets[ks.Name] == nil {
+			return false
+		}
+	}
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false
+	}
+	for _, kc := range chains {
+		c := st.chains[kc.Name]
+		if kc.Table.Name != d.cfg.Table || c == nil {
+			continue
+		}
+		if (c.hook == nil) != (kc.Hooknum == nil) {
+			return false
+		}
+		if c.hook != nil && (*kc.Hooknum != *c.hook || kc.Priority == nil || *kc.Priority != nftables.ChainPriority(c.prio) ||
+			kc.Policy == nil || *kc.Policy != nftables.ChainPolicyAccept || (kc.Device != "" && kc.Device != c.device)) {
+			return false
+		}
+	}
+	return true
 }
 
 // tableExists reports whether the kernel holds the table (an error reads
