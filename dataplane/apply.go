@@ -160,6 +160,10 @@ func (q *queue) op(o op) {
 // rebuildGuard replaces the bridge guard's table: its counter, its copies
 // of the managed sets and its forward chain (names.go, guardRules).
 func (q *queue) rebuildGuard(sets []*setSpec, rules []*rb) {
+	if len(rules) == 0 {
+		q.errs = append(q.errs, errors.New("bridge guard rebuilt without rules"))
+		return
+	}
 	q.conn.AddTable(q.guard)
 	q.conn.DelTable(q.guard)
 	q.conn.AddTable(q.guard)

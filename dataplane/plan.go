@@ -91,6 +91,9 @@ type op struct {
 	raw   []nftables.SetElement
 	guard []*setSpec // opRebuildGuard: the guard's sets (state.guard)
 	rules []*rb      // opGuardRules; opRebuildGuard: the chain's rules
+	// early: an opAddElems that goes before the rest of its batch
+	// (takeNewSets).
+	early bool
 	// inGuard: opAddElems and opDeleteElems go to the bridge guard's copy
 	// of the set (same name, same elements) instead of the inet table's.
 	inGuard bool
@@ -104,6 +107,11 @@ type batch struct {
 	next *applied
 	// full batches rebuild the table; Stats counts them apart.
 	full bool
+	// after are steps for a transaction of their own, once this one is
+	// committed: emptying the sets this one stops reading. In the same
+	// transaction, a packet inside the old rules at its commit would look
+	// the old set up emptied, and a deny rule on it would not match.
+	after []op
 }
 
 func (b *batch) add(o op) { b.ops = append(b.ops, o) }
@@ -111,6 +119,31 @@ func (b *batch) add(o op) { b.ops = append(b.ops, o) }
 // addSet queues a set with its elements; a verdict map's elements need
 // their chains and come later.
 func (b *batch) addSet(s *setSpec) { b.add(op{kind: opAddSet, set: s}) }
+
+// takeNewSets moves the creation of the sets b makes (with their
+// elements), and the refilling of stale sets it reads again, into a batch
+// of their own, returned (nil when there are none). Nothing live reads
+// those sets yet, so filling them first changes no decision.
+// A set created in the transaction whose rules first read it can miss its
+// members for a moment after the commit (hold.go): a new deny rule would
+// let through what it denies. Committed first, the set is whole when the
+// rules that read it arrive.
+func (b *batch) takeNewSets() *batch {
+	var pre *batch
+	kept := b.ops[:0]
+	for _, o := range b.ops {
+		if (o.kind == opAddSet && o.set.kind != kindVmap) || o.early {
+			if pre == nil {
+				pre = &batch{}
+			}
+			pre.add(o)
+			continue
+		}
+		kept = append(kept, o)
+	}
+	b.ops = kept
+	return pre
+}
 
 func (b *batch) addElems(s *setSpec, keys []elemKey) {
 	if len(keys) > 0 {
@@ -222,7 +255,7 @@ func plan(old *applied, st *state) *batch {
 	// rebuilding its table would re-register its hook (2 ms of an ADD
 	// that changes the pod networks) and zero its counters.
 	if len(o.guard) != len(st.guard) {
-		b.add(op{kind: opRebuildGuard, guard: st.guard})
+		b.add(op{kind: opRebuildGuard, guard: st.guard, rules: guardRules(st.cfg)})
 	} else {
 		for i, s := range st.guard {
 			if prev := o.guard[i]; prev != s {
@@ -281,6 +314,12 @@ func plan(old *applied, st *state) *batch {
 		}
 		del, add := elemDelta(prev, s)
 		b.delElems(prev, del)
+		if _, live := o.sets[name]; !live && len(add) > 0 {
+			// A stale set read again: it is refilled before the rules
+			// that read it arrive, as a new set is (takeNewSets).
+			b.add(op{kind: opAddElems, set: s, keys: add, early: true})
+			continue
+		}
 		b.addElems(s, add)
 	}
 	return b
@@ -329,7 +368,7 @@ func (b *batch) emptied(s *setSpec) *setSpec {
 	if s.foreign || len(s.elems) == 0 {
 		return s
 	}
-	b.delElems(s, sortedElems(s.elems))
+	b.after = append(b.after, op{kind: opDeleteElems, set: s, keys: sortedElems(s.elems)})
 	return &setSpec{name: s.name, fam: s.fam, kind: s.kind, elems: map[elemKey]elemSpec{}}
 }
 
@@ -368,6 +407,10 @@ func (b *batch) String() string {
 	var sb strings.Builder
 	for _, o := range b.ops {
 		sb.WriteString(o.String())
+		sb.WriteByte('\n')
+	}
+	for _, o := range b.after {
+		sb.WriteString("then " + o.String())
 		sb.WriteByte('\n')
 	}
 	return sb.String()
@@ -411,6 +454,8 @@ func (o op) String() string {
 		return fmt.Sprintf("keep elements %s (%d)", o.set.name, len(o.raw))
 	case opRebuildGuard:
 		return "rebuild bridge guard"
+	case opGuardRules:
+		return fmt.Sprintf("bridge guard rules (%d)", len(o.rules))
 	case opDeleteGuard:
 		return "delete bridge guard"
 	}

@@ -151,6 +151,30 @@ func TestPlanRemovalCutsAccessAtOnce(t *testing.T) {
 	}
 }
 
+// TestPlanEmptiesStaleSetsAfterwards: a set the policy stops reading is
+// emptied in a transaction after the one that stops reading it, never in
+// it (a packet inside the old rules at the commit would miss its members),
+// and a set read again is refilled in a transaction before it.
+func TestPlanEmptiesStaleSetsAfterwards(t *testing.T) {
+	with := planWorld(2, 80)
+	with.Sets = append(with.Sets, Set{Name: "old", Prefixes: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
+	with.Endpoints[0].Egress.Enforced = append([]Rule{{Peer: "old", Action: segment.Deny, Origin: 5}}, with.Endpoints[0].Egress.Enforced...)
+	a := applyPlan(t, nil, with).next
+	b := applyPlan(t, a, planWorld(2, 80))
+	old := peerSetNames("old")[4]
+	if got := opsOf(b, "delete elements "+old); len(got) > 0 {
+		t.Errorf("the stale set is emptied in the batch that stops reading it: %q", got)
+	}
+	if !strings.Contains(b.String(), "then delete elements "+old) {
+		t.Errorf("the stale set is not emptied afterwards:\n%s", b)
+	}
+	c := applyPlan(t, b.next, with) // the set is read again: it is refilled before the rules that read it
+	pre := c.takeNewSets()
+	if pre == nil || !strings.Contains(pre.String(), "add elements "+old) || strings.Contains(c.String(), "elements "+old) {
+		t.Errorf("the returning set is not created in a transaction of its own:\nbefore:\n%v\nbatch:\n%s", pre, c)
+	}
+}
+
 // TestPlanRevivedChainKeepsShadowedRules: a dispatch chain that went stale
 // with shadowed rules and is wanted again is expected with them.
 func TestPlanRevivedChainKeepsShadowedRules(t *testing.T) {

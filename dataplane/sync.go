@@ -149,6 +149,13 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		}
 	} else {
 		b = plan(d.applied, st)
+		if pre := b.takeNewSets(); pre != nil {
+			if err := d.apply(pre); err != nil {
+				d.Stats.Errors.Add(1)
+				d.applied = nil
+				return d.sync(rs, true) // as for a refused batch
+			}
+		}
 	}
 	built := time.Now()
 	if err := d.applyAfter(b, hold); err != nil {
@@ -162,6 +169,13 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 			return d.sync(rs, true)
 		}
 		return fmt.Errorf("apply nftables batch to table inet %s: %w", d.cfg.Table, err)
+	}
+	if len(b.after) > 0 {
+		if err := d.apply(&batch{ops: b.after}); err != nil {
+			d.Stats.Errors.Add(1)
+			d.applied = nil // the stale sets' content is unknown: the next sync rebuilds
+			return fmt.Errorf("empty the sets table inet %s stopped reading: %w", d.cfg.Table, err)
+		}
 	}
 	if b.full {
 		if err := d.apply(releaseBatch(st)); err != nil {
