@@ -46,11 +46,11 @@ func brNetfilterOn(t *testing.T, ns *lab.Netns) bool {
 }
 
 // status asks the agent for its status.
-func (n *node) status(t *testing.T) *agent.Response { return n.call(t, agent.OpStatus) }
+func (n *node) status(t testing.TB) *agent.Response { return n.call(t, agent.OpStatus) }
 
 // call sends the agent a request without endpoint, failing t if it does
 // not answer within 5 s.
-func (n *node) call(t *testing.T, op agent.Op) *agent.Response {
+func (n *node) call(t testing.TB, op agent.Op) *agent.Response {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

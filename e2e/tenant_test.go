@@ -54,7 +54,7 @@ func tenantYAML() string {
 
 // budgetMessage is the error the third object gets: the first two fill
 // the namespace's default budget of 512 entries.
-const budgetMessage = "over the dependency budget of namespace tenant: its 256 entries would make 768, 256 over the budget of 512 entries per namespace; not compiled"
+const budgetMessage = "over the dependency budget of namespace tenant: its 256 entries weigh 256 (one per port range each lists) and would make 768, 256 over the budget of 512 per namespace; not compiled"
 
 // checkOthersUnharmed starts pods of other namespaces on a node that holds
 // the tenant's objects and checks their traffic obeys the policy.

@@ -126,7 +126,7 @@ func parse(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cfg.Socket, "socket", agent.DefaultSocket, "unix socket for the CNI plugin and netsegctl (created 0600)")
 	fs.StringVar(&f.cfg.NetNS, "netns", "", "program this network namespace (a path under /var/run/netns) instead of the agent's own")
 	fs.TextVar(&f.cfg.UnzonedDefault, "unzoned-default", segment.Allow, "default `action` of the implicit zone \"unzoned\": Allow or Deny")
-	fs.IntVar(&f.cfg.EntryBudget, "entry-budget", policy.DefaultEntryBudget, "dependency entries the ServiceDependencies of one namespace may hold together (each takes an origin id, a set and rules); an object that would go past it is not compiled (Ready=False, an Event) and the rest of the cluster is compiled as without it. Every agent of a cluster needs the same")
+	fs.IntVar(&f.cfg.EntryBudget, "entry-budget", policy.DefaultEntryBudget, "dependency entries the ServiceDependencies of one namespace may hold together (each takes an origin id, a set and rules; an entry weighs one per port range it lists); an object that would go past it is not compiled (Ready=False, an Event) and the rest of the cluster is compiled as without it. Every agent of a cluster needs the same")
 	var group uint
 	fs.UintVar(&group, "nflog-group", 100, "NFLOG group of the first packets of denied connections (and accepted ones with --log-accepted)")
 	fs.BoolVar(&f.cfg.Dataplane.LogAccepted, "log-accepted", false, "also send each accepted connection's first packet to NFLOG (the flow log does not need it: conntrack events carry accepted connections)")

@@ -27,7 +27,7 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	output := fs.String("o", "text", "output format: text or json")
 	var unzoned segment.Action
 	fs.TextVar(&unzoned, "unzoned-default", segment.Allow, "default `action` of the unzoned zone (Allow or Deny)")
-	budget := fs.Int("entry-budget", policy.DefaultEntryBudget, "dependency entries one namespace may hold (as the agent's --entry-budget)")
+	budget := fs.Int("entry-budget", policy.DefaultEntryBudget, "dependency entries one namespace may hold, one per port range each lists (as the agent's --entry-budget)")
 	socket := fs.String("socket", agent.DefaultSocket, "the running agent's socket (live form, without --policy-dir)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: netsegctl explain --policy-dir DIR --from PEER --to PEER --port PORT [-o json]\n"+

@@ -16,7 +16,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("f", "", "policy directory: .yaml/.yml files of Zone, ZonePolicy, ServiceDependency and Namespace")
 	var unzoned segment.Action
 	fs.TextVar(&unzoned, "unzoned-default", segment.Allow, "default `action` of the unzoned zone (Allow or Deny)")
-	budget := fs.Int("entry-budget", policy.DefaultEntryBudget, "dependency entries one namespace may hold (as the agent's --entry-budget)")
+	budget := fs.Int("entry-budget", policy.DefaultEntryBudget, "dependency entries one namespace may hold, one per port range each lists (as the agent's --entry-budget)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: netsegctl validate -f DIR\n\n"+
 			"Checks a policy directory as the API server and the compiler would. Prints every\n"+

@@ -73,7 +73,7 @@ func TestBudgetsIsolateTenants(t *testing.T) {
 	if len(refused) != 62 || refused[0] != "sd02" || refused[61] != "sd63" {
 		t.Errorf("refused %d objects (%v...), want sd02..sd63", len(refused), refused[:min(3, len(refused))])
 	}
-	want := "ServiceDependency tenant/sd02: spec.dependsOn: over the dependency budget of namespace tenant: its 256 entries would make 768, 256 over the budget of 512 entries per namespace; not compiled"
+	want := "ServiceDependency tenant/sd02: spec.dependsOn: over the dependency budget of namespace tenant: its 256 entries weigh 256 (one per port range each lists) and would make 768, 256 over the budget of 512 per namespace; not compiled"
 	if len(c.Errors) > 0 && c.Errors[0].String() != want {
 		t.Errorf("first error:\n got %s\nwant %s", c.Errors[0], want)
 	}
@@ -164,5 +164,29 @@ func TestTenantControlledZones(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+}
+
+// TestBudgetWeighsPortRanges: an entry weighs one per port range it lists,
+// since each is a rule per family in every chain the entry reaches. Eight
+// entries of "0.0.0.0/0" with 64 ports each fill the default budget of
+// 512; a ninth object of one such entry is refused, naming its weight.
+func TestBudgetWeighsPortRanges(t *testing.T) {
+	var ports []v1alpha1.PortRange
+	for k := range 64 {
+		ports = append(ports, policytest.Port("TCP", int32(10000+k)))
+	}
+	in := policytest.Shop()
+	var deps []v1alpha1.Dependency
+	for j := range 8 {
+		deps = append(deps, policytest.DepCIDR(fmt.Sprintf("e%d", j), "0.0.0.0/0", ports...))
+	}
+	in.ServiceDependencies = append(in.ServiceDependencies,
+		policytest.ServiceDependency("tenant", "a-wide", map[string]string{"app": "tenant"}, deps...),
+		policytest.ServiceDependency("tenant", "b-one-more", map[string]string{"app": "tenant"}, policytest.DepCIDR("e", "0.0.0.0/0", ports...)))
+	c := policy.Compile(in)
+	want := "ServiceDependency tenant/b-one-more: spec.dependsOn: over the dependency budget of namespace tenant: its 1 entries weigh 64 (one per port range each lists) and would make 576, 64 over the budget of 512 per namespace; not compiled"
+	if len(c.Errors) != 1 || c.Errors[0].String() != want {
+		t.Fatalf("errors %v, want one:\n%s", c.Errors, want)
 	}
 }

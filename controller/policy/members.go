@@ -83,18 +83,24 @@ func (m *model) addDependency(in *v1alpha1.ServiceDependency, services map[key]S
 		}
 		sd.entries = append(sd.entries, e)
 	}
-	n, used := len(sd.entries), m.nsEntries[ns]
+	// An entry weighs one per port range it lists (at least one): each
+	// range is a rule per family in every chain the entry reaches, so 64
+	// ports on "0.0.0.0/0" cost 64 times what one port does.
+	n, weight, used := len(sd.entries), 0, m.nsEntries[ns]
+	for _, e := range sd.entries {
+		weight += max(1, len(e.ports))
+	}
 	switch {
-	case used+n > m.cfg.EntryBudget:
-		m.errorf(kind, ns, name, "spec.dependsOn", "over the dependency budget of namespace %s: its %d entries would make %d, %d over the budget of %d entries per namespace; not compiled",
-			ns, n, used+n, used+n-m.cfg.EntryBudget, m.cfg.EntryBudget)
+	case used+weight > m.cfg.EntryBudget:
+		m.errorf(kind, ns, name, "spec.dependsOn", "over the dependency budget of namespace %s: its %d entries weigh %d (one per port range each lists) and would make %d, %d over the budget of %d per namespace; not compiled",
+			ns, n, weight, used+weight, used+weight-m.cfg.EntryBudget, m.cfg.EntryBudget)
 		return
 	case m.entriesTotal+n > m.entryRoom:
 		m.errorf(kind, ns, name, "spec.dependsOn", "over the cluster's origin budget: its %d entries would make %d dependency entries, %d over the %d origin ids the zones and ZonePolicy rules leave; not compiled",
 			n, m.entriesTotal+n, m.entriesTotal+n-m.entryRoom, m.entryRoom)
 		return
 	}
-	m.nsEntries[ns] += n
+	m.nsEntries[ns] += weight
 	m.entriesTotal += n
 	m.entries = append(m.entries, sd.entries...)
 	m.sdsByNS[ns] = append(m.sdsByNS[ns], sd)

@@ -57,8 +57,10 @@ type Config struct {
 	UnzonedDefault segment.Action
 	// EntryBudget is how many dependency entries the ServiceDependencies
 	// of one namespace may hold together (each is an origin id, a kernel
-	// set and rules); 0 means DefaultEntryBudget. A ServiceDependency that
-	// would take its namespace past it is not compiled.
+	// set and rules), an entry weighing one per port range it lists (its
+	// rules per chain and family); 0 means DefaultEntryBudget. A
+	// ServiceDependency that would take its namespace past it is not
+	// compiled.
 	EntryBudget int
 }
 
