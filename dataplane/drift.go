@@ -33,7 +33,7 @@ func (d *Dataplane) CheckDrift() (string, error) {
 	if d.applied == nil || d.last == nil {
 		return "", nil // nothing applied yet: nothing to drift from
 	}
-	want, writes := d.expect(d.applied), d.writes
+	want, writes := d.expect(d.applied, false), d.writes
 	var diff string
 	var err error
 	if d.driftOvertaken < driftOvertakenMax {
@@ -71,6 +71,11 @@ type expectation struct {
 	chains map[string][]string // wanted chain -> its rules' tags, in kernel order
 	stale  map[string]bool     // chains still in the kernel, no longer wanted
 	sets   []setExpectation    // by name; the CNI plugin's sets are not ours to compare
+	// strict also wants no set but these, and the base chains' hooks as
+	// rendered (adopt; a drift check leaves stale sets to Collect).
+	strict bool
+	names  map[string]bool       // strict: every set the table may hold, the plugin's too
+	hooks  map[string]*chainSpec // strict: the hooked chains
 }
 
 type setExpectation struct {
@@ -81,7 +86,7 @@ type setExpectation struct {
 }
 
 // expect copies what the kernel holds according to a. Call with d.mu held.
-func (d *Dataplane) expect(a *applied) *expectation {
+func (d *Dataplane) expect(a *applied, strict bool) *expectation {
 	st := a.st
 	e := &expectation{chains: make(map[string][]string, len(st.chains)), stale: make(map[string]bool, len(a.staleChains))}
 	for name, c := range st.chains {
@@ -89,6 +94,17 @@ func (d *Dataplane) expect(a *applied) *expectation {
 	}
 	for name := range a.staleChains {
 		e.stale[name] = true
+	}
+	if strict {
+		e.strict, e.names, e.hooks = true, make(map[string]bool, len(st.sets)), map[string]*chainSpec{}
+		for name := range st.sets {
+			e.names[name] = true
+		}
+		for name, c := range st.chains {
+			if c.hook != nil {
+				e.hooks[name] = c
+			}
+		}
 	}
 	for _, name := range sortedKeys(st.sets) {
 		s := st.sets[name]
@@ -131,6 +147,22 @@ func (d *Dataplane) diffKernel(want *expectation) (string, error) {
 		if _, wanted := want.chains[c.Name]; !wanted && !want.stale[c.Name] {
 			return fmt.Sprintf("unexpected chain %s", c.Name), nil
 		}
+		if want.strict {
+			if msg := diffHook(c, want.hooks[c.Name]); msg != "" {
+				return msg, nil
+			}
+		}
+	}
+	if want.strict {
+		sets, err := conn.GetSets(d.table)
+		if err != nil {
+			return "", fmt.Errorf("list sets: %w", err)
+		}
+		for _, ks := range sets {
+			if !want.names[ks.Name] {
+				return fmt.Sprintf("unexpected set %s", ks.Name), nil
+			}
+		}
 	}
 	for _, name := range sortedKeys(want.chains) {
 		if !seen[name] {
@@ -155,6 +187,22 @@ func (d *Dataplane) diffKernel(want *expectation) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// diffHook compares a kernel chain's hook with the rendered one's (want
+// nil: a regular chain). An ingress chain's device is named in the
+// chain's name, and the library does not read it back.
+func diffHook(kc *nftables.Chain, want *chainSpec) string {
+	switch {
+	case want == nil && kc.Hooknum == nil:
+		return ""
+	case want == nil || kc.Hooknum == nil:
+		return fmt.Sprintf("chain %s: hooked differently", kc.Name)
+	case *kc.Hooknum != *want.hook || kc.Priority == nil || *kc.Priority != nftables.ChainPriority(want.prio) ||
+		kc.Policy == nil || *kc.Policy != nftables.ChainPolicyAccept || (kc.Device != "" && kc.Device != want.device):
+		return fmt.Sprintf("chain %s: hook, priority or policy differ", kc.Name)
+	}
+	return ""
 }
 
 // diffElems compares a set's kernel elements with the desired ones.

@@ -5,8 +5,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-
-	"github.com/netseg/netseg/api/segment"
 )
 
 // A full rebuild deletes the table and creates it again in one
@@ -36,15 +34,28 @@ import (
 // New connections of containers wait from 1 to 3 (milliseconds; a TCP SYN
 // is sent again after a second); none passes unchecked.
 
-// holdBatch is the batch that makes the base chains hold (step 1).
-func holdBatch(cfg Config, rs *Ruleset) *batch {
+// hold is what the base chains and the bridge guard's chain hold during
+// a rebuild, computed once per rebuild: the rebuild's own base chains get
+// it too (step 2).
+type hold struct {
+	chains []*chainSpec // the hooked base chains, with rules that read no set
+	guard  []*rb        // the bridge guard's chain
+}
+
+func newHold(cfg Config, rs *Ruleset) *hold {
+	nets := heldPrefixes(rs)
+	return &hold{chains: holdChains(cfg, nets, rs.Node), guard: guardHold(cfg, nets)}
+}
+
+// batch makes the kernel's base chains hold (step 1).
+func (h *hold) batch() *batch {
 	b := &batch{}
-	for _, c := range holdChains(cfg, rs) {
+	for _, c := range h.chains {
 		b.add(op{kind: opAddChain, chain: c})
 		b.add(op{kind: opFlushChain, chain: c})
 		b.add(op{kind: opAddRules, chain: c})
 	}
-	b.add(op{kind: opGuardRules, rules: guardHold(cfg, heldPrefixes(rs))})
+	b.add(op{kind: opGuardRules, rules: h.guard})
 	return b
 }
 
@@ -90,18 +101,14 @@ func heldPrefixes(rs *Ruleset) []netip.Prefix {
 //
 //	chain forward { meta mark set meta mark or 0x00400000
 //	  ct state established,related ct mark and 0x0000c000 != 0x00008000 accept
-//	  ct state established,related drop
+//	  ct state established,related goto deny
 //	  meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 130-136 accept   (and 143)
 //	  ip saddr 10.88.0.0/24 drop   ip daddr 10.88.0.0/24 drop   (each pod network) }
 //	chain input { ct state established,related accept; ND; ip saddr 10.88.0.1 accept (node);
 //	  ip saddr 10.88.0.0/24 drop }
 //	chain output { established, ND; with DenyHostAccess the same drops on the destination }
-func holdChains(cfg Config, rs *Ruleset) []*chainSpec {
-	nets, node := heldPrefixes(rs), rs.Node
-	nd := []*rb{
-		rule().family(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, ""),
-		rule().family(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, ""),
-	}
+func holdChains(cfg Config, nets []netip.Prefix, node []netip.Addr) []*chainSpec {
+	nd := []*rb{neighbourDiscovery(cfg, 6), multicastListeners(cfg, 6)}
 	drops := func(srcs ...bool) []*rb {
 		var out []*rb
 		for _, src := range srcs {
@@ -119,15 +126,10 @@ func holdChains(cfg Config, rs *Ruleset) []*chainSpec {
 		}
 		return out
 	}
-	established := rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, "")
-	forward := append([]*rb{
-		rule().metaMarkOr(cfg.ForwardMark),
-		rule().ctState("established,related", 2|4).ctMarkNot(enforcedVerdictMask, enforcedDenyBits).verdict(expr.VerdictAccept, ""),
-		rule().ctState("established,related", 2|4).verdict(expr.VerdictDrop, ""),
-	}, nd...)
+	forward := append([]*rb{markForwarded(cfg, 0), establishedAllowed(cfg, 0), establishedDenied(cfg, 0)}, nd...)
 	forward = append(forward, drops(true, false)...)
-	input := append(append(append([]*rb{established}, nd...), nodeAccepts(true)...), drops(true)...)
-	output := append([]*rb{established}, nd...)
+	input := append(append(append([]*rb{established(cfg, 0)}, nd...), nodeAccepts(true)...), drops(true)...)
+	output := append([]*rb{established(cfg, 0)}, nd...)
 	if cfg.DenyHostAccess {
 		output = append(append(output, nodeAccepts(false)...), drops(false)...)
 	}

@@ -240,28 +240,18 @@ var (
 // reaches anything else. Accepted packets keep their mark: their decision
 // is read from conntrack events.
 var baseRules = []baseRule{
-	{on: onForward, rule: func(c Config, _ int) *rb { return rule().metaMarkOr(c.ForwardMark) }},
+	{on: onForward, rule: markForwarded},
 	// Established packets pass unless the connection's mark says the
 	// enforced policy denies it now (Namespace.Remark rewrites the marks of
 	// live connections when the policy changes): those go to deny, logged
 	// with the rule that denies them.
-	{on: onForward, rule: func(Config, int) *rb {
-		return rule().ctState("established,related", 2|4).ctMarkNot(enforcedVerdictMask, enforcedDenyBits).verdict(expr.VerdictAccept, "")
-	}},
-	{on: onForward, rule: func(Config, int) *rb {
-		return rule().ctState("established,related", 2|4).verdict(expr.VerdictGoto, chainDeny)
-	}},
-	{on: []string{chainInput, chainOutput}, rule: func(Config, int) *rb {
-		return rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, "")
-	}},
+	{on: onForward, rule: establishedAllowed},
+	{on: onForward, rule: establishedDenied},
+	{on: []string{chainInput, chainOutput}, rule: established},
 	// Neighbour discovery and MLD are not tracked by conntrack (their ct
 	// state reads invalid) and must pass for IPv6 to work at all.
-	{on: onHooks, rule: func(Config, int) *rb {
-		return rule().family(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, "")
-	}},
-	{on: onHooks, rule: func(Config, int) *rb {
-		return rule().family(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, "")
-	}},
+	{on: onHooks, rule: neighbourDiscovery},
+	{on: onHooks, rule: multicastListeners},
 	{on: onForward, rule: func(Config, int) *rb { return rule().ctState("invalid", 1).verdict(expr.VerdictDrop, "") }},
 	{on: onFromPods, fams: true, rule: quarantined(setQuarantine, true)},
 	{on: onToPods, fams: true, rule: quarantined(setQuarantine, false)},
@@ -303,6 +293,38 @@ var baseRules = []baseRule{
 	{on: []string{chainDeny}, rule: func(c Config, _ int) *rb {
 		return rule().metaMarkFromCt().log("netseg deny", c.NFLOGGroup).verdict(expr.VerdictDrop, "")
 	}},
+}
+
+// The base chains' rules that read no set (a hold keeps them, hold.go).
+
+// markForwarded: meta mark set meta mark or 0x00400000 (Config.ForwardMark).
+func markForwarded(c Config, _ int) *rb { return rule().metaMarkOr(c.ForwardMark) }
+
+// establishedAllowed: ct state established,related ct mark and 0x0000c000
+// != 0x00008000 accept.
+func establishedAllowed(Config, int) *rb {
+	return rule().ctState("established,related", 2|4).ctMarkNot(enforcedVerdictMask, enforcedDenyBits).verdict(expr.VerdictAccept, "")
+}
+
+// establishedDenied: ct state established,related goto deny.
+func establishedDenied(Config, int) *rb {
+	return rule().ctState("established,related", 2|4).verdict(expr.VerdictGoto, chainDeny)
+}
+
+// established: ct state established,related accept.
+func established(Config, int) *rb {
+	return rule().ctState("established,related", 2|4).verdict(expr.VerdictAccept, "")
+}
+
+// neighbourDiscovery: meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type
+// 130-136 accept.
+func neighbourDiscovery(Config, int) *rb {
+	return rule().family(6).l4(segment.ICMPv6).icmpType(130, 136).verdict(expr.VerdictAccept, "")
+}
+
+// multicastListeners: ... icmpv6 type 143 accept (MLDv2 reports).
+func multicastListeners(Config, int) *rb {
+	return rule().family(6).l4(segment.ICMPv6).icmpType(143, 143).verdict(expr.VerdictAccept, "")
 }
 
 // failOpen: ip saddr|daddr @cnifailopen4 accept (a container the plugin

@@ -91,9 +91,6 @@ type op struct {
 	raw   []nftables.SetElement
 	guard []*setSpec // opRebuildGuard: the guard's sets (state.guard)
 	rules []*rb      // opGuardRules; opRebuildGuard: the chain's rules
-	// early: an opAddElems that goes before the rest of its batch
-	// (takeNewSets).
-	early bool
 	// inGuard: opAddElems and opDeleteElems go to the bridge guard's copy
 	// of the set (same name, same elements) instead of the inet table's.
 	inGuard bool
@@ -107,11 +104,15 @@ type batch struct {
 	next *applied
 	// full batches rebuild the table; Stats counts them apart.
 	full bool
-	// after are steps for a transaction of their own, once this one is
-	// committed: emptying the sets this one stops reading. In the same
-	// transaction, a packet inside the old rules at its commit would look
-	// the old set up emptied, and a deny rule on it would not match.
-	after []op
+	// before and after are steps for transactions of their own, around
+	// this one. Before: filling the sets it makes, or stale ones it reads
+	// again (nothing live reads them yet, so no decision changes). After:
+	// emptying the sets it stops reading. In the same transaction, a set
+	// that the rules start reading can miss its members for a moment after
+	// the commit, and a packet inside the old rules at the commit would
+	// look an emptied set up: a deny rule on either would not match
+	// (hold.go).
+	before, after []op
 }
 
 func (b *batch) add(o op) { b.ops = append(b.ops, o) }
@@ -119,31 +120,6 @@ func (b *batch) add(o op) { b.ops = append(b.ops, o) }
 // addSet queues a set with its elements; a verdict map's elements need
 // their chains and come later.
 func (b *batch) addSet(s *setSpec) { b.add(op{kind: opAddSet, set: s}) }
-
-// takeNewSets moves the creation of the sets b makes (with their
-// elements), and the refilling of stale sets it reads again, into a batch
-// of their own, returned (nil when there are none). Nothing live reads
-// those sets yet, so filling them first changes no decision.
-// A set created in the transaction whose rules first read it can miss its
-// members for a moment after the commit (hold.go): a new deny rule would
-// let through what it denies. Committed first, the set is whole when the
-// rules that read it arrive.
-func (b *batch) takeNewSets() *batch {
-	var pre *batch
-	kept := b.ops[:0]
-	for _, o := range b.ops {
-		if (o.kind == opAddSet && o.set.kind != kindVmap) || o.early {
-			if pre == nil {
-				pre = &batch{}
-			}
-			pre.add(o)
-			continue
-		}
-		kept = append(kept, o)
-	}
-	b.ops = kept
-	return pre
-}
 
 func (b *batch) addElems(s *setSpec, keys []elemKey) {
 	if len(keys) > 0 {
@@ -162,20 +138,20 @@ func (b *batch) delElems(s *setSpec, keys []elemKey) {
 // rebuild exact; doing it in one transaction makes it atomic. carried are
 // the foreign sets' elements, read from the kernel before, kept.
 //
-// With hold (holdChains), the hooked base chains get the hold's rules
-// instead of their own, and so does the bridge guard (guardHold): the
-// release batch gives them theirs once the kernel holds the sets (hold.go).
-func planFull(st *state, carried map[string][]nftables.SetElement, hold []*chainSpec, guardHold []*rb) *batch {
+// With h, the hooked base chains and the bridge guard get the hold's
+// rules instead of their own: the release batch gives them theirs once
+// the kernel holds the sets (hold.go).
+func planFull(st *state, carried map[string][]nftables.SetElement, h *hold) *batch {
 	b := &batch{full: true, next: newApplied(st)}
 	b.add(op{kind: opRebuildTable})
-	if guardHold == nil {
-		guardHold = guardRules(st.cfg)
+	guard, held := guardRules(st.cfg), map[string]*chainSpec{}
+	if h != nil {
+		guard = h.guard
+		for _, c := range h.chains {
+			held[c.name] = c
+		}
 	}
-	b.add(op{kind: opRebuildGuard, guard: st.guard, rules: guardHold})
-	held := map[string]*chainSpec{}
-	for _, c := range hold {
-		held[c.name] = c
-	}
+	b.add(op{kind: opRebuildGuard, guard: st.guard, rules: guard})
 	sets, chains := sortedKeys(st.sets), sortedKeys(st.chains)
 	for _, name := range sets {
 		b.addSet(st.sets[name])
@@ -247,8 +223,12 @@ func plan(old *applied, st *state) *batch {
 		return old.staleSets[name]
 	}
 	for _, name := range sortedKeys(st.sets) {
-		if present(name) == nil {
-			b.addSet(st.sets[name])
+		if s := st.sets[name]; present(name) == nil {
+			if s.kind == kindVmap { // its elements need their chains: in this batch
+				b.addSet(s)
+			} else {
+				b.before = append(b.before, op{kind: opAddSet, set: s})
+			}
 		}
 	}
 	// The bridge guard's sets follow the pod networks element by element:
@@ -315,9 +295,9 @@ func plan(old *applied, st *state) *batch {
 		del, add := elemDelta(prev, s)
 		b.delElems(prev, del)
 		if _, live := o.sets[name]; !live && len(add) > 0 {
-			// A stale set read again: it is refilled before the rules
-			// that read it arrive, as a new set is (takeNewSets).
-			b.add(op{kind: opAddElems, set: s, keys: add, early: true})
+			// A stale set read again: refilled before the rules that
+			// read it arrive, as a new set is.
+			b.before = append(b.before, op{kind: opAddElems, set: s, keys: add})
 			continue
 		}
 		b.addElems(s, add)
@@ -405,6 +385,10 @@ func planCollect(a *applied) *batch {
 //	add elements egress4 { 10.88.0.5 }
 func (b *batch) String() string {
 	var sb strings.Builder
+	for _, o := range b.before {
+		sb.WriteString("first " + o.String())
+		sb.WriteByte('\n')
+	}
 	for _, o := range b.ops {
 		sb.WriteString(o.String())
 		sb.WriteByte('\n')

@@ -132,14 +132,15 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		return nil
 	}
 	var b *batch
-	var hold func()
+	var holding func() // commits the hold (step 1), once the rebuild's messages are built
 	var held time.Time
 	if full || d.applied == nil {
 		// Three transactions (hold.go): hold, rebuild holding, release.
-		b = planFull(st, d.readForeign(st), holdChains(d.cfg, rs), guardHold(d.cfg, heldPrefixes(rs)))
+		h := newHold(d.cfg, rs)
+		b = planFull(st, d.readForeign(st), h)
 		if d.tableExists() {
-			hold = func() {
-				if err := d.apply(holdBatch(d.cfg, rs)); err != nil {
+			holding = func() {
+				if err := d.apply(h.batch()); err != nil {
 					// Base chains someone changed: the rebuild
 					// that repairs them goes on.
 					d.Stats.Errors.Add(1)
@@ -149,16 +150,14 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		}
 	} else {
 		b = plan(d.applied, st)
-		if pre := b.takeNewSets(); pre != nil {
-			if err := d.apply(pre); err != nil {
-				d.Stats.Errors.Add(1)
-				d.applied = nil
+		if len(b.before) > 0 {
+			if err := d.completing(&batch{ops: b.before}, "fill the sets a sync reads"); err != nil {
 				return d.sync(rs, true) // as for a refused batch
 			}
 		}
 	}
 	built := time.Now()
-	if err := d.applyAfter(b, hold); err != nil {
+	if err := d.applyAfter(b, holding); err != nil {
 		d.Stats.Errors.Add(1)
 		// Unknown now, and render may have taken over the applied sets'
 		// elements: the next sync rebuilds.
@@ -171,19 +170,14 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 		return fmt.Errorf("apply nftables batch to table inet %s: %w", d.cfg.Table, err)
 	}
 	if len(b.after) > 0 {
-		if err := d.apply(&batch{ops: b.after}); err != nil {
-			d.Stats.Errors.Add(1)
-			d.applied = nil // the stale sets' content is unknown: the next sync rebuilds
-			return fmt.Errorf("empty the sets table inet %s stopped reading: %w", d.cfg.Table, err)
+		if err := d.completing(&batch{ops: b.after}, "empty the sets a sync stopped reading"); err != nil {
+			return err
 		}
 	}
 	if b.full {
-		if err := d.apply(releaseBatch(st)); err != nil {
-			// The base chains still hold: containers' new connections
-			// are dropped (closed) until a sync releases them.
-			d.Stats.Errors.Add(1)
-			d.applied = nil
-			return fmt.Errorf("release the base chains of table inet %s after its rebuild: %w", d.cfg.Table, err)
+		// Until released, containers' new connections are dropped.
+		if err := d.completing(releaseBatch(st), "release the base chains after a rebuild"); err != nil {
+			return err
 		}
 		if !held.IsZero() {
 			d.Stats.LastHold.Store(int64(time.Since(held)))
@@ -207,50 +201,26 @@ func (d *Dataplane) sync(rs *Ruleset, full bool) error {
 	return nil
 }
 
-// adopt reports whether the kernel's table is exactly st: every chain with
-// its rules (by their tags, which carry a hash of the rules), no other
-// chain, every set and map with its elements, the bridge guard (what the
-// drift check compares). Then the first sync of a restarted agent takes
-// it over instead of rebuilding it.
+// completing applies a batch that belongs to a sync's change but goes in
+// a transaction of its own. Refused, it leaves the kernel in a state the
+// dataplane cannot name: the next sync rebuilds.
+func (d *Dataplane) completing(b *batch, what string) error {
+	if err := d.apply(b); err != nil {
+		d.Stats.Errors.Add(1)
+		d.applied = nil
+		return fmt.Errorf("%s of table inet %s: %w", what, d.cfg.Table, err)
+	}
+	return nil
+}
+
+// adopt reports whether the kernel's table is exactly st, as the drift
+// check compares it plus the sets nothing wants (the previous agent's,
+// not collected yet: taken over, they would never be) and the base chains'
+// hooks. Then the first sync of a restarted agent takes it over instead
+// of rebuilding it.
 func (d *Dataplane) adopt(st *state) bool {
-	if diff, err := d.diffKernel(d.expect(newApplied(st))); err != nil || diff != "" {
-		return false
-	}
-	// What the drift check leaves out: sets nothing wants (the previous
-	// agent's, not collected yet: taken over, they would never be), and the
-	// hooks of the base chains (an ingress chain's device is named in the
-	// chain's name; the library does not read it back).
-	conn, err := d.dial()
-	if err != nil {
-		return false
-	}
-	sets, err := conn.GetSets(d.table)
-	if err != nil {
-		return false
-	}
-	for _, ks := range sets {
-		if st.sets[ks.Name] == nil {
-			return false
-		}
-	}
-	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return false
-	}
-	for _, kc := range chains {
-		c := st.chains[kc.Name]
-		if kc.Table.Name != d.cfg.Table || c == nil {
-			continue
-		}
-		if (c.hook == nil) != (kc.Hooknum == nil) {
-			return false
-		}
-		if c.hook != nil && (*kc.Hooknum != *c.hook || kc.Priority == nil || *kc.Priority != nftables.ChainPriority(c.prio) ||
-			kc.Policy == nil || *kc.Policy != nftables.ChainPolicyAccept || (kc.Device != "" && kc.Device != c.device)) {
-			return false
-		}
-	}
-	return true
+	diff, err := d.diffKernel(d.expect(newApplied(st), true))
+	return err == nil && diff == ""
 }
 
 // tableExists reports whether the kernel holds the table (an error reads
