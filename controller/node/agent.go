@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -160,6 +159,7 @@ type Agent struct {
 	compiled    *policy.Compiled
 	local       []policy.Endpoint // this node's endpoints as compiled (labels completed)
 	model       compileModel      // owned by the sync loop
+	merged      mergedEndpoints   // owned by the sync loop
 	lastSync    time.Time
 	syncErr     error
 	endpoints   int
@@ -368,8 +368,9 @@ func (a *Agent) syncOnce() error {
 		return err
 	}
 	a.loadedOnce.Do(func() { close(a.policyLoaded) })
-	eps, quarantined := a.reg.List()
-	local, uids := compilerEndpoints(eps)
+	listing := a.reg.Listing()
+	eps, quarantined := listing.Endpoints, listing.Quarantined
+	local, uids := a.merged.of(listing)
 	var unlabelled []string
 	if snap.Enrich != nil {
 		local, unlabelled = a.enrich(snap.Enrich, local, uids)
@@ -615,7 +616,7 @@ func (a *Agent) keepAfter(ctx context.Context, interval time.Duration, slot *err
 // labels of the endpoints registered now, and no others.
 func (a *Agent) enrich(f func(*policy.Endpoint, string) error, local []policy.Endpoint, uids []string) ([]policy.Endpoint, []string) {
 	known := make(map[string]knownLabels, len(local))
-	out := local[:0]
+	out := make([]policy.Endpoint, 0, len(local)) // local is the memo's
 	var left []string
 	for i, ep := range local {
 		key := ep.Namespace + "/" + ep.Name
@@ -647,10 +648,28 @@ type knownLabels struct {
 	labels map[string]string
 }
 
+// mergedEndpoints is compilerEndpoints of the registry's last Listing,
+// kept until the registry changes: a sync that follows a policy change
+// or a label read does not merge every interface of the node again.
+type mergedEndpoints struct {
+	from  *Listing
+	local []policy.Endpoint
+	uids  []string
+}
+
+// of returns l's merged endpoints and their UIDs; the caller changes
+// neither slice (nor the label maps, which are the registry's).
+func (m *mergedEndpoints) of(l *Listing) ([]policy.Endpoint, []string) {
+	if m.from != l {
+		m.local, m.uids = compilerEndpoints(l.Endpoints)
+		m.from = l
+	}
+	return m.local, m.uids
+}
+
 // compilerEndpoints merges interfaces of one pod into one endpoint; uids
-// holds each merged endpoint's pod UID. Labels are copied: a source's
-// Enrich completes them, and the registry's own maps are read by the
-// socket handlers meanwhile.
+// holds each merged endpoint's pod UID. The label maps are the
+// registry's: a source's Enrich replaces a map, never changes it.
 func compilerEndpoints(eps []Registered) (out []policy.Endpoint, uids []string) {
 	index := make(map[[2]string]int, len(eps))
 	out = make([]policy.Endpoint, 0, len(eps))
@@ -661,7 +680,7 @@ func compilerEndpoints(eps []Registered) (out []policy.Endpoint, uids []string) 
 		if !ok {
 			i = len(out)
 			index[key] = i
-			out = append(out, policy.Endpoint{Namespace: ep.Namespace, Name: ep.Name, Labels: maps.Clone(ep.Labels)})
+			out = append(out, policy.Endpoint{Namespace: ep.Namespace, Name: ep.Name, Labels: ep.Labels})
 			uids = append(uids, "")
 		}
 		uids[i] = ep.UID

@@ -33,6 +33,17 @@ type Registry struct {
 	mu          sync.Mutex
 	endpoints   map[string]Registered // by ID
 	quarantined map[string]Registered // interfaces whose ADD failed
+	// listed is the last Listing, until a change (nil: none since).
+	listed *Listing
+}
+
+// Listing is the registry at one moment: the registered endpoints sorted
+// by ID, and the quarantined. The registry hands out one Listing until it
+// changes, so a caller that keeps work derived from a Listing can reuse it
+// while the registry returns the same pointer. Its entries share their
+// label maps and prefixes with the registry: nobody changes them.
+type Listing struct {
+	Endpoints, Quarantined []Registered
 }
 
 // Registered is a registration as the plugin sent it (the registry's file,
@@ -259,6 +270,7 @@ func (r *Registry) Put(ep agent.Endpoint) error {
 	}
 	r.endpoints[id] = registered(ep)
 	delete(r.quarantined, id)
+	r.listed = nil
 	return nil
 }
 
@@ -272,6 +284,7 @@ func (r *Registry) Quarantine(ep agent.Endpoint) error {
 	id := EndpointID(ep.Attachment)
 	delete(r.endpoints, id)
 	r.quarantined[id] = registered(ep)
+	r.listed = nil
 	return nil
 }
 
@@ -290,6 +303,7 @@ func (r *Registry) Delete(a agent.Attachment) (bool, error) {
 	}
 	delete(r.endpoints, id)
 	delete(r.quarantined, id)
+	r.listed = nil
 	return true, nil
 }
 
@@ -301,13 +315,22 @@ func (r *Registry) Get(a agent.Attachment) (agent.Endpoint, bool) {
 	return ep.Endpoint, ok
 }
 
-// List returns the registered endpoints sorted by ID, and the quarantined.
-// The entries share their label maps and prefixes with the registry: a
-// caller copies before it changes them.
+// List returns the registered endpoints sorted by ID, and the quarantined
+// (the current Listing's slices, which nobody changes).
 func (r *Registry) List() (eps, quarantined []Registered) {
+	l := r.Listing()
+	return l.Endpoints, l.Quarantined
+}
+
+// Listing returns the registry's current Listing: the same pointer until
+// the registry changes.
+func (r *Registry) Listing() *Listing {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return sortedEndpoints(r.endpoints), sortedEndpoints(r.quarantined)
+	if r.listed == nil {
+		r.listed = &Listing{Endpoints: sortedEndpoints(r.endpoints), Quarantined: sortedEndpoints(r.quarantined)}
+	}
+	return r.listed
 }
 
 // Claimants returns the other registrations (registered or quarantined)
@@ -359,6 +382,7 @@ func (r *Registry) Retain(keep func(agent.Endpoint) bool) ([]agent.Endpoint, err
 			}
 			removed = append(removed, ep.Endpoint)
 			delete(m, id)
+			r.listed = nil
 		}
 	}
 	return removed, errors.Join(errs...)

@@ -85,6 +85,55 @@ func TestRegistryPersists(t *testing.T) {
 	}
 }
 
+// TestRegistryListingUntilChange: the registry hands out one Listing
+// until something changes it (the agent keeps work derived from it), and
+// a new one after every kind of change.
+func TestRegistryListingUntilChange(t *testing.T) {
+	r := mustOpen(t, t.TempDir())
+	l := r.Listing()
+	steps := []struct {
+		name   string
+		change func() error
+		n, q   int
+	}{
+		{"put a", func() error { return r.Put(testEndpoint("a")) }, 1, 0},
+		{"put b", func() error { return r.Put(testEndpoint("b")) }, 2, 0},
+		{"quarantine b", func() error { return r.Quarantine(testEndpoint("b")) }, 1, 1},
+		{"put b again", func() error { return r.Put(testEndpoint("b")) }, 2, 0},
+		{"delete a", func() error { _, err := r.Delete(testEndpoint("a").Attachment); return err }, 1, 0},
+		{"retain none", func() error {
+			_, err := r.Retain(func(agent.Endpoint) bool { return false })
+			return err
+		}, 0, 0},
+	}
+	for _, s := range steps {
+		if err := s.change(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		next := r.Listing()
+		if next == l {
+			t.Errorf("%s: the Listing of before the change is handed out", s.name)
+		}
+		if len(next.Endpoints) != s.n || len(next.Quarantined) != s.q {
+			t.Errorf("%s: %d endpoints, %d quarantined; want %d, %d", s.name, len(next.Endpoints), len(next.Quarantined), s.n, s.q)
+		}
+		if again := r.Listing(); again != next {
+			t.Errorf("%s: a second Listing without a change is a new one", s.name)
+		}
+		l = next
+	}
+	// What changes nothing keeps the Listing.
+	if known, err := r.Delete(testEndpoint("gone").Attachment); known || err != nil {
+		t.Fatal(known, err)
+	}
+	if _, err := r.Retain(func(agent.Endpoint) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	if r.Listing() != l {
+		t.Error("a delete of an unknown endpoint or a retain of all made a new Listing")
+	}
+}
+
 // TestRegistryMigrates reads the single endpoints.json of earlier versions
 // into per-endpoint files and removes it.
 func TestRegistryMigrates(t *testing.T) {

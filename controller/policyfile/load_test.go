@@ -1,6 +1,7 @@
 package policyfile
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -185,8 +186,13 @@ spec: {labels: {team: shop}}
 		{policy.Endpoint{Namespace: "web", Name: "checkout"}, nil, false},
 	} {
 		ep := tc.ep
+		given := maps.Clone(tc.ep.Labels)
 		if ok := p.Label(&ep); ok != tc.ok || !cmp.Equal(ep.Labels, tc.want, cmpopts.EquateEmpty()) {
 			t.Errorf("Label(%s/%s) = %v %v, want %v %v", tc.ep.Namespace, tc.ep.Name, ok, ep.Labels, tc.ok, tc.want)
+		}
+		// The map passed in may be the agent's registry's: never changed.
+		if !maps.Equal(tc.ep.Labels, given) {
+			t.Errorf("Label(%s/%s) changed the map it was given: %v, was %v", tc.ep.Namespace, tc.ep.Name, tc.ep.Labels, given)
 		}
 	}
 	bad := (&Policy{}).Add("bad.yaml", []byte(`apiVersion: netseg.io/v1alpha1

@@ -2,6 +2,7 @@ package policyfile
 
 import (
 	"fmt"
+	"maps"
 	"path"
 	"sort"
 
@@ -64,10 +65,11 @@ func validateWorkload(w *Workload) []fieldError {
 
 // Label completes an endpoint's labels from the inventory: every Workload
 // of its namespace whose pattern matches its name adds its labels, in file
-// order; labels the endpoint already has are kept. It reports whether any
-// Workload matched.
+// order; labels the endpoint already has are kept. The map ep had is never
+// changed: added labels go into a copy. It reports whether any Workload
+// matched.
 func (p *Policy) Label(ep *policy.Endpoint) bool {
-	matched := false
+	matched, copied := false, false
 	for _, w := range p.Workloads {
 		pattern := w.Spec.PodName
 		if pattern == "" {
@@ -80,13 +82,19 @@ func (p *Policy) Label(ep *policy.Endpoint) bool {
 			continue
 		}
 		matched = true
-		if ep.Labels == nil {
-			ep.Labels = map[string]string{}
-		}
 		for k, v := range w.Spec.Labels {
-			if _, set := ep.Labels[k]; !set {
-				ep.Labels[k] = v
+			if _, set := ep.Labels[k]; set {
+				continue
 			}
+			if !copied {
+				// ep's map may be shared (the agent's registry): the
+				// labels added go into a copy.
+				ep.Labels, copied = maps.Clone(ep.Labels), true
+				if ep.Labels == nil {
+					ep.Labels = map[string]string{}
+				}
+			}
+			ep.Labels[k] = v
 		}
 	}
 	return matched
