@@ -35,6 +35,9 @@ type Registry struct {
 	quarantined map[string]Registered // interfaces whose ADD failed
 	// listed is the last Listing, until a change (nil: none since).
 	listed *Listing
+	// holders: address -> the IDs (registered or quarantined) that hold
+	// it, for Claimants without a walk over the node's registrations.
+	holders map[netip.Addr]map[string]bool
 }
 
 // Listing is the registry at one moment: the registered endpoints sorted
@@ -90,7 +93,7 @@ func EndpointID(a agent.Attachment) string { return a.ContainerID + "/" + a.IfNa
 func OpenRegistry(dir string) (*Registry, error) {
 	r := &Registry{epDir: filepath.Join(dir, "endpoints"), legacy: filepath.Join(dir, "endpoints.json"),
 		damaged:   filepath.Join(dir, "endpoints-damaged"),
-		endpoints: map[string]Registered{}, quarantined: map[string]Registered{}}
+		endpoints: map[string]Registered{}, quarantined: map[string]Registered{}, holders: map[netip.Addr]map[string]bool{}}
 	if err := os.MkdirAll(r.epDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir %s: %w", r.epDir, err)
 	}
@@ -117,7 +120,7 @@ func OpenRegistry(dir string) (*Registry, error) {
 			r.Damaged = append(r.Damaged, name+": "+err.Error())
 			continue
 		}
-		r.mapOf(ent.Quarantined)[EndpointID(ent.Endpoint.Attachment)] = registered(ent.Endpoint)
+		r.set(EndpointID(ent.Endpoint.Attachment), ent.Endpoint, ent.Quarantined)
 	}
 	if err := r.migrate(); err != nil {
 		return nil, err
@@ -170,7 +173,7 @@ func (r *Registry) migrate() error {
 			if err := r.write(ep, q); err != nil {
 				return err
 			}
-			r.mapOf(q)[EndpointID(ep.Attachment)] = registered(ep)
+			r.set(EndpointID(ep.Attachment), ep, q)
 		}
 	}
 	if err := os.Remove(r.legacy); err != nil {
@@ -179,11 +182,42 @@ func (r *Registry) migrate() error {
 	return nil
 }
 
-func (r *Registry) mapOf(quarantined bool) map[string]Registered {
+// set records id as registered or quarantined (and not the other).
+func (r *Registry) set(id string, ep agent.Endpoint, quarantined bool) {
+	r.drop(id)
+	reg := registered(ep)
 	if quarantined {
-		return r.quarantined
+		r.quarantined[id] = reg
+	} else {
+		r.endpoints[id] = reg
 	}
-	return r.endpoints
+	for _, p := range reg.Interface.IPs {
+		a := p.Addr().Unmap()
+		if r.holders[a] == nil {
+			r.holders[a] = map[string]bool{}
+		}
+		r.holders[a][id] = true
+	}
+	r.listed = nil
+}
+
+// drop forgets id, registered or quarantined.
+func (r *Registry) drop(id string) {
+	for _, m := range []map[string]Registered{r.endpoints, r.quarantined} {
+		reg, ok := m[id]
+		if !ok {
+			continue
+		}
+		for _, p := range reg.Interface.IPs {
+			a := p.Addr().Unmap()
+			delete(r.holders[a], id)
+			if len(r.holders[a]) == 0 {
+				delete(r.holders, a)
+			}
+		}
+		delete(m, id)
+		r.listed = nil
+	}
 }
 
 // entryPath names an endpoint's file: its ID, escaped (a hash for an ID
@@ -268,9 +302,7 @@ func (r *Registry) Put(ep agent.Endpoint) error {
 		// Not on disk, so not registered: memory follows the disk.
 		return err
 	}
-	r.endpoints[id] = registered(ep)
-	delete(r.quarantined, id)
-	r.listed = nil
+	r.set(id, ep, false)
 	return nil
 }
 
@@ -281,10 +313,7 @@ func (r *Registry) Quarantine(ep agent.Endpoint) error {
 	if err := r.write(ep, true); err != nil {
 		return err
 	}
-	id := EndpointID(ep.Attachment)
-	delete(r.endpoints, id)
-	r.quarantined[id] = registered(ep)
-	r.listed = nil
+	r.set(EndpointID(ep.Attachment), ep, true)
 	return nil
 }
 
@@ -301,9 +330,7 @@ func (r *Registry) Delete(a agent.Attachment) (bool, error) {
 	if err := r.erase(id); err != nil {
 		return true, err
 	}
-	delete(r.endpoints, id)
-	delete(r.quarantined, id)
-	r.listed = nil
+	r.drop(id)
 	return true, nil
 }
 
@@ -340,29 +367,23 @@ func (r *Registry) Claimants(ep agent.Endpoint) []Registered {
 	id := EndpointID(ep.Attachment)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	seen := map[string]bool{id: true}
 	var out []Registered
-	for _, m := range []map[string]Registered{r.endpoints, r.quarantined} {
-		for oid, other := range m {
-			if oid == id {
+	for _, p := range mine.Interface.IPs {
+		for oid := range r.holders[p.Addr().Unmap()] {
+			if seen[oid] {
 				continue
 			}
-			if sharesAddr(mine.Interface.IPs, other.Interface.IPs) {
+			seen[oid] = true
+			if other, ok := r.endpoints[oid]; ok {
+				out = append(out, other)
+			} else if other, ok := r.quarantined[oid]; ok {
 				out = append(out, other)
 			}
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return EndpointID(out[i].Attachment) < EndpointID(out[j].Attachment) })
 	return out
-}
-
-func sharesAddr(a, b []netip.Prefix) bool {
-	for _, p := range a {
-		for _, q := range b {
-			if p.Addr().Unmap() == q.Addr().Unmap() {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Retain removes every endpoint for which keep is false and returns them.
@@ -381,8 +402,7 @@ func (r *Registry) Retain(keep func(agent.Endpoint) bool) ([]agent.Endpoint, err
 				continue
 			}
 			removed = append(removed, ep.Endpoint)
-			delete(m, id)
-			r.listed = nil
+			r.drop(id)
 		}
 	}
 	return removed, errors.Join(errs...)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/netseg/netseg/api/agent"
 )
 
@@ -134,6 +135,66 @@ func TestRegistryListingUntilChange(t *testing.T) {
 	}
 }
 
+// TestRegistryClaimants: the registrations holding a new endpoint's
+// addresses, registered or quarantined, follow every change, an IPv4
+// address written IPv4-mapped included, and survive a reopen.
+func TestRegistryClaimants(t *testing.T) {
+	dir := t.TempDir()
+	r := mustOpen(t, dir)
+	at := func(container string, ips ...string) agent.Endpoint {
+		ep := testEndpoint(container)
+		ep.IPs = ips
+		return ep
+	}
+	claimants := func(r *Registry, ip string) []string {
+		var ids []string
+		for _, c := range r.Claimants(at("new", ip)) {
+			ids = append(ids, c.ContainerID)
+		}
+		return ids
+	}
+	check := func(step, ip string, want ...string) {
+		t.Helper()
+		if got := claimants(r, ip); !cmp.Equal(got, want, cmpopts.EquateEmpty()) {
+			t.Errorf("%s: claimants of %s = %v, want %v", step, ip, got, want)
+		}
+	}
+	for _, err := range []error{
+		r.Put(at("a", "10.88.0.2/32")), r.Put(at("b", "10.88.0.3/32", "fd00::3/128")), r.Quarantine(at("c", "10.88.0.2/32")),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("registered and quarantined", "10.88.0.2/32", "a", "c")
+	check("IPv4-mapped", "::ffff:10.88.0.3/128", "b")
+	check("IPv6", "fd00::3/128", "b")
+	if got := r.Claimants(at("a", "10.88.0.2/32")); len(got) != 1 || got[0].ContainerID != "c" {
+		t.Errorf("an endpoint claims its own addresses: %v", got)
+	}
+	if err := r.Put(at("a", "10.88.0.9/32")); err != nil { // a moves: 10.88.0.2 is c's alone
+		t.Fatal(err)
+	}
+	check("after a moved", "10.88.0.2/32", "c")
+	check("after a moved", "10.88.0.9/32", "a")
+	if err := r.Put(at("c", "10.88.0.4/32")); err != nil { // c's quarantine lifted, at a new address
+		t.Fatal(err)
+	}
+	check("after c moved", "10.88.0.2/32")
+	check("after c moved", "10.88.0.4/32", "c")
+	if _, err := r.Delete(at("b").Attachment); err != nil {
+		t.Fatal(err)
+	}
+	check("after b's delete", "10.88.0.3/32")
+	check("after b's delete", "fd00::3/128")
+	if _, err := r.Retain(func(ep agent.Endpoint) bool { return ep.ContainerID != "c" }); err != nil {
+		t.Fatal(err)
+	}
+	check("after c's removal", "10.88.0.4/32")
+	r = mustOpen(t, dir)
+	check("reopened", "10.88.0.9/32", "a")
+}
+
 // TestRegistryMigrates reads the single endpoints.json of earlier versions
 // into per-endpoint files and removes it.
 func TestRegistryMigrates(t *testing.T) {
@@ -230,4 +291,25 @@ func TestRegistryMovesTornEntriesAside(t *testing.T) {
 		t.Fatalf("damaged again: %q", r.Damaged)
 	}
 	t.Logf("FAULT | registry entries torn (1 empty, 1 garbled of 3) | registry alone, no traffic | lost 2 registrations, moved aside and counted (the runtime adds them again) | recovered at the next start")
+}
+
+// TestSameLabels: one map, equal maps, nil and empty are the same labels;
+// a different value or key is not.
+func TestSameLabels(t *testing.T) {
+	m := map[string]string{"app": "checkout"}
+	for _, tc := range []struct {
+		a, b map[string]string
+		want bool
+	}{
+		{m, m, true},
+		{m, map[string]string{"app": "checkout"}, true},
+		{nil, map[string]string{}, true},
+		{m, map[string]string{"app": "payments"}, false},
+		{m, map[string]string{"tier": "checkout"}, false},
+		{m, nil, false},
+	} {
+		if got := sameLabels(tc.a, tc.b); got != tc.want {
+			t.Errorf("sameLabels(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
 }
