@@ -165,6 +165,12 @@ func (p *Pipeline) fold(r *flow.Record) {
 	if r.ConnStart != nil && !r.Start.Equal(*r.ConnStart) {
 		n = 0
 	}
+	p.foldN(r, n)
+}
+
+// foldN counts n connections (or attempts) of the unexpected record r
+// into its alert; a new alert is written at once.
+func (p *Pipeline) foldN(r *flow.Record, n uint64) {
 	p.m.unexpected.WithLabelValues(r.Src.Zone, r.Dst.Zone, r.Verdict).Add(float64(n))
 	evicted, scanned := p.alerts.evicted, p.alerts.scanned
 	if fresh := p.alerts.fold(r, n); fresh != nil {

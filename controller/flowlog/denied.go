@@ -23,6 +23,9 @@ type aggregate struct {
 	mark           dataplane.Mark
 	icmp           bool
 	icmpType       uint8
+	// alerted: its first packet raised (or counted into) its alert, so
+	// the interval's record does not count it again.
+	alerted bool
 }
 
 // deniedAggs folds the denied first packets of one interval by 5-tuple:
@@ -39,18 +42,16 @@ func newDeniedAggs(max int) *deniedAggs {
 
 func (d *deniedAggs) len() int { return len(d.byTuple) }
 
-// add folds a denied packet into its tuple's aggregate; false: the table
-// is full and the packet was not folded.
-func (d *deniedAggs) add(pkt *flows.Packet) bool {
-	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
+// add folds a denied packet into its tuple's aggregate and returns it, and
+// whether the packet started it; nil: the table is full and the packet was
+// not folded.
+func (d *deniedAggs) add(pkt *flows.Packet) (*aggregate, bool) {
+	k := tupleOf(pkt)
 	icmp := pkt.Proto == segment.ICMP || pkt.Proto == segment.ICMPv6
-	if icmp {
-		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
-	}
 	a, ok := d.byTuple[k]
 	if !ok {
 		if len(d.byTuple) >= d.max {
-			return false
+			return nil, false
 		}
 		a = &aggregate{first: pkt.Time, mark: pkt.Mark, icmp: icmp, icmpType: pkt.ICMPType}
 		d.byTuple[k] = a
@@ -63,7 +64,16 @@ func (d *deniedAggs) add(pkt *flows.Packet) bool {
 	if pkt.Time.After(a.last) {
 		a.last = pkt.Time
 	}
-	return true
+	return a, !ok
+}
+
+// tupleOf is the tuple a denied packet is aggregated by.
+func tupleOf(pkt *flows.Packet) tupleKey {
+	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
+	if pkt.Proto == segment.ICMP || pkt.Proto == segment.ICMPv6 {
+		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
+	}
+	return k
 }
 
 // drain hands each aggregate to f and starts the next interval empty.
@@ -74,7 +84,10 @@ func (d *deniedAggs) drain(f func(k tupleKey, a *aggregate)) {
 	}
 }
 
-// packet aggregates a denied first packet by 5-tuple.
+// packet aggregates a denied first packet by 5-tuple. The first packet of
+// a tuple in an interval goes to its alert at once, when unexpected: an
+// analyst learns of a denied attempt within the reader's batch, not at
+// the end of the interval that counts its retries.
 func (p *Pipeline) packet(pkt flows.Packet) {
 	verdict, _ := pkt.Mark.Decision()
 	if pkt.Prefix != flows.PrefixDeny || verdict != segment.Denied {
@@ -83,18 +96,39 @@ func (p *Pipeline) packet(pkt flows.Packet) {
 		p.m.nflogIgnored.Inc()
 		return
 	}
-	if !p.denied.add(&pkt) {
+	a, first := p.denied.add(&pkt)
+	if a == nil {
 		p.losses.add(flow.CauseDeniedTableFull, flow.UnitPackets, 1)
+		return
 	}
+	if first {
+		if rec := p.deniedRecord(tupleOf(&pkt), a); !rec.IsExpected() {
+			p.foldN(rec, 1)
+			a.alerted = true
+		}
+	}
+}
+
+// deniedRecord is the record of a denied tuple's aggregate so far.
+func (p *Pipeline) deniedRecord(k tupleKey, a *aggregate) *flow.Record {
+	verdict, origin := a.mark.Decision()
+	rec := &flow.Record{Kind: flow.KindFlow, Report: flow.ReportAggregate, Start: a.first, End: a.last,
+		PacketsToDst: a.packets, BytesToDst: a.bytes}
+	p.rec.describe(rec, k.proto, k.src, k.dst, a.icmpType, verdict, origin, p.res.at(a.first))
+	return rec
 }
 
 // flushDenied writes one record per denied 5-tuple of the interval.
 func (p *Pipeline) flushDenied() {
 	p.denied.drain(func(k tupleKey, a *aggregate) {
-		verdict, origin := a.mark.Decision()
-		rec := &flow.Record{Kind: flow.KindFlow, Report: flow.ReportAggregate, Start: a.first, End: a.last,
-			PacketsToDst: a.packets, BytesToDst: a.bytes}
-		p.rec.describe(rec, k.proto, k.src, k.dst, a.icmpType, verdict, origin, p.res.at(a.first))
-		p.emitFlow(rec)
+		rec := p.deniedRecord(k, a)
+		if !a.alerted {
+			p.emitFlow(rec)
+			return
+		}
+		// Counted in its alert by its first packet: the record brings
+		// the alert's last seen up to date.
+		p.rec.write(rec)
+		p.foldN(rec, 0)
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -495,5 +496,80 @@ func BenchmarkFlowLogOverhead(b *testing.B) {
 		if unaccounted != 0 {
 			b.Errorf("%d connections made, %d recorded, %d lost: %d unaccounted", made[1], recorded, lost, unaccounted)
 		}
+	}
+}
+
+// TestDeniedAlertWithinTwoSeconds: with the default interval of a minute,
+// each of a burst of denied connection attempts has its alert in the
+// alert log within 2 s of its first packet (the interval's aggregate
+// record still waits for the interval). It logs the delays' p50 and p99.
+func TestDeniedAlertWithinTwoSeconds(t *testing.T) {
+	n := newNode(t)
+	ag := startAgent(t, n, flowlog.Config{FlowInterval: time.Minute}, false)
+	b := n.b.IP(4)
+	const attempts = 20
+	// The alert log is polled meanwhile, every 20 ms: the delay is
+	// measured to that.
+	var mu sync.Mutex
+	sent, seen := map[uint16]time.Time{}, map[uint16]time.Time{}
+	stop, polled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(polled)
+		for {
+			recs := readAll(t, ag.path+".alerts", &flowquery.Filter{})
+			now := time.Now()
+			mu.Lock()
+			for _, r := range recs {
+				if _, dup := seen[r.Dst.Port]; r.Verdict == "denied" && !dup {
+					seen[r.Dst.Port] = now
+				}
+			}
+			done := len(seen) >= attempts
+			mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if done {
+				return
+			}
+		}
+	}()
+	for i := range attempts {
+		port := uint16(20000 + i)
+		mu.Lock()
+		sent[port] = time.Now()
+		mu.Unlock()
+		if err := n.a.Probe("tcp", netip.AddrPortFrom(b, port), 100*time.Millisecond); !errors.Is(err, lab.ErrNoReply) {
+			t.Fatalf("a -> b:%d: %v, want a silent drop", port, err)
+		}
+	}
+	select {
+	case <-polled:
+	case <-time.After(10 * time.Second):
+	}
+	close(stop)
+	<-polled
+	var delays []time.Duration
+	for port, at := range sent {
+		seenAt, ok := seen[port]
+		d := seenAt.Sub(at)
+		switch {
+		case !ok:
+			t.Errorf("no alert for the denied attempt to port %d in 10 s", port)
+			continue
+		case d > 2*time.Second:
+			t.Errorf("the alert for the denied attempt to port %d came %v after its first packet, over 2 s", port, d.Round(time.Millisecond))
+		}
+		delays = append(delays, d)
+	}
+	if len(delays) == 0 {
+		return
+	}
+	slices.Sort(delays)
+	t.Logf("denied attempt to alert: p50 %v, p99 %v (%d attempts)", delays[len(delays)/2].Round(time.Millisecond), delays[len(delays)*99/100].Round(time.Millisecond), len(delays))
+	if recs := readAll(t, ag.path, &flowquery.Filter{}); len(recs) > 0 {
+		t.Errorf("%d flow records before the interval's end: the aggregates wait for it", len(recs))
 	}
 }

@@ -224,6 +224,53 @@ func TestDeniedAggregation(t *testing.T) {
 	}
 }
 
+// TestDeniedAlertAtFirstPacket: a denied attempt's alert is written when
+// its first packet is read, not at the end of the interval; the retries
+// and the interval's record do not count it again; the next interval's
+// attempt is counted and written once the interval has passed.
+func TestDeniedAlertAtFirstPacket(t *testing.T) {
+	p, out, alerts, c := newTest(Config{FlowInterval: time.Minute}, Sources{})
+	deny := func(sport uint16, at time.Duration) {
+		p.packet(flows.Packet{Time: t0.Add(at), Prefix: flows.PrefixDeny, Mark: mark(segment.Denied, 4), Proto: segment.TCP,
+			Src: netip.AddrPortFrom(web, sport), Dst: netip.AddrPortFrom(api, 22), Length: 60})
+	}
+	type al struct {
+		Count      uint64
+		Start, End time.Duration
+	}
+	written := func() []al {
+		var got []al
+		for _, r := range records(t, alerts) {
+			if r.Kind != flow.KindAlert || r.Verdict != "denied" || r.Dst.Port != 22 {
+				t.Fatalf("bad alert %+v", r)
+			}
+			got = append(got, al{r.Count, r.Start.Sub(t0), r.End.Sub(t0)})
+		}
+		return got
+	}
+	deny(40001, 0)
+	if got, want := written(), []al{{1, 0, 0}}; !cmp.Equal(got, want) {
+		t.Fatalf("after the first packet, before any interval: alerts %v, want %v", got, want)
+	}
+	for _, at := range []time.Duration{time.Second, 3 * time.Second} { // SYN retries
+		deny(40001, at)
+	}
+	c.t = t0.Add(time.Minute)
+	p.tick(c.t, true)
+	if n := len(records(t, out)); n != 1 {
+		t.Errorf("%d flow records after the interval, want its aggregate", n)
+	}
+	if got, want := written(), []al{{1, 0, 0}}; !cmp.Equal(got, want) {
+		t.Errorf("the retries or the aggregate counted again: alerts %v, want %v", got, want)
+	}
+	deny(40001, 70*time.Second) // the next interval's attempt
+	c.t = t0.Add(2 * time.Minute)
+	p.tick(c.t, true)
+	if got, want := written(), []al{{1, 0, 0}, {2, 0, 70 * time.Second}}; !cmp.Equal(got, want) {
+		t.Errorf("after the second interval: alerts %v, want %v", got, want)
+	}
+}
+
 // TestAlertsFold: unexpected records fold by (src, dst, port/proto,
 // verdict); a new key is written at once, changes at most once per
 // interval; expected records make no alert.
