@@ -98,6 +98,7 @@ func TestTenantBudgetStandalone(t *testing.T) {
 	if err == nil || !strings.Contains(out, "ServiceDependency tenant/sd02") || !strings.Contains(out, budgetMessage) {
 		t.Errorf("netsegctl validate: %v, want a failure naming tenant/sd02 and the budget:\n%.600s", err, out)
 	}
+	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, n.agent.Process.Pid))/(1<<20))
 }
 
 // TestTenantBudgetKubernetes: the tenant's objects in the API server. The
@@ -146,6 +147,7 @@ func TestTenantBudgetKubernetes(t *testing.T) {
 		n.pod("shop", "checkout", checkoutLabels),
 		n.pod("pay", "payments", paymentsLabels),
 		n.pod("ops", "monitoring", monitoringLabels))
+	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, n.agent.Process.Pid))/(1<<20))
 }
 
 // The rule-explosion tenant: in namespace tenant, 4 ServiceDependencies
