@@ -57,6 +57,39 @@ func tenantYAML() string {
 // the namespace's default budget of 512 entries.
 const budgetMessage = "over the dependency budget of namespace tenant: its 256 entries weigh 256 (one per port range each lists) and would make 768, 256 over the budget of 512 per namespace; not compiled"
 
+// tenantReady is the Ready condition of ServiceDependency tenant/name
+// (nil: none, or the object could not be read).
+func tenantReady(k *kubeCluster, name string) *metav1.Condition {
+	sd := &v1alpha1.ServiceDependency{}
+	if err := k.c.Get(context.Background(), client.ObjectKey{Namespace: "tenant", Name: name}, sd); err != nil {
+		return nil
+	}
+	return meta.FindStatusCondition(sd.Status.Conditions, v1alpha1.ConditionReady)
+}
+
+// waitBudgetEvent waits for a Warning Event naming the dependency budget
+// about ServiceDependency tenant/name.
+func waitBudgetEvent(t *testing.T, k *kubeCluster, name string) {
+	t.Helper()
+	waitFor(t, "a Warning Event about tenant/"+name, 10*time.Second, func() (bool, string) {
+		var evs eventsv1.EventList
+		if err := k.c.List(context.Background(), &evs, client.InNamespace("tenant")); err != nil {
+			return false, err.Error()
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == name && e.Type == corev1.EventTypeWarning && strings.Contains(e.Note, "over the dependency budget") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(evs.Items))
+	})
+}
+
+// logPeakRSS logs the agent's peak RSS, for the note.
+func logPeakRSS(t *testing.T, pid int) {
+	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, pid))/(1<<20))
+}
+
 // checkOthersUnharmed starts pods of other namespaces on a node that holds
 // the tenant's objects and checks their traffic obeys the policy.
 func checkOthersUnharmed(t *testing.T, checkout, payments, monitoring *lab.Container) {
@@ -98,7 +131,7 @@ func TestTenantBudgetStandalone(t *testing.T) {
 	if err == nil || !strings.Contains(out, "ServiceDependency tenant/sd02") || !strings.Contains(out, budgetMessage) {
 		t.Errorf("netsegctl validate: %v, want a failure naming tenant/sd02 and the budget:\n%.600s", err, out)
 	}
-	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, n.agent.Process.Pid))/(1<<20))
+	logPeakRSS(t, n.agent.Process.Pid)
 }
 
 // TestTenantBudgetKubernetes: the tenant's objects in the API server. The
@@ -116,38 +149,20 @@ func TestTenantBudgetKubernetes(t *testing.T) {
 		}
 	}
 	n := k.node(lab.New(t), "node-a", "10.88.0.0/24")
-	condition := func(name string) *metav1.Condition {
-		sd := &v1alpha1.ServiceDependency{}
-		if err := k.c.Get(ctx, client.ObjectKey{Namespace: "tenant", Name: name}, sd); err != nil {
-			return nil
-		}
-		return meta.FindStatusCondition(sd.Status.Conditions, v1alpha1.ConditionReady)
-	}
 	// The status writer writes the objects one by one: wait for all three.
 	waitFor(t, "tenant/sd02 and sd63 Ready=False naming the budget, sd01 Ready", 30*time.Second, func() (bool, string) {
-		c, last, ok := condition("sd02"), condition("sd63"), condition("sd01")
+		c, last, ok := tenantReady(k, "sd02"), tenantReady(k, "sd63"), tenantReady(k, "sd01")
 		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, budgetMessage) &&
 				last != nil && last.Status == metav1.ConditionFalse && strings.Contains(last.Message, "over the dependency budget") &&
 				ok != nil && ok.Status == metav1.ConditionTrue,
 			fmt.Sprintf("sd02 %+v, sd63 %+v, sd01 %+v", c, last, ok)
 	})
-	waitFor(t, "a Warning Event about tenant/sd02", 10*time.Second, func() (bool, string) {
-		var evs eventsv1.EventList
-		if err := k.c.List(ctx, &evs, client.InNamespace("tenant")); err != nil {
-			return false, err.Error()
-		}
-		for _, e := range evs.Items {
-			if e.Regarding.Name == "sd02" && e.Type == corev1.EventTypeWarning && strings.Contains(e.Note, "over the dependency budget") {
-				return true, ""
-			}
-		}
-		return false, fmt.Sprintf("%d events", len(evs.Items))
-	})
+	waitBudgetEvent(t, k, "sd02")
 	checkOthersUnharmed(t,
 		n.pod("shop", "checkout", checkoutLabels),
 		n.pod("pay", "payments", paymentsLabels),
 		n.pod("ops", "monitoring", monitoringLabels))
-	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, n.agent.Process.Pid))/(1<<20))
+	logPeakRSS(t, n.agent.Process.Pid)
 }
 
 // The rule-explosion tenant: in namespace tenant, 4 ServiceDependencies
@@ -257,7 +272,7 @@ func TestTenantExplosionStandalone(t *testing.T) {
 	if err == nil || !strings.Contains(out, "ServiceDependency tenant/x00") || !strings.Contains(out, explosionMessage) {
 		t.Errorf("netsegctl validate: %v, want a failure naming tenant/x00 and the budget:\n%.600s", err, out)
 	}
-	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, n.agent.Process.Pid))/(1<<20))
+	logPeakRSS(t, n.agent.Process.Pid)
 	rulesWithout(t, n.ns, n.socket, func() {
 		if err := os.Remove(filepath.Join(n.policyDir, "tenant.yaml")); err != nil {
 			t.Fatal(err)
@@ -282,18 +297,11 @@ func TestTenantExplosionKubernetes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	condition := func(name string) *metav1.Condition {
-		sd := &v1alpha1.ServiceDependency{}
-		if err := k.c.Get(ctx, client.ObjectKey{Namespace: "tenant", Name: name}, sd); err != nil {
-			return nil
-		}
-		return meta.FindStatusCondition(sd.Status.Conditions, v1alpha1.ConditionReady)
-	}
 	waitFor(t, "every tenant object Ready=False naming the budget", 60*time.Second, func() (bool, string) {
 		var state []string
 		done := true
 		for i := range explosionObjects {
-			c := condition(fmt.Sprintf("x%02d", i))
+			c := tenantReady(k, fmt.Sprintf("x%02d", i))
 			if c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, explosionMessage) {
 				done = false
 			}
@@ -301,23 +309,12 @@ func TestTenantExplosionKubernetes(t *testing.T) {
 		}
 		return done, strings.Join(state, "; ")
 	})
-	waitFor(t, "a Warning Event about tenant/x00", 10*time.Second, func() (bool, string) {
-		var evs eventsv1.EventList
-		if err := k.c.List(ctx, &evs, client.InNamespace("tenant")); err != nil {
-			return false, err.Error()
-		}
-		for _, e := range evs.Items {
-			if e.Regarding.Name == "x00" && e.Type == corev1.EventTypeWarning && strings.Contains(e.Note, "over the dependency budget") {
-				return true, ""
-			}
-		}
-		return false, fmt.Sprintf("%d events", len(evs.Items))
-	})
+	waitBudgetEvent(t, k, "x00")
 	checkOthersUnharmed(t,
 		n.pod("shop", "checkout", checkoutLabels),
 		n.pod("pay", "payments", paymentsLabels),
 		n.pod("ops", "monitoring", monitoringLabels))
-	t.Logf("agent peak RSS: %.1f MiB", float64(peakRSS(t, n.agent.Process.Pid))/(1<<20))
+	logPeakRSS(t, n.agent.Process.Pid)
 	rulesWithout(t, n.ns, n.socket, func() {
 		for i := range explosionObjects {
 			if err := k.c.Delete(ctx, explosionDependency(i)); err != nil {

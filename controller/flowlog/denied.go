@@ -21,7 +21,6 @@ type aggregate struct {
 	first, last    time.Time
 	packets, bytes uint64
 	mark           dataplane.Mark
-	icmp           bool
 	icmpType       uint8
 	// alerted: its first packet raised (or counted into) its alert, so
 	// the interval's record does not count it again.
@@ -42,18 +41,16 @@ func newDeniedAggs(max int) *deniedAggs {
 
 func (d *deniedAggs) len() int { return len(d.byTuple) }
 
-// add folds a denied packet into its tuple's aggregate and returns it, and
-// whether the packet started it; nil: the table is full and the packet was
-// not folded.
-func (d *deniedAggs) add(pkt *flows.Packet) (*aggregate, bool) {
-	k := tupleOf(pkt)
-	icmp := pkt.Proto == segment.ICMP || pkt.Proto == segment.ICMPv6
+// add folds a denied packet, of tuple k, into its tuple's aggregate and
+// returns it, and whether the packet started it; nil: the table is full
+// and the packet was not folded.
+func (d *deniedAggs) add(k tupleKey, pkt *flows.Packet) (*aggregate, bool) {
 	a, ok := d.byTuple[k]
 	if !ok {
 		if len(d.byTuple) >= d.max {
 			return nil, false
 		}
-		a = &aggregate{first: pkt.Time, mark: pkt.Mark, icmp: icmp, icmpType: pkt.ICMPType}
+		a = &aggregate{first: pkt.Time, mark: pkt.Mark, icmpType: pkt.ICMPType}
 		d.byTuple[k] = a
 	}
 	a.packets++
@@ -70,11 +67,13 @@ func (d *deniedAggs) add(pkt *flows.Packet) (*aggregate, bool) {
 // tupleOf is the tuple a denied packet is aggregated by.
 func tupleOf(pkt *flows.Packet) tupleKey {
 	k := tupleKey{proto: pkt.Proto, src: pkt.Src, dst: pkt.Dst}
-	if pkt.Proto == segment.ICMP || pkt.Proto == segment.ICMPv6 {
+	if isICMP(pkt.Proto) {
 		k.icmp = uint16(pkt.ICMPType)<<8 | uint16(pkt.ICMPCode)
 	}
 	return k
 }
+
+func isICMP(p segment.Protocol) bool { return p == segment.ICMP || p == segment.ICMPv6 }
 
 // drain hands each aggregate to f and starts the next interval empty.
 func (d *deniedAggs) drain(f func(k tupleKey, a *aggregate)) {
@@ -96,13 +95,14 @@ func (p *Pipeline) packet(pkt flows.Packet) {
 		p.m.nflogIgnored.Inc()
 		return
 	}
-	a, first := p.denied.add(&pkt)
+	k := tupleOf(&pkt)
+	a, first := p.denied.add(k, &pkt)
 	if a == nil {
 		p.losses.add(flow.CauseDeniedTableFull, flow.UnitPackets, 1)
 		return
 	}
 	if first {
-		if rec := p.deniedRecord(tupleOf(&pkt), a); !rec.IsExpected() {
+		if rec := p.deniedRecord(k, a); !rec.IsExpected() {
 			p.foldN(rec, 1)
 			a.alerted = true
 		}

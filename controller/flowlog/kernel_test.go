@@ -513,12 +513,21 @@ func TestDeniedAlertWithinTwoSeconds(t *testing.T) {
 	var mu sync.Mutex
 	sent, seen := map[uint16]time.Time{}, map[uint16]time.Time{}
 	stop, polled := make(chan struct{}), make(chan struct{})
+	var pollErr error // read on this goroutine: t.Fatal is not for the poller
 	go func() {
 		defer close(polled)
 		for {
-			recs := readAll(t, ag.path+".alerts", &flowquery.Filter{})
+			var recs []*flow.Record
+			var lineErr error
+			err := flowquery.Read(ag.path+".alerts", &flowquery.Filter{}, func(r *flow.Record) { recs = append(recs, r) }, func(e error) { lineErr = e })
+			if err == nil {
+				err = lineErr
+			}
 			now := time.Now()
 			mu.Lock()
+			if err != nil {
+				pollErr = err
+			}
 			for _, r := range recs {
 				if _, dup := seen[r.Dst.Port]; r.Verdict == "denied" && !dup {
 					seen[r.Dst.Port] = now
@@ -551,6 +560,9 @@ func TestDeniedAlertWithinTwoSeconds(t *testing.T) {
 	}
 	close(stop)
 	<-polled
+	if pollErr != nil {
+		t.Errorf("read the alert log: %v", pollErr)
+	}
 	var delays []time.Duration
 	for port, at := range sent {
 		seenAt, ok := seen[port]

@@ -86,7 +86,7 @@ func (w *recorder) describe(rec *flow.Record, proto segment.Protocol, src, dst n
 	sp, dp := res.Resolve(src.Addr()), res.Resolve(dst.Addr())
 	rec.Src = w.endpoint(&w.parts.src, tr, src, &sp)
 	rec.Dst = w.endpoint(&w.parts.dst, tr, dst, &dp)
-	if proto == segment.ICMP || proto == segment.ICMPv6 {
+	if isICMP(proto) {
 		w.parts.icmp = icmpType
 		rec.ICMPType = &w.parts.icmp
 		rec.Src.Port, rec.Dst.Port = 0, 0

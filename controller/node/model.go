@@ -2,7 +2,6 @@ package node
 
 import (
 	"maps"
-	"reflect"
 	"slices"
 
 	"github.com/netseg/netseg/controller/policy"
@@ -61,17 +60,5 @@ func (c *compileModel) compile(snap Snapshot, cfg policy.Config, local []policy.
 }
 
 func sameEndpoint(a, b policy.Endpoint) bool {
-	return a.Namespace == b.Namespace && a.Name == b.Name && sameLabels(a.Labels, b.Labels) && slices.Equal(a.IPs, b.IPs)
-}
-
-// sameLabels: equal label maps, found at once when they are one map (the
-// registry's, unchanged since the last sync).
-func sameLabels(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	if reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
-		return true
-	}
-	return maps.Equal(a, b)
+	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.IPs, b.IPs)
 }

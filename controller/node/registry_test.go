@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/netseg/netseg/api/agent"
+	"github.com/netseg/netseg/controller/policy"
 )
 
 func testEndpoint(container string) agent.Endpoint {
@@ -293,8 +294,8 @@ func TestRegistryMovesTornEntriesAside(t *testing.T) {
 	t.Logf("FAULT | registry entries torn (1 empty, 1 garbled of 3) | registry alone, no traffic | lost 2 registrations, moved aside and counted (the runtime adds them again) | recovered at the next start")
 }
 
-// TestSameLabels: one map, equal maps, nil and empty are the same labels;
-// a different value or key is not.
+// TestSameLabels: an endpoint with one label map, an equal map, nil or
+// empty labels is the same endpoint; a different value or key is not.
 func TestSameLabels(t *testing.T) {
 	m := map[string]string{"app": "checkout"}
 	for _, tc := range []struct {
@@ -308,8 +309,8 @@ func TestSameLabels(t *testing.T) {
 		{m, map[string]string{"tier": "checkout"}, false},
 		{m, nil, false},
 	} {
-		if got := sameLabels(tc.a, tc.b); got != tc.want {
-			t.Errorf("sameLabels(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		if got := sameEndpoint(policy.Endpoint{Labels: tc.a}, policy.Endpoint{Labels: tc.b}); got != tc.want {
+			t.Errorf("sameEndpoint with labels %v, %v = %v, want %v", tc.a, tc.b, got, tc.want)
 		}
 	}
 }
